@@ -1,0 +1,3 @@
+from currydpo.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Curriculum: difficulty measures on pairs -> ordered training stages."""

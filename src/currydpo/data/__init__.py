@@ -1,0 +1,1 @@
+"""Data: source formats -> canonical records (prompt + N rated responses) -> pairs."""

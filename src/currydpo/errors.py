@@ -1,0 +1,33 @@
+"""One error type for everything the user can fix.
+
+A `CurryError` is printed by the CLI as a single line (no traceback unless
+`--debug`) and turns into a non-zero exit code. Messages say what was wrong,
+where (file, row, field or config key), the offending value, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class CurryError(Exception):
+    """A user-facing error: bad input data, bad config, missing file."""
+
+
+def where(source: str | None, row: int | None = None, field: str | None = None) -> str:
+    """Format a location prefix like ``data.jsonl row 17 field 'chosen'``."""
+    parts = [str(source) if source else "<input>"]
+    if row is not None:
+        parts.append(f"row {row}")
+    if field is not None:
+        parts.append(f"field '{field}'")
+    return " ".join(parts)
+
+
+class BadRow(CurryError):
+    """A data row that fails validation. ``reason`` is a short category used for skip counts."""
+
+    def __init__(self, source: str | None, row: int | None, field: str | None, reason: str, detail: str = ""):
+        self.source, self.row, self.field, self.reason = source, row, field, reason
+        msg = f"{where(source, row, field)}: {reason}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)

@@ -1,0 +1,1 @@
+"""Evaluation: preference metrics, generation, judges, adjusted win rates."""

@@ -1,0 +1,1 @@
+"""Training: tokenisation of unique responses, log-probs, losses, the stage loop."""
