@@ -1,0 +1,184 @@
+"""Tier (a): every loss on a few numbers, expected values derived by hand with `math`."""
+
+import math
+
+import pytest
+import torch
+
+from currydpo.errors import CurryError
+from currydpo.training.losses import LOSSES, PairLogps, check_loss, pair_loss
+
+# Two pairs. Policy/reference summed log-probs and lengths.
+PC, PR = [-10.0, -20.0], [-12.0, -15.0]
+RC, RR = [-11.0, -19.0], [-11.5, -16.0]
+LC, LR = [5, 10], [4, 6]
+GAPS = [2.0, 0.5]
+BETA = 0.1
+
+
+def make(ref=True, gaps=True, grad=False):
+    t = lambda v: torch.tensor(v, dtype=torch.float64, requires_grad=grad)  # noqa: E731
+    return PairLogps(t(PC), t(PR), torch.tensor(LC), torch.tensor(LR),
+                     t(RC) if ref else None, t(RR) if ref else None, t(GAPS) if gaps else None)
+
+
+def logsig(z):
+    return -math.log1p(math.exp(-z))
+
+
+def deltas(i):
+    return PC[i] - RC[i], PR[i] - RR[i]  # Δ_w, Δ_l
+
+
+def h(i):
+    dw, dl = deltas(i)
+    return BETA * (dw - dl)
+
+
+def run(name, **kw):
+    losses, cr, rr = LOSSES[name](make(), beta=kw.pop("beta", BETA), **kw)
+    return losses.tolist(), cr, rr
+
+
+def test_pair0_by_hand():
+    # pair 0: Δ_w = -10 + 11 = 1, Δ_l = -12 + 11.5 = -0.5, h = 0.1 * 1.5 = 0.15
+    assert h(0) == pytest.approx(0.15)
+    losses, _, _ = run("dpo")
+    assert losses[0] == pytest.approx(math.log(1 + math.exp(-0.15)), rel=1e-12)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_dpo_and_rewards(i):
+    losses, cr, rr = run("dpo")
+    assert losses[i] == pytest.approx(-logsig(h(i)), rel=1e-12)
+    dw, dl = deltas(i)
+    assert cr[i].item() == pytest.approx(BETA * dw) and rr[i].item() == pytest.approx(BETA * dl)
+    assert not cr.requires_grad
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_cdpo_and_robust(i):
+    eps = 0.2
+    c = run("cdpo", label_smoothing=eps)[0][i]
+    r = run("robust", label_smoothing=eps)[0][i]
+    assert c == pytest.approx(-0.8 * logsig(h(i)) - 0.2 * logsig(-h(i)), rel=1e-12)
+    assert r == pytest.approx((-0.8 * logsig(h(i)) + 0.2 * logsig(-h(i))) / 0.6, rel=1e-12)
+    assert run("cdpo", label_smoothing=0.0)[0][i] == pytest.approx(run("dpo")[0][i])
+    assert run("robust", label_smoothing=0.0)[0][i] == pytest.approx(run("dpo")[0][i])
+
+
+def test_robust_rejects_bad_eps():
+    with pytest.raises(CurryError, match=r"\[0, 0.5\)"):
+        run("robust", label_smoothing=0.5)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_ipo_both_reductions(i):
+    dw, dl = deltas(i)
+    norm = run("ipo", ipo_length_normalise=True)[0][i]
+    summed = run("ipo", ipo_length_normalise=False)[0][i]
+    assert norm == pytest.approx((dw / LC[i] - dl / LR[i] - 1 / (2 * BETA)) ** 2, rel=1e-12)
+    assert summed == pytest.approx((dw - dl - 5.0) ** 2, rel=1e-12)
+
+
+def test_ipo_value_pair0():
+    # (1/5 - (-0.5)/4 - 5)^2 = (0.2 + 0.125 - 5)^2 = 4.675^2
+    assert run("ipo")[0][0] == pytest.approx(4.675 ** 2)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_hinge(i):
+    assert run("hinge")[0][i] == pytest.approx(max(0.0, 1 - h(i)), rel=1e-12)
+    assert run("hinge", beta=10.0)[0][0] == 0.0  # h = 15 > 1
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_simpo_reference_free(i):
+    beta, gamma = 2.0, 0.5
+    x = make(ref=False)
+    losses, cr, rr = LOSSES["simpo"](x, beta=beta, gamma=gamma)
+    aw, al = PC[i] / LC[i], PR[i] / LR[i]
+    assert losses[i].item() == pytest.approx(-logsig(beta * aw - beta * al - gamma), rel=1e-12)
+    assert cr[i].item() == pytest.approx(beta * aw) and rr[i].item() == pytest.approx(beta * al)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_orpo_reference_free(i):
+    lam = 0.1
+    losses, cr, _ = LOSSES["orpo"](make(ref=False), beta=lam)
+    aw, al = PC[i] / LC[i], PR[i] / LR[i]
+    odds_w = math.exp(aw) / (1 - math.exp(aw))
+    odds_l = math.exp(al) / (1 - math.exp(al))
+    expected = -aw - lam * math.log(1 / (1 + 1 / (odds_w / odds_l)))  # log σ(log(odds_w/odds_l))
+    assert losses[i].item() == pytest.approx(expected, rel=1e-10)
+    assert cr[i].item() == pytest.approx(lam * aw)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_mmpo(i):
+    gamma = 1.5
+    p = 1 / (1 + math.exp(-gamma * GAPS[i]))
+    expected = -p * logsig(h(i)) - (1 - p) * logsig(-h(i))
+    assert run("mmpo", gamma=gamma)[0][i] == pytest.approx(expected, rel=1e-12)
+
+
+def test_mmpo_needs_gaps_and_reference_losses_need_reference():
+    with pytest.raises(CurryError, match="score gaps"):
+        LOSSES["mmpo"](make(gaps=False), beta=BETA, gamma=1.0)
+    for name in ("dpo", "cdpo", "robust", "ipo", "hinge", "mmpo"):
+        with pytest.raises(CurryError, match="reference"):
+            LOSSES[name](make(ref=False), beta=BETA, label_smoothing=0.0, gamma=1.0)
+
+
+def test_check_loss():
+    assert check_loss("dpo") == "dpo"
+    with pytest.raises(CurryError) as e:
+        check_loss("sigmoidd")
+    for name in LOSSES:
+        assert name in str(e.value)
+
+
+def test_pair_loss_mean_and_metrics():
+    loss, m, per_pair = pair_loss("dpo", make(), beta=BETA)
+    l0, l1 = -logsig(h(0)), -logsig(h(1))
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-12)
+    assert per_pair.tolist() == pytest.approx([l0, l1])
+    (dw0, dl0), (dw1, dl1) = deltas(0), deltas(1)
+    assert m["loss"] == pytest.approx(loss.item())
+    assert m["rewards/chosen"] == pytest.approx(BETA * (dw0 + dw1) / 2)
+    assert m["rewards/rejected"] == pytest.approx(BETA * (dl0 + dl1) / 2)
+    assert m["rewards/margins"] == pytest.approx((h(0) + h(1)) / 2)
+    assert m["rewards/accuracies"] == (float(h(0) > 0) + float(h(1) > 0)) / 2 == 0.5  # h(1) = 0.1*(-1-1) < 0
+    assert m["logps/chosen"] == pytest.approx(-15.0) and m["logps/rejected"] == pytest.approx(-13.5)
+
+
+def test_pair_loss_weights_wpo_rpo():
+    l0, l1 = -logsig(h(0)), -logsig(h(1))
+    loss, _, _ = pair_loss("dpo", make(), beta=BETA, weights=torch.tensor([3.0, 1.0]))
+    assert loss.item() == pytest.approx((3 * l0 + l1) / 4, rel=1e-12)
+    # WPO: weight exp(mean logp_w + mean logp_l): pair 0 exp(-2 - 3), pair 1 exp(-2 - 2.5)
+    w0, w1 = math.exp(-10 / 5 - 12 / 4), math.exp(-20 / 10 - 15 / 6)
+    _, _, pp = pair_loss("dpo", make(), beta=BETA, wpo=True)
+    assert pp.tolist() == pytest.approx([w0 * l0, w1 * l1], rel=1e-12)
+    # RPO: + alpha * (-mean logp_w)
+    _, _, pp = pair_loss("dpo", make(), beta=BETA, rpo_alpha=0.5)
+    assert pp.tolist() == pytest.approx([l0 + 0.5 * 2.0, l1 + 0.5 * 2.0], rel=1e-12)
+
+
+def test_wpo_weight_is_detached_and_grads_flow():
+    x = make(grad=True)
+    loss, _, _ = pair_loss("dpo", x, beta=BETA, wpo=True)
+    loss.backward()
+    # d/dπ_w of w0 * -log σ(h0) / 2 with w0 constant: -w0 * β * σ(-h0) / 2
+    w0 = math.exp(-5.0)
+    expected = -w0 * BETA * (1 / (1 + math.exp(h(0)))) / 2
+    assert x.policy_chosen_logps.grad[0].item() == pytest.approx(expected, rel=1e-10)
+    assert x.reference_chosen_logps.grad[0].item() == pytest.approx(-expected, rel=1e-10)
+
+
+def test_label_smoothing_only_for_losses_that_use_it():
+    with pytest.raises(CurryError, match="label_smoothing"):
+        pair_loss("dpo", make(), beta=BETA, label_smoothing=0.1)
+    pair_loss("cdpo", make(), beta=BETA, label_smoothing=0.1)
+    with pytest.raises(CurryError, match="unknown loss"):
+        pair_loss("nope", make(), beta=BETA)
