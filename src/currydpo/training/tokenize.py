@@ -1,0 +1,141 @@
+"""Tokenisation of (prompt, response) pairs into prompt ids + response ids.
+
+The data model is *responses*, not pairs: every unique (prompt, response) of a
+record is tokenised exactly once, and the prompt once per record. Pairs are index
+pairs into ``encode_records(...)[record]``.
+
+Plain text (prompt is a string)
+    prompt ids   = ``tokenizer(prompt)`` with the tokenizer's special tokens (a BOS
+                   if the tokenizer adds one);
+    response ids = ``tokenizer(response, add_special_tokens=False)`` + EOS (not
+                   repeated if the response already ends with EOS).
+    This equals TRL's DPOTrainer tokenisation (which tokenises ``prompt + response +
+    eos_token`` and splits at the common prefix) whenever the prompt ends on a token
+    boundary, e.g. "...?" followed by " answer".
+
+Chat (prompt is a list of messages)
+    prompt ids   = chat template over the prompt with ``add_generation_prompt=True``;
+    full ids     = chat template over prompt + assistant message(s);
+    response ids = ``full[len(prompt ids):]``. The prompt ids must be a prefix of the
+    full ids, otherwise the template is not prefix-stable and a `CurryError` is raised
+    (training on such a split would condition on a context the model never sees).
+    A string response is wrapped as one assistant message.
+
+Truncation (in this order)
+    1. the prompt is cut from the LEFT to ``max_prompt_length`` tokens (the end of
+       the prompt, next to the response, is kept);
+    2. the response is cut from the RIGHT so that prompt + response <= ``max_length``.
+    A response left with 0 tokens is an error; callers validate
+    ``max_prompt_length < max_length`` when the config is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from ..data.records import Record, Text
+from ..errors import CurryError
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one (prompt, response): the model input is ``prompt_ids + response_ids``."""
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+def _template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    out: Any = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True)
+    ids = out["input_ids"] if hasattr(out, "keys") else out
+    return [int(i) for i in ids]
+
+
+def _has_chat_template(tokenizer) -> bool:
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+def _prompt_ids(tokenizer, prompt: Text) -> list[int]:
+    """Untruncated prompt ids (plain: with special tokens; chat: template + generation prompt)."""
+    if isinstance(prompt, str):
+        return [int(i) for i in tokenizer(prompt)["input_ids"]]
+    if not _has_chat_template(tokenizer):
+        raise CurryError(
+            "the data is chat (the prompt is a list of messages) but the tokenizer has no chat template; "
+            "use a tokenizer with a chat_template, or give plain-text prompts")
+    return _template_ids(tokenizer, prompt, add_generation_prompt=True)
+
+
+def _response_ids(tokenizer, prompt: Text, prompt_ids: Sequence[int], response: Text) -> list[int]:
+    """Untruncated response ids given the untruncated prompt ids."""
+    if isinstance(prompt, str):
+        if not isinstance(response, str):
+            raise CurryError("the prompt is plain text but a response is a message list; "
+                             "use the same format (both strings or both chat messages) for prompt and responses")
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise CurryError("the tokenizer has no eos_token; set tokenizer.eos_token so responses can end with it")
+        ids = [int(i) for i in tokenizer(response, add_special_tokens=False)["input_ids"]]
+        if not ids or ids[-1] != eos:
+            ids.append(int(eos))
+        return ids
+    messages = [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
+    full = _template_ids(tokenizer, list(prompt) + messages, add_generation_prompt=False)
+    n = len(prompt_ids)
+    if full[:n] != list(prompt_ids):
+        k = next((i for i, (a, b) in enumerate(zip(full, prompt_ids)) if a != b), min(n, len(full)))
+        raise CurryError(
+            "the chat template is not prefix-stable: the prompt rendered with add_generation_prompt=True is not a "
+            f"prefix of prompt + response (they differ from token {k} of {n}: prompt has "
+            f"{tokenizer.decode(list(prompt_ids[k:k + 8]))!r}, full has {tokenizer.decode(full[k:k + 8])!r}); "
+            "use a chat template whose generation prompt is exactly the start of the assistant turn")
+    return full[n:]
+
+
+def _truncate(prompt_ids: Sequence[int], response_ids: Sequence[int], max_length: int,
+              max_prompt_length: int) -> Encoded:
+    p = tuple(prompt_ids[-max_prompt_length:]) if len(prompt_ids) > max_prompt_length else tuple(prompt_ids)
+    if not p:
+        raise CurryError("the prompt tokenised to 0 tokens; a prompt needs at least one token "
+                         "(the first response token must be predicted from something)")
+    r = tuple(response_ids[: max(0, max_length - len(p))])
+    if not r:
+        raise CurryError(
+            f"a response has 0 tokens after truncation (prompt {len(p)} tokens, response {len(response_ids)} "
+            f"tokens, max_length {max_length}, max_prompt_length {max_prompt_length}); "
+            "set max_prompt_length below max_length, or drop empty responses")
+    return Encoded(p, r)
+
+
+def encode(tokenizer, prompt: Text, response: Text, *, max_length: int, max_prompt_length: int) -> Encoded:
+    """Tokenise one (prompt, response) and truncate it (rules in the module docstring)."""
+    pids = _prompt_ids(tokenizer, prompt)
+    return _truncate(pids, _response_ids(tokenizer, prompt, pids, response), max_length, max_prompt_length)
+
+
+def encode_records(records: Iterable[Record], tokenizer, *, max_length: int, max_prompt_length: int,
+                   progress: bool = True) -> list[list[Encoded]]:
+    """Tokenise every response of every record: result[record][response].
+
+    The prompt is tokenised once per record, each response once.
+    """
+    records = list(records)
+    out: list[list[Encoded]] = []
+    for rec in tqdm(records, desc="tokenising", unit="prompt", disable=not progress):
+        pids = _prompt_ids(tokenizer, rec.prompt)
+        encoded = []
+        for i, resp in enumerate(rec.responses):
+            try:
+                rids = _response_ids(tokenizer, rec.prompt, pids, resp.text)
+                encoded.append(_truncate(pids, rids, max_length, max_prompt_length))
+            except CurryError as e:
+                raise CurryError(f"record {rec.id!r} response {i}: {e}") from e
+        out.append(encoded)
+    return out
