@@ -1,0 +1,310 @@
+"""The run configuration: one typed dataclass per concern, validated in one place.
+
+A YAML file has one section per dataclass (``model:``, ``data:``, ``curriculum:``,
+``loss:``, ``optim:``, ``run:``); ``--set section.key=value`` overrides a field.
+Unknown keys and out-of-range values are errors that name the key — before any
+model is loaded. The resolved config is written beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+import yaml
+
+from .errors import CurryError
+
+
+@dataclass
+class ModelConfig:
+    path: str = field(default="", metadata={"help": "policy model: a local HF model dir or a hub name"})
+    ref_model: str | None = field(default=None, metadata={
+        "help": "a separate reference model for stage 1 / single pass (default: the policy's initial weights)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow code shipped with the model to run"})
+    precision: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "comma-separated module names, or all-linear"})
+
+
+@dataclass
+class DataConfig:
+    path: str = field(default="", metadata={"help": "training data: local json/jsonl/parquet/csv or a hub dataset"})
+    format: str = field(default="auto", metadata={
+        "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked"})
+    split: str = field(default="train", metadata={"help": "dataset split"})
+    subset: str | None = field(default=None, metadata={"help": "dataset subset/config name (hub datasets)"})
+    score: str = field(default="mean-aspects", metadata={
+        "help": "UltraFeedback score: mean-aspects (mean of aspect ratings, 1..5, the paper's) | overall"})
+    on_bad_row: str = field(default="error", metadata={"help": "error | skip (skip counts bad rows per reason)"})
+    limit: int | None = field(default=None, metadata={"help": "read at most this many rows"})
+    strategy: str = field(default="best-vs-rest", metadata={
+        "help": "pair builder: best-vs-rest | all-pairs | adjacent | best-vs-worst | best-vs-random"})
+    min_gap: float = field(default=0.0, metadata={"help": "drop pairs whose score gap is below this"})
+    allow_ties: bool = field(default=False, metadata={"help": "make pairs from tied responses too"})
+    max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response (response cut right)"})
+    max_prompt_length: int = field(default=256, metadata={"help": "max prompt tokens (prompt cut from the left)"})
+    eval_fraction: float = field(default=0.0, metadata={
+        "help": "fraction of prompts held out for preference metrics after each stage"})
+
+
+@dataclass
+class CurriculumConfig:
+    schedule: str = field(default="iterative", metadata={
+        "help": "iterative | single-pass | random | anti | single-pair | cyclical | self-paced"})
+    difficulty: str = field(default="score-gap", metadata={
+        "help": "score-gap | rank-gap | ref-logratio | reward-margin | length-gap | column:NAME | "
+                "function:MODULE:FN | dynamic"})
+    stages: int = field(default=3, metadata={"help": "number of stages (iterative, cyclical, self-paced)"})
+    reference: str = field(default="auto", metadata={
+        "help": "auto (previous-stage for iterative, else initial) | previous-stage | initial"})
+    shuffle_within_stage: bool = field(default=False, metadata={
+        "help": "shuffle pairs inside each stage (seeded); the stage order itself is kept"})
+    split_by: str = field(default="auto", metadata={
+        "help": "iterative stage split: auto (rejected rank for best-vs-rest, else quantiles) | rank | quantile"})
+    single_pair_strategy: str = field(default="best-vs-random", metadata={
+        "help": "builder for the single-pair baseline: best-vs-random | best-vs-worst"})
+    cyclical_start: float = field(default=0.25, metadata={"help": "cyclical: starting data fraction"})
+    cyclical_end: float = field(default=1.0, metadata={"help": "cyclical: the other end of the data fraction cycle"})
+    cyclical_factor: float = field(default=2.0, metadata={"help": "cyclical: fraction multiplier per stage"})
+    self_paced_start: float = field(default=0.5, metadata={
+        "help": "self-paced: fraction of (easiest) pairs admitted in stage 1; grows linearly to 1"})
+    reward_model: str | None = field(default=None, metadata={"help": "reward model path for reward-margin"})
+
+
+@dataclass
+class LossConfig:
+    name: str = field(default="dpo", metadata={
+        "help": "dpo | cdpo | robust | ipo | hinge | simpo | orpo | mmpo"})
+    beta: float = field(default=0.1, metadata={"help": "inverse temperature of the implicit reward"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cdpo/robust: label noise epsilon in [0, 0.5)"})
+    gamma: float = field(default=0.5, metadata={
+        "help": "simpo: target margin gamma/beta ratio; mmpo: score-gap scale"})
+    ipo_length_normalise: bool = field(default=True, metadata={"help": "ipo on length-averaged log-ratios"})
+    wpo: bool = field(default=False, metadata={"help": "weight each pair by the policy's probability of it (WPO)"})
+    rpo_alpha: float | None = field(default=None, metadata={"help": "add alpha * NLL of the chosen response"})
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=5e-6, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per micro-batch per process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per update"})
+    epochs_per_stage: float = field(default=1.0, metadata={"help": "passes over each stage's pairs"})
+    total_updates: int | None = field(default=None, metadata={
+        "help": "force this many updates in all (split over stages by size) so arms are comparable"})
+    lr_schedule: str = field(default="linear", metadata={"help": "linear | cosine | constant (after warm-up)"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of the schedule spent warming up"})
+    across_stages: str = field(default="continue", metadata={
+        "help": "continue (one optimiser and LR schedule over all stages) | restart (fresh per stage)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = field(default="runs/currydpo", metadata={"help": "where checkpoints and logs go"})
+    seed: int = field(default=0, metadata={"help": "fixes data order, sampling and initialisation"})
+    save_every: int = field(default=0, metadata={"help": "mid-stage checkpoint every N updates (0 = stage ends)"})
+    report_to: str = field(default="", metadata={"help": "comma-separated accelerate trackers: tensorboard,wandb"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = get_type_hints(TrainConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Turn a YAML/CLI value into the field's type; raise naming the key on mismatch."""
+    text = str(typ)
+    optional = "None" in text
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise CurryError(f"config key '{key}' may not be null")
+    base = text.replace(" | None", "").replace("typing.Optional[", "").rstrip("]")
+    try:
+        if base in ("bool", "<class 'bool'>"):
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if base in ("int", "<class 'int'>"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base in ("float", "<class 'float'>"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise CurryError(f"config key '{key}': expected {base.replace('<class ', '').strip(chr(39) + '>')}, "
+                         f"got {value!r}") from None
+
+
+def from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Build a config from nested dicts, starting from ``base`` (default: defaults)."""
+    cfg = base or TrainConfig()
+    classes = _section_classes()
+    if not isinstance(d, dict):
+        raise CurryError(f"config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(d).__name__}")
+    for section, values in d.items():
+        if section not in classes:
+            raise CurryError(f"unknown config section '{section}'; valid sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise CurryError(f"config section '{section}' must be a mapping, got {values!r}")
+        obj = getattr(cfg, section)
+        hints = get_type_hints(classes[section])
+        for key, value in values.items():
+            if key not in hints:
+                raise CurryError(f"unknown config key '{section}.{key}'; valid keys in '{section}': "
+                                 f"{', '.join(hints)}")
+            setattr(obj, key, _coerce(value, hints[key], f"{section}.{key}"))
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in pairs:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise CurryError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value) if value != "" else ""
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (optional), apply ``--set`` overrides, validate."""
+    cfg = TrainConfig()
+    if path:
+        if not os.path.exists(path):
+            raise CurryError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise CurryError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        cfg = from_dict(data, cfg)
+    if overrides:
+        cfg = from_dict(parse_overrides(overrides), cfg)
+    return validate(cfg)
+
+
+def _choice(key: str, value: str, valid: list[str] | tuple[str, ...]) -> None:
+    if value not in valid:
+        raise CurryError(f"config key '{key}': {value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise CurryError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """All range and choice checks, in one place. Registries are imported lazily to name valid values."""
+    from .curriculum.difficulty import check_measure
+    from .curriculum.schedules import SCHEDULES
+    from .data.pairs import check_strategy
+    from .training.losses import check_loss
+
+    m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
+    _choice("model.precision", m.precision, ["auto", "fp32", "bf16", "fp16"])
+    _positive("model.lora_r", m.lora_r)
+    _choice("data.score", d.score, ["mean-aspects", "overall"])
+    _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])
+    try:
+        check_strategy(d.strategy)
+        check_loss(lo.name)
+        check_measure(c.difficulty)
+    except CurryError as e:
+        raise CurryError(f"config: {e}") from None
+    _positive("data.min_gap", d.min_gap, allow_zero=True)
+    _positive("data.max_length", d.max_length)
+    _positive("data.max_prompt_length", d.max_prompt_length)
+    if d.max_prompt_length >= d.max_length:
+        raise CurryError(f"config key 'data.max_prompt_length' ({d.max_prompt_length}) must be below "
+                         f"'data.max_length' ({d.max_length}) to leave room for the response")
+    if not 0 <= d.eval_fraction < 1:
+        raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
+    _choice("curriculum.schedule", c.schedule, list(SCHEDULES))
+    if c.stages < 1:
+        raise CurryError(f"config key 'curriculum.stages' must be >= 1, got {c.stages}")
+    _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial"])
+    _choice("curriculum.split_by", c.split_by, ["auto", "rank", "quantile"])
+    _choice("curriculum.single_pair_strategy", c.single_pair_strategy, ["best-vs-random", "best-vs-worst"])
+    for key in ("cyclical_start", "cyclical_end", "self_paced_start"):
+        v = getattr(c, key)
+        if not 0 < v <= 1:
+            raise CurryError(f"config key 'curriculum.{key}' must be in (0, 1], got {v}")
+    _positive("curriculum.cyclical_factor", c.cyclical_factor)
+    if c.difficulty == "reward-margin" and not c.reward_model:
+        raise CurryError("config: difficulty 'reward-margin' needs 'curriculum.reward_model' (a model path)")
+    _positive("loss.beta", lo.beta)
+    if not 0 <= lo.label_smoothing < 0.5:
+        raise CurryError(f"config key 'loss.label_smoothing' must be in [0, 0.5), got {lo.label_smoothing}")
+    if lo.rpo_alpha is not None:
+        _positive("loss.rpo_alpha", lo.rpo_alpha, allow_zero=True)
+    _positive("optim.lr", o.lr)
+    _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+    _positive("optim.batch_size", o.batch_size)
+    _positive("optim.grad_accum", o.grad_accum)
+    _positive("optim.epochs_per_stage", o.epochs_per_stage)
+    if o.total_updates is not None:
+        _positive("optim.total_updates", o.total_updates)
+    _choice("optim.lr_schedule", o.lr_schedule, ["linear", "cosine", "constant"])
+    if not 0 <= o.warmup_ratio < 1:
+        raise CurryError(f"config key 'optim.warmup_ratio' must be in [0, 1), got {o.warmup_ratio}")
+    _choice("optim.across_stages", o.across_stages, ["continue", "restart"])
+    _positive("optim.max_grad_norm", o.max_grad_norm, allow_zero=True)
+    _positive("run.save_every", r.save_every, allow_zero=True)
+    return cfg
+
+
+def reference_mode(cfg: TrainConfig) -> str:
+    """Resolve ``curriculum.reference: auto``: the paper swaps the reference only in iterative training."""
+    if cfg.curriculum.reference != "auto":
+        return cfg.curriculum.reference
+    return "previous-stage" if cfg.curriculum.schedule == "iterative" else "initial"
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def help_table() -> str:
+    """Markdown reference of every key (used by the README and `currydpo train --help-config`)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, cls in _section_classes().items():
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            lines.append(f"| `{section}.{f.name}` | `{default}` | {f.metadata.get('help', '')} |")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""records -> pairs -> difficulty -> stages: the data half of a run, shared by `train`, `pairs` and `demo`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .config import TrainConfig
+from .curriculum.difficulty import STATIC, measure_static
+from .curriculum.schedules import Stage, plan
+from .data.loading import load_records
+from .data.pairs import Pair, build_pairs
+from .data.records import Record
+from .errors import CurryError
+
+
+@dataclass
+class Prepared:
+    records: list[Record]
+    train_pairs: list[Pair]
+    eval_pairs: list[Pair]
+    rows_read: int = 0
+    bad_rows: dict[str, int] = field(default_factory=dict)
+
+
+def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
+    """Load the data (unless ``records`` is given), hold out eval prompts, build pairs, measure static difficulty."""
+    d, c = cfg.data, cfg.curriculum
+    rows_read, bad = 0, {}
+    if records is None:
+        res = load_records(d.path, d.format, split=d.split, subset=d.subset, score=d.score,
+                           on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
+        records, rows_read, bad = res.records, res.rows_read, res.bad_rows
+    if not records:
+        raise CurryError(f"{d.path or 'data'}: no usable records")
+    order = list(range(len(records)))
+    random.Random(cfg.run.seed).shuffle(order)
+    held_out = set(order[: int(round(d.eval_fraction * len(records)))])
+    strategy = c.single_pair_strategy if c.schedule == "single-pair" else d.strategy
+    train = [p for p in build_pairs(records, strategy, d.min_gap, d.allow_ties, cfg.run.seed)
+             if p.record not in held_out]
+    evals = [p for p in build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
+             if p.record in held_out]
+    if not train:
+        raise CurryError(f"{d.path or 'data'}: no training pairs (all responses tied, or min_gap {d.min_gap} "
+                         f"too large); lower data.min_gap or set data.allow_ties")
+    for name in STATIC:
+        measure_static(name, train + evals, records)
+    if c.difficulty.startswith(("column:", "function:")):
+        measure_static(c.difficulty, train + evals, records)
+    return Prepared(records, train, evals, rows_read, bad)
+
+
+def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
+    """The schedule's stages. Self-paced orders its candidates by score-gap until it measures the policy."""
+    c = cfg.curriculum
+    measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
+    return plan(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
+                seed=cfg.run.seed, shuffle_within_stage=c.shuffle_within_stage,
+                cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)

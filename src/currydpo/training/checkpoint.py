@@ -1,0 +1,98 @@
+"""Checkpoints: the training state (to resume) and per-stage models (to use).
+
+``OUTPUT/state/`` holds the trainable weights, optimiser, LR scheduler, RNG states and
+the curriculum position (stage, update); ``OUTPUT/stage-K/`` and ``OUTPUT/final/`` hold
+models saved with ``save_pretrained``. Every directory is written to a temp dir and
+renamed into place, so a reader (or ``--resume`` after a kill) only ever sees complete
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import TrainConfig, to_yaml
+from ..io import atomic_dir
+
+STATE_DIR = "state"
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_state(output_dir: str, model, optimizer, scheduler, position: dict, cfg: TrainConfig) -> None:
+    """Write ``OUTPUT/state`` atomically. ``position`` is JSON: stage, update, global_step, ..."""
+    with atomic_dir(os.path.join(output_dir, STATE_DIR)) as tmp:
+        save_file(_trainable(model), os.path.join(tmp, "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                   os.path.join(tmp, "optim.pt"))
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   os.path.join(tmp, "rng.pt"))
+        with open(os.path.join(tmp, "position.json"), "w") as f:
+            json.dump(position, f, indent=2)
+        with open(os.path.join(tmp, "config.yaml"), "w") as f:
+            f.write(to_yaml(cfg))
+
+
+def read_position(output_dir: str) -> dict | None:
+    path = os.path.join(output_dir, STATE_DIR, "position.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_weights(output_dir: str, model) -> None:
+    weights = load_file(os.path.join(output_dir, STATE_DIR, "trainable.safetensors"))
+    device = next(model.parameters()).device
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(device))
+
+
+def load_optim(output_dir: str, optimizer, scheduler) -> None:
+    state = torch.load(os.path.join(output_dir, STATE_DIR, "optim.pt"), weights_only=False)
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+
+
+def load_rng(output_dir: str) -> None:
+    rng = torch.load(os.path.join(output_dir, STATE_DIR, "rng.pt"), weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool = False, info: dict | None = None):
+    """``save_pretrained`` (safetensors) + tokenizer + resolved config, atomically.
+
+    With LoRA, stage dirs hold the adapter (peft format); ``merge_lora`` writes merged
+    full weights instead, so plain ``AutoModelForCausalLM.from_pretrained`` loads it.
+    """
+    with atomic_dir(path) as tmp:
+        if merge_lora and hasattr(model, "merge_and_unload"):
+            import copy
+
+            copy.deepcopy(model).merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "currydpo_config.yaml"), "w") as f:
+            f.write(to_yaml(cfg))
+        if info:
+            with open(os.path.join(tmp, "currydpo_stage.json"), "w") as f:
+                json.dump(info, f, indent=2)

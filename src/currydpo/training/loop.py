@@ -1,0 +1,350 @@
+"""The Curry-DPO training loop: stages in order, the reference swapped between them.
+
+Read top to bottom: `train` sets up (data, model, reference log-probs, stage plan)
+and walks the stages; `run_stage` is the update loop of one stage; `train_step` is one
+optimiser update. Curry-DPO (Pattnaik et al. 2024, Sec. 3.3): stage k starts from the
+policy of stage k-1 and, in ``previous-stage`` mode, uses that policy as its reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..config import TrainConfig, reference_mode, to_yaml
+from ..curriculum.difficulty import measure_dynamic, measure_from_response_values
+from ..curriculum.schedules import Stage, admit, updates_per_stage
+from ..data.records import Record
+from ..errors import CurryError
+from ..io import write_text
+from ..pipeline import Prepared, prepare, stage_plan
+from . import checkpoint as ckpt
+from .logprobs import response_logps
+from .losses import REFERENCE_FREE, PairLogps, pair_loss
+from .model import add_lora, load_model, load_tokenizer
+from .responses import RefCache, ResponseTable, logps_for_rows
+from .tokenize import encode_records
+
+
+@dataclass
+class Run:
+    """Everything the stage loop needs, built once by `train`."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    tokenizer: object
+    data: Prepared
+    table: ResponseTable
+    refs: RefCache
+    stages: list[Stage]
+    stage_updates: list[int]
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def pairs_per_update(self) -> int:
+        o = self.cfg.optim
+        return o.batch_size * o.grad_accum * self.accelerator.num_processes
+
+
+def reference_key(mode: str, stage: int) -> str:
+    return "initial" if mode == "initial" or stage == 0 else f"stage-{stage}"  # stage-k = end of stage k
+
+
+def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
+    """Policy log-probs for a micro-batch: each unique response in it is run once."""
+    rows, ci, ri = run.table.rows(pairs)
+    lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id)
+    ci, ri = torch.tensor(ci, device=lp.device), torch.tensor(ri, device=lp.device)
+    rows_t = torch.tensor(rows)
+    gaps = [p.score_gap for p in pairs]
+    return PairLogps(
+        policy_chosen_logps=lp[ci], policy_rejected_logps=lp[ri],
+        chosen_lengths=n[ci].to(lp.dtype), rejected_lengths=n[ri].to(lp.dtype),
+        reference_chosen_logps=None if ref is None else ref[rows_t][ci.cpu()].to(lp),
+        reference_rejected_logps=None if ref is None else ref[rows_t][ri.cpu()].to(lp),
+        score_gaps=None if any(g is None for g in gaps) else torch.tensor(gaps, dtype=lp.dtype, device=lp.device),
+    )
+
+
+def loss_for(run: Run, x: PairLogps, pairs):
+    lo = run.cfg.loss
+    weights = torch.tensor([p.weight for p in pairs], dtype=x.policy_chosen_logps.dtype,
+                           device=x.policy_chosen_logps.device)
+    return pair_loss(lo.name, x, beta=lo.beta, label_smoothing=lo.label_smoothing, gamma=lo.gamma,
+                     ipo_length_normalise=lo.ipo_length_normalise, wpo=lo.wpo, rpo_alpha=lo.rpo_alpha,
+                     weights=weights)
+
+
+def stage_batches(run: Run, stage: Stage, order: list[int], n_updates: int, update: int) -> list[list[int]]:
+    """This process's micro-batches (pair indices) for ``update`` of ``stage``.
+
+    Update u takes the next ``pairs_per_update`` pairs of the stage order, wrapping around
+    for extra passes (re-shuffled per pass, seeded, when ``shuffle_within_stage``).
+    Process p takes micro-batches p, p+W, ... of each update, so the global batch is the
+    same for any number of processes.
+    """
+    P, B = run.pairs_per_update, run.cfg.optim.batch_size
+    start = update * P
+    picked = []
+    for pos in range(start, start + P):
+        epoch, k = divmod(pos, len(order))
+        seq = order
+        if epoch > 0 and run.cfg.curriculum.shuffle_within_stage:
+            seq = order[:]
+            random.Random(run.cfg.run.seed * 7919 + stage.index * 131 + epoch).shuffle(seq)
+        picked.append(seq[k])
+    micro = [picked[j:j + B] for j in range(0, P, B)]
+    W, p = run.accelerator.num_processes, run.accelerator.process_index
+    return micro[p::W]
+
+
+def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, where: str) -> dict:
+    """One optimiser update over this process's micro-batches (gradient accumulation)."""
+    acc, model = run.accelerator, run.model
+    sums: dict[str, float] = {}
+    for m, idx in enumerate(micro):
+        pairs = [run.data.train_pairs[i] for i in idx]
+        sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(model)
+        with sync:
+            loss, metrics, _ = loss_for(run, batch_logps(run, model, pairs, ref), pairs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at {where}, pairs {idx}")
+            acc.backward(loss / len(micro))
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v / len(micro)
+        sums["difficulty"] = sums.get("difficulty", 0.0) + sum(
+            run.data.train_pairs[i].difficulty.get(run.cfg.curriculum.difficulty, math.nan) for i in idx
+        ) / len(idx) / len(micro)
+    grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.optim.max_grad_norm or float("inf"))
+    if not torch.isfinite(torch.as_tensor(grad_norm)):
+        raise FloatingPointError(f"gradient norm is {float(grad_norm)} at {where}")
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in sums.items()}
+    out["grad_norm"] = float(grad_norm)
+    out["lr"] = scheduler.get_last_lr()[0]
+    return out
+
+
+def make_optimizer(run: Run, n_updates: int):
+    o = run.cfg.optim
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[o.lr_schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(o.warmup_ratio * n_updates),
+                              num_training_steps=n_updates)
+    return optimizer, scheduler
+
+
+def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor) -> list[float]:
+    """Self-paced difficulty: the current policy's loss on each pair (no gradients)."""
+    pairs = [run.data.train_pairs[i] for i in pair_idx]
+    rows, ci, ri = run.table.rows(pairs)
+    lp, n = logps_for_rows(run.model, run.table, rows, run.tokenizer.pad_token_id,
+                           run.cfg.optim.batch_size * 2, desc="dynamic difficulty",
+                           progress=run.cfg.run.progress and run.accelerator.is_main_process)
+    rows_t = torch.tensor(rows)
+    x = PairLogps(lp[ci], lp[ri], n[ci].double(), n[ri].double(), ref[rows_t][ci], ref[rows_t][ri],
+                  torch.tensor([p.score_gap or 0.0 for p in pairs], dtype=torch.float64))
+    return loss_for(run, x, pairs)[2].tolist()
+
+
+def run_stage(run: Run, k: int, optimizer, scheduler, first_update: int, ref: torch.Tensor | None,
+              order: list[int], global_step: int) -> int:
+    """The update loop of stage ``k``; returns the global step at its end."""
+    cfg, acc = run.cfg, run.accelerator
+    n_updates = run.stage_updates[k]
+    bar = tqdm(range(first_update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=first_update,
+               total=n_updates, disable=not (cfg.run.progress and acc.is_main_process))
+    for u in bar:
+        micro = stage_batches(run, run.stages[k], order, n_updates, u)
+        where = f"stage {k + 1}, update {u + 1}, step {global_step + 1}"
+        try:
+            metrics = train_step(run, optimizer, scheduler, micro, ref, where)
+        except FloatingPointError as e:
+            optimizer.zero_grad(set_to_none=True)
+            save_position(run, optimizer, scheduler, k, u, global_step, order)
+            raise CurryError(f"non-finite values: {e}; the last good state is saved in "
+                             f"{cfg.run.output_dir}/state (lower optim.lr or check the data)") from None
+        global_step += 1
+        entry = {"step": global_step, "stage": k + 1, "stage_update": u + 1, **metrics}
+        log_metrics(run, entry)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+        if cfg.run.save_every and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates:
+            save_position(run, optimizer, scheduler, k, u + 1, global_step, order)
+    return global_step
+
+
+def log_metrics(run: Run, entry: dict) -> None:
+    run.log.append(entry)
+    if run.accelerator.is_main_process:
+        with open(os.path.join(run.cfg.run.output_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    run.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
+
+
+def save_position(run: Run, optimizer, scheduler, stage: int, update: int, global_step: int, order) -> None:
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        pos = {"stage": stage, "update": update, "global_step": global_step, "order": order,
+               "log_lines": len(run.log)}
+        ckpt.save_state(run.cfg.run.output_dir, run.accelerator.unwrap_model(run.model), optimizer, scheduler,
+                        pos, run.cfg)
+    run.accelerator.wait_for_everyone()
+
+
+def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
+    """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan."""
+    c, o = cfg.curriculum, cfg.optim
+    trackers = [t.strip() for t in cfg.run.report_to.split(",") if t.strip()]
+    acc = Accelerator(log_with=trackers or None, project_dir=cfg.run.output_dir,
+                      mixed_precision="no" if cfg.model.precision in ("auto", "fp32") else cfg.model.precision)
+    set_seed(cfg.run.seed)
+    data = prepare(cfg, records)
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    model = load_model(cfg.model.path, cfg.model, acc.device)
+    enc = encode_records(data.records, tokenizer, max_length=cfg.data.max_length,
+                         max_prompt_length=cfg.data.max_prompt_length, progress=cfg.run.progress)
+    table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
+    refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"))
+    ref_rows = list(range(len(table.keys)))
+    progress = cfg.run.progress and acc.is_main_process
+    if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
+        ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device)
+        refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress)
+        del ref_model
+    else:
+        refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress)
+    initial = refs.get("initial", len(table.keys))
+    values = {k: float(initial[j]) for j, k in enumerate(table.keys)}
+    measure_from_response_values("ref-logratio", data.train_pairs + data.eval_pairs, values, sign=-1.0)
+    if c.difficulty == "reward-margin":
+        from ..evaluation.judges import make_judge
+
+        judge = make_judge(f"reward-model:{c.reward_model}", trust_remote_code=cfg.model.trust_remote_code)
+        recs = data.records
+        rewards = judge.score([recs[r].prompt for r, _ in table.keys],
+                              [recs[r].responses[i].text for r, i in table.keys])
+        measure_from_response_values("reward-margin", data.train_pairs + data.eval_pairs,
+                                     dict(zip(table.keys, rewards)), sign=-1.0)
+    if cfg.model.lora:
+        model = add_lora(model, cfg.model)
+    stages = stage_plan(cfg, data.train_pairs)
+    P = o.batch_size * o.grad_accum * acc.num_processes
+    sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))
+             for s in stages]
+    n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
+    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates)
+
+
+def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False) -> dict:
+    """Train every stage of the curriculum; returns the run summary (also written to summary.json)."""
+    out = cfg.run.output_dir
+    os.makedirs(out, exist_ok=True)
+    position = ckpt.read_position(out) if resume else None
+    if not resume and os.path.exists(os.path.join(out, ckpt.STATE_DIR)):
+        raise CurryError(f"{out} already holds a run; pass --resume to continue it or choose another run.output_dir")
+    write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
+    run = setup(cfg, records)
+    acc, o, mode = run.accelerator, cfg.optim, reference_mode(cfg)
+    acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    first_stage, first_update, global_step, saved_order = 0, 0, 0, None
+    if position:
+        ckpt.load_weights(out, acc.unwrap_model(run.model))
+        first_stage, first_update, global_step = position["stage"], position["update"], position["global_step"]
+        saved_order = position["order"] if first_update > 0 else None
+        with open(metrics_path) as f:  # drop lines logged after the checkpoint
+            run.log = [json.loads(line) for line in f][: position["log_lines"]]
+    if acc.is_main_process:
+        with open(metrics_path, "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in run.log)
+    run.model = acc.prepare(run.model)
+    run.model.train()
+    optimizer = scheduler = None
+    if o.across_stages == "continue":
+        optimizer, scheduler = make_optimizer(run, sum(run.stage_updates))
+    stage_info = []
+    for k, stage in enumerate(run.stages):
+        ref_key = reference_key(mode, k)
+        if k < first_stage:
+            stage_info.append({"stage": k + 1, "reference": ref_key, "updates": run.stage_updates[k]})
+            continue
+        if o.across_stages == "restart":
+            optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
+        if position and k == first_stage:
+            if o.across_stages == "continue" or first_update > 0:  # a restarted stage starts fresh
+                ckpt.load_optim(out, optimizer, scheduler)
+            ckpt.load_rng(out)
+        ref = None
+        if run.cfg.loss.name not in REFERENCE_FREE:
+            rows = run.table.rows([run.data.train_pairs[i] for i in stage.pairs])[0]
+            ref = run.refs.ensure(ref_key, acc.unwrap_model(run.model), run.table, rows, run.tokenizer.pad_token_id,
+                                  o.batch_size * 2, cfg.run.progress and acc.is_main_process)
+        order = saved_order if (saved_order is not None and k == first_stage) else stage.pairs
+        if stage.admit_fraction is not None and order is stage.pairs:
+            measure_dynamic([run.data.train_pairs[i] for i in stage.pairs], dynamic_losses(run, stage.pairs, ref))
+            order = admit(stage, run.data.train_pairs, cfg.run.seed, cfg.curriculum.shuffle_within_stage)
+        global_step = run_stage(run, k, optimizer, scheduler, first_update if k == first_stage else 0, ref,
+                                list(order), global_step)
+        info = {"stage": k + 1, "label": stage.label, "reference": ref_key, "pairs": len(order),
+                "updates": run.stage_updates[k], "end_step": global_step}
+        info.update(evaluate_held_out(run, ref_key="initial"))
+        stage_info.append(info)
+        if acc.is_main_process:
+            ckpt.save_model(os.path.join(out, f"stage-{k + 1}"), acc.unwrap_model(run.model), run.tokenizer, cfg,
+                            info=info)
+        save_position(run, optimizer, scheduler, k + 1, 0, global_step, [])
+    return finish(run, stage_info, mode)
+
+
+def evaluate_held_out(run: Run, ref_key: str) -> dict:
+    """Preference metrics on held-out pairs against the initial reference (empty without eval_fraction)."""
+    if not run.data.eval_pairs:
+        return {}
+    from ..evaluation.preference import preference_metrics
+
+    pairs = run.data.eval_pairs
+    rows, ci, ri = run.table.rows(pairs)
+    lp, n = logps_for_rows(run.accelerator.unwrap_model(run.model), run.table, rows, run.tokenizer.pad_token_id,
+                           run.cfg.optim.batch_size * 2, desc="held-out metrics",
+                           progress=run.cfg.run.progress and run.accelerator.is_main_process)
+    ref = run.refs.get(ref_key, len(run.table.keys))[torch.tensor(rows)]
+    m = preference_metrics(lp[ci], lp[ri], n[ci], n[ri], ref[ci], ref[ri], run.cfg.loss.beta,
+                           [p.score_gap for p in pairs], buckets=[p.rejected_position for p in pairs])
+    return {f"eval/{k}": v for k, v in m.items()}
+
+
+def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
+    """Save the final model and the run summary (what was held equal, for fair comparisons)."""
+    cfg, acc, o = run.cfg, run.accelerator, run.cfg.optim
+    summary = {
+        "schedule": cfg.curriculum.schedule, "difficulty": cfg.curriculum.difficulty, "loss": cfg.loss.name,
+        "beta": cfg.loss.beta, "reference": mode, "total_updates": sum(run.stage_updates),
+        "pairs_per_update": run.pairs_per_update, "lr": o.lr, "lr_schedule": o.lr_schedule,
+        "warmup_ratio": o.warmup_ratio, "across_stages": o.across_stages,
+        "optimizer_resets": len(run.stages) - 1 if o.across_stages == "restart" else 0,
+        "train_pairs": len(run.data.train_pairs), "eval_pairs": len(run.data.eval_pairs),
+        "unique_responses": len(run.table.keys), "stages": stage_info,
+        "final_loss": run.log[-1]["loss"] if run.log else None,
+    }
+    if acc.is_main_process:
+        model = acc.unwrap_model(run.model)
+        ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True)
+        from ..io import write_json
+
+        write_json(os.path.join(cfg.run.output_dir, "summary.json"), summary)
+    acc.end_training()
+    return summary

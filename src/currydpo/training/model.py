@@ -1,0 +1,73 @@
+"""Loading the policy, its tokenizer and (optionally) LoRA adapters.
+
+Thin wrappers over transformers/peft whose only job is clear errors: a path that
+does not exist, a tokenizer without a pad token, remote code the user did not allow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..config import ModelConfig
+from ..errors import CurryError
+
+
+def _check_path(path: str, what: str) -> None:
+    if not path:
+        raise CurryError(f"no {what} given: set 'model.path' (a local HF model dir or a hub name)")
+    if os.path.isdir(os.path.expanduser(path)):
+        return
+    hub_name = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if not hub_name:
+        raise CurryError(f"{what} not found: {path} (expected a directory saved with save_pretrained, "
+                         f"or a hub name like org/model)")
+
+
+def dtype_for(precision: str, device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 autocast is ~20x slower there), bf16 on GPU, unless asked otherwise."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    _check_path(path, "model")
+    try:
+        tok = AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise CurryError(f"cannot load tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise CurryError(f"tokenizer at {path} has neither a pad nor an eos token; add a pad token "
+                             f"(tokenizer.add_special_tokens({{'pad_token': '<pad>'}})) and save it again")
+        # Padding is always masked out, so reusing EOS as the pad id changes no number.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, cfg: ModelConfig, device: torch.device):
+    """A causal LM on ``device`` in the configured precision (no LoRA applied here)."""
+    _check_path(path, "model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.expanduser(path), dtype=dtype_for(cfg.precision, device),
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except (OSError, ValueError) as e:
+        raise CurryError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
+    return model.to(device)
+
+
+def add_lora(model, cfg: ModelConfig):
+    """Wrap ``model`` with trainable LoRA adapters (peft); the base weights stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_target_modules
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+    )
+    return get_peft_model(model, lora)

@@ -1,0 +1,117 @@
+"""The response table and the reference log-prob cache.
+
+Our data model is responses, not pairs: every unique (prompt, response) that some
+pair uses is tokenised once (``ResponseTable``) and its reference log-prob is computed
+once per reference model (``RefCache``), then shared by every pair that contains it.
+The cache is keyed by the reference's identity ("initial", "stage-1", ...) and kept
+on disk under ``OUTPUT/refcache/`` so a resumed run never recomputes it. Because the
+log-probs are computed by whichever model *is* the reference at that moment (the
+initial weights, or the policy at the end of the previous stage), no second copy of
+the model is held in memory during training.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.pairs import Pair
+from ..errors import CurryError
+from ..io import atomic_path
+from .logprobs import response_logps
+from .tokenize import Encoded
+
+Key = tuple[int, int]  # (record index, response index)
+
+
+@dataclass
+class ResponseTable:
+    keys: list[Key]
+    encoded: list[Encoded]
+    index: dict[Key, int]
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[Pair], encoded_records: Sequence[Sequence[Encoded]]) -> "ResponseTable":
+        keys = sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs})
+        return cls(keys, [encoded_records[r][i] for r, i in keys], {k: j for j, k in enumerate(keys)})
+
+    def rows(self, pairs: Sequence[Pair]) -> tuple[list[int], list[int], list[int]]:
+        """Unique table rows used by ``pairs`` and, per pair, the position of chosen/rejected in that list."""
+        used = sorted({self.index[(p.record, p.chosen)] for p in pairs} |
+                      {self.index[(p.record, p.rejected)] for p in pairs})
+        where = {row: j for j, row in enumerate(used)}
+        chosen = [where[self.index[(p.record, p.chosen)]] for p in pairs]
+        rejected = [where[self.index[(p.record, p.rejected)]] for p in pairs]
+        return used, chosen, rejected
+
+
+@torch.no_grad()
+def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_id: int, batch_size: int,
+                   desc: str = "log-probs", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts for ``rows`` of the table, in eval mode.
+
+    Rows are batched longest-first so each batch carries little padding; results come
+    back in the order of ``rows``.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda j: -len(table.encoded[rows[j]]))
+    logps = torch.empty(len(rows), dtype=torch.float64)
+    counts = torch.empty(len(rows), dtype=torch.long)
+    bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False)
+    for start in bar:
+        chunk = order[start:start + batch_size]
+        lp, n = response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id)
+        logps[chunk] = lp.double().cpu()
+        counts[chunk] = n.cpu()
+    model.train(was_training)
+    return logps, counts
+
+
+class RefCache:
+    """Reference log-probs per table row, per reference identity; persisted in ``directory``."""
+
+    def __init__(self, directory: str | None):
+        self.directory = directory
+        self.values: dict[str, torch.Tensor] = {}  # key -> (len(table),) float64, NaN = not computed
+
+    def _path(self, key: str) -> str | None:
+        return os.path.join(self.directory, f"{key}.pt") if self.directory else None
+
+    def get(self, key: str, size: int) -> torch.Tensor:
+        if key not in self.values:
+            path = self._path(key)
+            if path and os.path.exists(path):
+                self.values[key] = torch.load(path)
+            else:
+                self.values[key] = torch.full((size,), math.nan, dtype=torch.float64)
+        return self.values[key]
+
+    def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], pad_token_id: int,
+               batch_size: int, progress: bool = True) -> torch.Tensor:
+        """Compute the missing rows with ``model`` (which must be the reference ``key``) and save."""
+        values = self.get(key, len(table.keys))
+        missing = [r for r in rows if math.isnan(values[r])]
+        if missing:
+            lp, _ = logps_for_rows(model, table, missing, pad_token_id, batch_size,
+                                   desc=f"reference log-probs ({key})", progress=progress)
+            bad = [table.keys[missing[j]] for j in range(len(missing)) if not math.isfinite(lp[j])]
+            if bad:
+                raise CurryError(f"reference '{key}' gives a non-finite log-prob to {len(bad)} responses "
+                                 f"(first: record {bad[0][0]}, response {bad[0][1]}); a token has zero "
+                                 f"probability under the reference — check the tokenizer/model pair")
+            values[missing] = lp
+            self.save(key)
+        return values
+
+    def save(self, key: str) -> None:
+        path = self._path(key)
+        if path:
+            os.makedirs(self.directory, exist_ok=True)
+            with atomic_path(path) as tmp:
+                torch.save(self.values[key], tmp)
