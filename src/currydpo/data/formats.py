@@ -1,0 +1,385 @@
+"""Source formats -> canonical `Record`s (one prompt, N rated responses).
+
+Each converter takes one source row (a dict, as `datasets` or `json` gives it) and
+returns the records it holds: one for most formats, several for an OpenAssistant
+tree. `convert_rows` drives them over a table and validates every record, yielding
+either the record or the `BadRow` that explains why the row cannot become one, so
+the loader can stop or count-and-skip.
+
+Formats (the keys auto-detection looks for in the first row):
+
+- ``ultrafeedback``: openbmb/UltraFeedback — ``instruction``, ``completions[]`` with
+  ``response``, ``overall_score``, ``fine-grained_score``, ``annotations``.
+- ``nectar``: berkeley-nest/Nectar — ``prompt``, ``answers[]`` with ``answer``,
+  ``rank`` (1 = best), ``model``.
+- ``oasst``: OpenAssistant, either the tree export (``prompt`` message with nested
+  ``replies``) or the flat HF oasst1 table (``message_id``, ``parent_id``, ``role``,
+  ``text``, ``rank``; 0 = best).
+- ``pairwise``: TRL preference data — ``prompt``/``chosen``/``rejected`` as strings or
+  message lists, or only ``chosen``/``rejected`` sharing an implicit prompt prefix
+  (Anthropic HH).
+- ``ranked``: ours — ``prompt`` (string or messages), ``responses: [{text, score}]``
+  or ``[{text, rank}]``, optional ``id``.
+
+Arrow fills keys a row lacks with None, so None is treated as "field absent".
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Iterator, Sequence
+
+from ..errors import BadRow, CurryError
+from .records import Record, Response, validate_record
+
+SCORES = ("mean-aspects", "overall")
+# UltraFeedback's four GPT-4 aspects, each rated 1..5 (the paper's 1..5 scale is their mean).
+ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _get(row: dict, key: str, source: str | None, rowno: int, field: str | None = None) -> Any:
+    """row[key], or a BadRow that names the field and suggests a near-miss spelling."""
+    value = row.get(key) if isinstance(row, dict) else None
+    if value is None:
+        present = [k for k, v in row.items() if v is not None] if isinstance(row, dict) else []
+        close = difflib.get_close_matches(key, [k for k in present if k != key], n=1, cutoff=0.75)
+        detail = f"found {close[0]!r}, did you mean {key!r}?" if close else f"keys present: {', '.join(present)}"
+        raise BadRow(source, rowno, field or key, "missing field", detail)
+    return value
+
+
+def _expect(value: Any, types: type | tuple, source: str | None, rowno: int, field: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise BadRow(source, rowno, field, "bad type", f"expected {names}, got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def _text(value: Any, source: str | None, rowno: int, field: str) -> Any:
+    """A string or a message list (validated later by `validate_record`)."""
+    return _expect(value, (str, list), source, rowno, field)
+
+
+def _number(value: Any, source: str | None, rowno: int, field: str, strings_ok: bool = False) -> float:
+    """A finite-or-not float; numeric strings only where the format writes them ("4")."""
+    if strings_ok and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise BadRow(source, rowno, field, "bad score", f"got {value!r}, expected a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRow(source, rowno, field, "bad score", f"got {value!r:.40}, expected a number")
+    return float(value)
+
+
+def _rank(value: Any, source: str | None, rowno: int, field: str) -> int:
+    """An integer rank; Arrow may hand back 2.0 for 2."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRow(source, rowno, field, "bad rank", f"got {value!r:.40}, expected an integer")
+    return value
+
+
+def _row_id(row: dict, rowno: int, keys: Sequence[str] = ("prompt_id", "id")) -> str:
+    for k in keys:
+        if isinstance(row, dict) and row.get(k) is not None:
+            return str(row[k])
+    return str(rowno)
+
+
+def _dict_row(row: Any, source: str | None, rowno: int) -> dict:
+    if not isinstance(row, dict):
+        raise BadRow(source, rowno, None, "bad type", f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+# ----------------------------------------------------------------------------- ultrafeedback
+
+def _uf_score(comp: dict, score: str, source: str | None, rowno: int, field: str) -> float:
+    if score == "overall":
+        return _number(_get(comp, "overall_score", source, rowno, f"{field}.overall_score"),
+                       source, rowno, f"{field}.overall_score", strings_ok=True)
+    ratings = []
+    annotations = comp.get("annotations") or {}
+    _expect(annotations, dict, source, rowno, f"{field}.annotations")
+    for aspect, ann in annotations.items():
+        if not isinstance(ann, dict) or ann.get("Rating") is None:
+            continue
+        rating = ann["Rating"]
+        if isinstance(rating, str) and rating.strip().upper() == "N/A":
+            continue  # the judge declined to rate this aspect
+        ratings.append(_number(rating, source, rowno, f"{field}.annotations.{aspect}.Rating", strings_ok=True))
+    if ratings:
+        return sum(ratings) / len(ratings)
+    # No usable aspect ratings: fine-grained_score is the same mean, precomputed by openbmb.
+    fg = _get(comp, "fine-grained_score", source, rowno, f"{field}.annotations")
+    return _number(fg, source, rowno, f"{field}.fine-grained_score", strings_ok=True)
+
+
+def ultrafeedback(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+    row = _dict_row(row, source, rowno)
+    prompt = _text(_get(row, "instruction", source, rowno), source, rowno, "instruction")
+    comps = _expect(_get(row, "completions", source, rowno), list, source, rowno, "completions")
+    responses = []
+    for i, comp in enumerate(comps):
+        field = f"completions[{i}]"
+        comp = _expect(comp, dict, source, rowno, field)
+        text = _text(_get(comp, "response", source, rowno, f"{field}.response"), source, rowno, f"{field}.response")
+        meta = {"model": comp["model"]} if comp.get("model") is not None else {}
+        responses.append(Response(text, score=_uf_score(comp, score, source, rowno, field), meta=meta))
+    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+
+
+# ----------------------------------------------------------------------------- nectar
+
+def nectar(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+    row = _dict_row(row, source, rowno)
+    prompt = _text(_get(row, "prompt", source, rowno), source, rowno, "prompt")
+    answers = _expect(_get(row, "answers", source, rowno), list, source, rowno, "answers")
+    responses = []
+    for i, ans in enumerate(answers):
+        field = f"answers[{i}]"
+        ans = _expect(ans, dict, source, rowno, field)
+        text = _text(_get(ans, "answer", source, rowno, f"{field}.answer"), source, rowno, f"{field}.answer")
+        rank = _rank(_get(ans, "rank", source, rowno, f"{field}.rank"), source, rowno, f"{field}.rank")
+        meta = {"model": ans["model"]} if ans.get("model") is not None else {}
+        responses.append(Response(text, rank=rank, meta=meta))
+    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+
+
+# ----------------------------------------------------------------------------- oasst
+
+OASST_ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
+
+
+def _oasst_role(msg: dict, source: str | None, rowno: int, field: str) -> str:
+    role = _get(msg, "role", source, rowno, f"{field}.role")
+    if role not in OASST_ROLES:
+        raise BadRow(source, rowno, f"{field}.role", "bad role",
+                     f"got {role!r}, expected one of {', '.join(OASST_ROLES)}")
+    return OASST_ROLES[role]
+
+
+def _oasst_record(node: dict, replies: list[tuple[dict, str]], history: list[dict],
+                  source: str | None, rowno: int) -> Record | None:
+    """A record for one prompter message if >= 2 of its assistant replies carry a rank."""
+    responses = []
+    for reply, field in replies:
+        if reply.get("rank") is None or OASST_ROLES.get(reply.get("role")) != "assistant":
+            continue  # unranked replies (rank null) say nothing about preference
+        text = _expect(_get(reply, "text", source, rowno, f"{field}.text"), str, source, rowno, f"{field}.text")
+        responses.append(Response(text, rank=_rank(reply["rank"], source, rowno, f"{field}.rank"),
+                                  meta={"message_id": reply.get("message_id")}))
+    if len(responses) < 2:
+        return None
+    return Record(str(node.get("message_id") or rowno), list(history), responses, source=source, row=rowno)
+
+
+def oasst_tree(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+    """One message tree per row; every prompter turn with >= 2 ranked replies is a record."""
+    row = _dict_row(row, source, rowno)
+    root = _expect(_get(row, "prompt", source, rowno), dict, source, rowno, "prompt")
+    records: list[Record] = []
+    # Depth-first walk with the conversation so far; iterative so deep trees cannot overflow.
+    stack: list[tuple[dict, str, list[dict]]] = [(root, "prompt", [])]
+    while stack:
+        node, field, history = stack.pop()
+        role = _oasst_role(node, source, rowno, field)
+        text = _expect(_get(node, "text", source, rowno, f"{field}.text"), str, source, rowno, f"{field}.text")
+        history = history + [{"role": role, "content": text}]
+        replies = _expect(node.get("replies") or [], list, source, rowno, f"{field}.replies")
+        replies = [(_expect(r, dict, source, rowno, f"{field}.replies[{k}]"), f"{field}.replies[{k}]")
+                   for k, r in enumerate(replies)]
+        for r, rf in replies:
+            _oasst_role(r, source, rowno, rf)
+        if role == "user":
+            rec = _oasst_record(node, replies, history, source, rowno)
+            if rec is not None:
+                records.append(rec)
+        stack.extend((r, rf, history) for r, rf in reversed(replies))
+    return records
+
+
+def oasst_flat(rows: Sequence[dict], source: str | None,
+               line_of: Callable[[int], int]) -> Iterator[tuple[int, Record | BadRow]]:
+    """HF oasst1 layout: one message per row, linked by ``parent_id``."""
+    by_id: dict[str, tuple[int, dict]] = {}
+    children: dict[str, list[tuple[dict, str]]] = {}
+    for i, row in enumerate(rows):
+        try:
+            row = _dict_row(row, source, line_of(i))
+            mid = str(_get(row, "message_id", source, line_of(i)))
+            _oasst_role(row, source, line_of(i), "role")
+            # Check each message's own fields here so errors name the message's own row.
+            _expect(_get(row, "text", source, line_of(i)), str, source, line_of(i), "text")
+            if row.get("rank") is not None:
+                _rank(row["rank"], source, line_of(i), "rank")
+            by_id[mid] = (i, row)
+            if row.get("parent_id") is not None:
+                children.setdefault(str(row["parent_id"]), []).append((row, f"row {line_of(i)}"))
+        except BadRow as e:
+            yield i, e
+    for mid, (i, row) in by_id.items():
+        if OASST_ROLES[row["role"]] != "user" or mid not in children:
+            continue
+        rowno = line_of(i)
+        try:
+            history, cur, seen = [], row, set()
+            while cur is not None:  # walk up to the root; `seen` guards against parent cycles
+                cid = str(cur["message_id"])
+                if cid in seen:
+                    raise BadRow(source, rowno, "parent_id", "bad tree", f"cycle through message {cid}")
+                seen.add(cid)
+                text = _expect(_get(cur, "text", source, rowno, "text"), str, source, rowno, "text")
+                history.append({"role": OASST_ROLES[cur["role"]], "content": text})
+                parent = cur.get("parent_id")
+                cur = by_id[str(parent)][1] if parent is not None and str(parent) in by_id else None
+            rec = _oasst_record(row, children[mid], history[::-1], source, rowno)
+            if rec is not None:
+                yield i, validate_record(rec)
+        except BadRow as e:
+            yield i, e
+
+
+def is_flat_oasst(row: Any) -> bool:
+    return isinstance(row, dict) and row.get("message_id") is not None and not isinstance(row.get("prompt"), dict)
+
+
+# ----------------------------------------------------------------------------- pairwise
+
+def _split_text(chosen: str, rejected: str, source: str | None, rowno: int) -> tuple[str, str, str]:
+    """Anthropic HH: the prompt is the shared prefix up to and including the last "\\n\\nAssistant:"."""
+    n = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        n += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, n)
+    if cut < 0 or cut + len(HH_ASSISTANT) > n:
+        raise BadRow(source, rowno, "chosen", "no shared prompt",
+                     f"chosen and rejected share no prefix ending in {HH_ASSISTANT!r}; add a 'prompt' field")
+    cut += len(HH_ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _split_messages(chosen: list, rejected: list, source: str | None, rowno: int) -> tuple[list, list, list]:
+    """Conversational implicit prompt: the shared message prefix, backed off so replies start with the assistant."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n > 0 and isinstance(chosen[n - 1], dict) and chosen[n - 1].get("role") == "assistant":
+        n -= 1
+    if n == 0:
+        raise BadRow(source, rowno, "chosen", "no shared prompt",
+                     "chosen and rejected share no leading messages; add a 'prompt' field")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def pairwise(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+    row = _dict_row(row, source, rowno)
+    chosen = _text(_get(row, "chosen", source, rowno), source, rowno, "chosen")
+    rejected = _text(_get(row, "rejected", source, rowno), source, rowno, "rejected")
+    if row.get("prompt") is not None:
+        prompt = _text(row["prompt"], source, rowno, "prompt")
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        prompt, chosen, rejected = _split_text(chosen, rejected, source, rowno)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, chosen, rejected = _split_messages(chosen, rejected, source, rowno)
+    else:
+        raise BadRow(source, rowno, "rejected", "bad type", "chosen and rejected must both be strings or both lists")
+    responses = [Response(chosen, score=1.0), Response(rejected, score=0.0)]
+    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+
+
+# ----------------------------------------------------------------------------- ranked (ours)
+
+def ranked(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+    row = _dict_row(row, source, rowno)
+    prompt = _text(_get(row, "prompt", source, rowno), source, rowno, "prompt")
+    items = _expect(_get(row, "responses", source, rowno), list, source, rowno, "responses")
+    responses = []
+    for i, item in enumerate(items):
+        field = f"responses[{i}]"
+        item = _expect(item, dict, source, rowno, field)
+        text = _text(_get(item, "text", source, rowno, f"{field}.text"), source, rowno, f"{field}.text")
+        s = item.get("score")
+        r = item.get("rank")
+        if s is None and r is None:
+            raise BadRow(source, rowno, f"{field}.score", "missing field", "each response needs 'score' or 'rank'")
+        responses.append(Response(text, score=None if s is None else _number(s, source, rowno, f"{field}.score"),
+                                  rank=None if r is None else _rank(r, source, rowno, f"{field}.rank")))
+    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+
+
+# ----------------------------------------------------------------------------- registry + detection
+
+CONVERTERS: dict[str, Callable[..., list[Record]]] = {
+    "ultrafeedback": ultrafeedback,
+    "nectar": nectar,
+    "oasst": oasst_tree,
+    "pairwise": pairwise,
+    "ranked": ranked,
+}
+FORMATS = tuple(CONVERTERS)
+
+# Keys that identify each format when all are present (and non-null) in the first row.
+SIGNATURES: dict[str, list[tuple[str, ...]]] = {
+    "ultrafeedback": [("instruction", "completions")],
+    "nectar": [("prompt", "answers")],
+    "oasst": [("message_tree_id", "prompt"), ("message_id", "role", "text")],
+    "pairwise": [("chosen", "rejected")],
+    "ranked": [("prompt", "responses")],
+}
+
+
+def check_format(name: str, allow_auto: bool = True) -> str:
+    valid = (("auto",) if allow_auto else ()) + FORMATS
+    if name not in valid:
+        raise CurryError(f"unknown data format {name!r}; choose one of: {', '.join(valid)}")
+    return name
+
+
+def check_score(name: str) -> str:
+    if name not in SCORES:
+        raise CurryError(f"unknown score {name!r}; choose one of: {', '.join(SCORES)}")
+    return name
+
+
+def detect_format(row: Any, source: str | None = None) -> str:
+    """The format whose signature keys the first row has; an error if none or several match."""
+    keys = sorted(k for k, v in row.items() if v is not None) if isinstance(row, dict) else []
+    if isinstance(row, dict) and isinstance(row.get("prompt"), dict) and "replies" in row["prompt"]:
+        return "oasst"  # a tree export without message_tree_id
+    hits = [f for f, sigs in SIGNATURES.items() if any(all(k in keys for k in sig) for sig in sigs)]
+    if len(hits) == 1:
+        return hits[0]
+    seen = ", ".join(keys) if keys else f"a {type(row).__name__}, not an object"
+    what = f"matches several formats ({', '.join(hits)})" if hits else "matches no known format"
+    raise CurryError(f"{source or '<input>'} row 1: cannot detect the data format: first row has keys [{seen}], "
+                     f"which {what}; pass --format with one of: {', '.join(FORMATS)}")
+
+
+def convert_rows(rows: Sequence[Any], fmt: str, *, source: str | None, score: str = "mean-aspects",
+                 line_of: Callable[[int], int] = lambda i: i + 1) -> Iterator[tuple[int, Record | BadRow]]:
+    """Yield ``(row index, validated Record or BadRow)`` for every record the rows hold."""
+    check_format(fmt, allow_auto=False)
+    check_score(score)
+    if fmt == "oasst" and rows and is_flat_oasst(rows[0]):
+        yield from oasst_flat(rows, source, line_of)
+        return
+    convert = CONVERTERS[fmt]
+    for i, row in enumerate(rows):
+        try:
+            records = convert(row, source, line_of(i), score)
+        except BadRow as e:
+            yield i, e
+            continue
+        for rec in records:
+            try:
+                yield i, validate_record(rec)
+            except BadRow as e:
+                yield i, e
