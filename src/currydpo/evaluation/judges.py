@@ -1,0 +1,435 @@
+"""Judges behind one interface: gold functions, reward models, OpenAI-compatible LLM judges.
+
+A judge compares two responses to the same prompt: ``compare(prompts, responses_a,
+responses_b) -> list[float]`` with 1 = a wins, 0 = b wins, 0.5 = tie. Pointwise judges
+also have ``score(prompts, responses) -> list[float]`` (higher is better) and get
+``compare`` from their scores: equal scores (within ``tie_tolerance``) are a tie.
+
+Specs accepted by `make_judge`:
+
+- ``gold:module.path:function`` or ``gold:path/to/file.py:function`` — a Python
+  function ``(prompt: str, response: str) -> float`` (your own code, imported);
+- ``reward-model:PATH`` — any Hugging Face ``AutoModelForSequenceClassification`` with
+  one output (a reward model), scoring each (prompt, response) through its chat
+  template when it has one;
+- ``openai:URL[#model]`` — a pairwise LLM judge behind an OpenAI-compatible
+  ``POST {URL}/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp server ...). See
+  `OpenAIJudge` for the judge prompt, order swapping, retries and the verdict cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import importlib
+import importlib.util
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from ..errors import CurryError
+
+VALID_SPECS = "gold:MODULE:FUNCTION, gold:FILE.py:FUNCTION, reward-model:PATH, openai:URL[#MODEL]"
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Anything with ``spec`` and a pairwise ``compare``; pointwise judges add ``score``."""
+
+    spec: str
+
+    def compare(self, prompts: Sequence[str], responses_a: Sequence[str],
+                responses_b: Sequence[str]) -> list[float]: ...
+
+
+def prompt_texts(prompts: Sequence[Any]) -> list[str]:
+    """Prompts as the strings a judge sees: `Prompt.text` for `Prompt`s, strings unchanged."""
+    return [p if isinstance(p, str) else str(p.text) for p in prompts]
+
+
+def outcomes_from_scores(scores_a: Sequence[float], scores_b: Sequence[float],
+                         tie_tolerance: float = 0.0) -> list[float]:
+    """1 where a scores higher than b by more than ``tie_tolerance``, 0 where lower, else 0.5."""
+    out = []
+    for a, b in zip(scores_a, scores_b, strict=True):
+        out.append(0.5 if abs(a - b) <= tie_tolerance else (1.0 if a > b else 0.0))
+    return out
+
+
+def _check_lengths(prompts, *responses) -> None:
+    lens = {len(prompts), *(len(r) for r in responses)}
+    if len(lens) != 1:
+        raise CurryError(f"judge inputs differ in length: {len(prompts)} prompts vs "
+                         f"{[len(r) for r in responses]} responses; pass one response per prompt")
+
+
+class PointwiseJudge:
+    """Base for judges that score each response; ``compare`` is derived from the scores."""
+
+    spec: str = "pointwise"
+    tie_tolerance: float = 0.0
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        raise NotImplementedError
+
+    def compare(self, prompts: Sequence[str], responses_a: Sequence[str],
+                responses_b: Sequence[str]) -> list[float]:
+        _check_lengths(prompts, responses_a, responses_b)
+        return outcomes_from_scores(self.score(prompts, responses_a), self.score(prompts, responses_b),
+                                    self.tie_tolerance)
+
+
+# ---------------------------------------------------------------------------- gold
+
+
+class GoldJudge(PointwiseJudge):
+    """Scores with a Python function ``(prompt, response) -> float`` (e.g. a known gold reward)."""
+
+    def __init__(self, fn: Callable[[str, str], float], spec: str, tie_tolerance: float = 0.0):
+        self.fn, self.spec, self.tie_tolerance = fn, spec, tie_tolerance
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        _check_lengths(prompts, responses)
+        return [float(self.fn(p, r)) for p, r in zip(prompt_texts(prompts), responses)]
+
+
+def _load_function(target: str, spec: str) -> Callable:
+    module_name, sep, fn_name = target.rpartition(":")
+    if not sep or not module_name or not fn_name:
+        raise CurryError(f"judge spec {spec!r}: expected gold:MODULE:FUNCTION or gold:FILE.py:FUNCTION")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise CurryError(f"judge spec {spec!r}: file {module_name} not found")
+            mspec = importlib.util.spec_from_file_location(f"_currydpo_gold_{path.stem}", path)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CurryError(f"judge spec {spec!r}: cannot import {module_name} ({e}); check the module path") from e
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise CurryError(f"judge spec {spec!r}: {module_name} has no function {fn_name!r}")
+    return fn
+
+
+# -------------------------------------------------------------------- reward model
+
+
+class RewardModelJudge(PointwiseJudge):
+    """Scores (prompt, response) with a sequence-classification reward model (one logit).
+
+    With a chat template the pair is rendered as a user turn + assistant turn; without
+    one it is tokenised as a text pair (the convention of e.g. OpenAssistant's reward
+    models). Batched, right-padded, under ``torch.no_grad``.
+    """
+
+    def __init__(self, path: str, *, spec: str | None = None, batch_size: int = 8, device: str | None = None,
+                 max_length: int | None = None, trust_remote_code: bool = False, tie_tolerance: float = 0.0):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.spec, self.batch_size, self.max_length, self.tie_tolerance = (
+            spec or f"reward-model:{path}", batch_size, max_length, tie_tolerance)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise CurryError(f"judge spec {self.spec!r}: cannot load a sequence-classification model from "
+                             f"{path} ({str(e).splitlines()[0]})") from e
+        if self.model.config.num_labels != 1:
+            raise CurryError(f"judge spec {self.spec!r}: the model has {self.model.config.num_labels} labels; a "
+                             "reward model needs exactly one output (num_labels=1)")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.padding_side = "right"
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+
+    def _encode(self, prompt: str, response: str) -> dict:
+        kw = {"truncation": self.max_length is not None, "max_length": self.max_length}
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False, **kw)
+        return self.tokenizer(prompt, response, **kw)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        import torch
+
+        _check_lengths(prompts, responses)
+        texts = prompt_texts(prompts)
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = [self._encode(p, r) for p, r in zip(texts[start:start + self.batch_size],
+                                                      responses[start:start + self.batch_size])]
+            batch = self.tokenizer.pad(enc, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            scores.extend(logits[:, 0].float().cpu().tolist())  # (B, 1) -> (B,)
+        return scores
+
+
+# ------------------------------------------------------------ OpenAI-compatible LLM
+
+JUDGE_PROMPT_VERSION = "pair-v1"
+
+JUDGE_SYSTEM_PROMPT = (
+    "You are a careful, impartial judge. You will see a question from a user and two answers written by "
+    "two assistants, A and B. Decide which answer serves the user better: consider whether it is correct, "
+    "helpful, relevant, complete at the right level of detail, and clearly written. The order in which the "
+    "answers appear and their length must not sway you, nor the assistants' names. First explain your "
+    "comparison in a few sentences. Then give your verdict on the last line, exactly in this form: "
+    '"[[A]]" if answer A is better, "[[B]]" if answer B is better, "[[C]]" if they are equally good.'
+)
+
+JUDGE_USER_TEMPLATE = (
+    "[User Question]\n{question}\n\n"
+    "[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+)
+
+_VERDICTS = ("[[A]]", "[[B]]", "[[C]]")
+
+
+def parse_verdict(text: str) -> str | None:
+    """``"A"``, ``"B"`` or ``"C"`` from the judge's answer: the LAST verdict tag in it; None if none."""
+    best, best_pos = None, -1
+    for tag in _VERDICTS:
+        pos = text.rfind(tag)
+        if pos > best_pos:
+            best, best_pos = tag[2], pos
+    return best
+
+
+class _Transient(Exception):
+    """A failure worth retrying: connection error, timeout, HTTP 429 or 5xx."""
+
+    def __init__(self, msg: str, retry_after: float | None = None):
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class OpenAIJudge:
+    """Pairwise LLM judge over an OpenAI-compatible chat-completions endpoint.
+
+    Each comparison is asked twice, with the answers in both orders (A, B) and (B, A).
+    The outcome for ``a`` is its verdict when both orders agree and a tie (0.5) when
+    they disagree — so a judge that always prefers the first position yields ties
+    (MT-bench's pairwise "swap" rule; the paper's adjusted win rate counts ties as 1/2).
+
+    Failures:
+
+    - connection errors, timeouts, HTTP 429 and 5xx are retried with exponential
+      backoff (``backoff_s * 2**attempt``, capped at ``max_backoff_s``, or the server's
+      ``Retry-After``) up to ``max_attempts`` tries; if still failing, `CurryError` is
+      raised. Verdicts already obtained stay cached, so re-running resumes.
+    - other HTTP 4xx (bad model name, bad API key) raise `CurryError` at once.
+    - an answer without a verdict tag (or a body that is not chat-completions JSON) is
+      asked again up to ``max_attempts`` times; if it stays unparseable the verdict is
+      recorded as unparseable, **counts as a tie for that order**, is cached like any
+      verdict (a re-run does not pay for it again) and is counted in
+      ``stats["unparseable"]`` so the report shows it.
+
+    Cache: with ``cache_dir`` every verdict is appended (and flushed) as one JSON line
+    to ``{cache_dir}/judge_verdicts.jsonl`` keyed by the sha256 of (judge identity,
+    judge-prompt version, prompt, first answer, second answer). The identity is the
+    model name when given (``#model``), else the URL — so a restarted server on a new
+    port reuses the cache. Without ``cache_dir`` the cache lives in memory only.
+    """
+
+    def __init__(self, url: str, model: str | None = None, *, spec: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, max_attempts: int = 5, backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0, timeout_s: float = 120.0, concurrency: int = 4,
+                 temperature: float = 0.0, max_tokens: int = 1024, api_key: str | None = None,
+                 progress: bool = False):
+        if max_attempts < 1 or concurrency < 1:
+            raise CurryError(f"openai judge: max_attempts ({max_attempts}) and concurrency ({concurrency}) "
+                             "must be >= 1")
+        self.url = url.rstrip("/")
+        self.model = model
+        self.spec = spec or (f"openai:{url}" + (f"#{model}" if model else ""))
+        self.identity = f"openai#{model}" if model else f"openai:{self.url}"
+        self.max_attempts, self.backoff_s, self.max_backoff_s = max_attempts, backoff_s, max_backoff_s
+        self.timeout_s, self.concurrency, self.progress = timeout_s, concurrency, progress
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.stats = {"requests": 0, "retries": 0, "cached": 0, "unparseable": 0, "inconsistent": 0}
+        self._lock = threading.Lock()
+        self._cache: dict[str, str | None] = {}
+        self.cache_path = None
+        if cache_dir is not None:
+            self.cache_path = Path(cache_dir) / "judge_verdicts.jsonl"
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            self._load_cache()
+
+    # -- cache ---------------------------------------------------------------
+
+    def _load_cache(self) -> None:
+        if not self.cache_path.exists():
+            return
+        with open(self.cache_path, "rb+") as f:  # end a torn last line so new appends start clean
+            if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                f.write(b"\n")
+        with open(self.cache_path, encoding="utf-8") as f:
+            for line in f:
+                try:  # a run killed mid-write may leave a torn last line: skip it
+                    row = json.loads(line)
+                    self._cache[row["key"]] = row["verdict"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def cache_key(self, prompt: str, first: str, second: str) -> str:
+        payload = json.dumps([self.identity, JUDGE_PROMPT_VERSION, prompt, first, second], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def _store(self, key: str, verdict: str | None) -> None:
+        with self._lock:
+            self._cache[key] = verdict
+            if self.cache_path is not None:
+                with open(self.cache_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"key": key, "verdict": verdict, "judge": self.identity,
+                                        "version": JUDGE_PROMPT_VERSION}) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+
+    # -- one request ---------------------------------------------------------
+
+    def _post(self, body: dict) -> dict:
+        req = urllib.request.Request(f"{self.url}/chat/completions", data=json.dumps(body).encode("utf-8"),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        with self._lock:
+            self.stats["requests"] += 1
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:200].decode("utf-8", "replace")
+            if e.code == 429 or e.code >= 500:
+                ra = e.headers.get("Retry-After") if e.headers else None
+                raise _Transient(f"HTTP {e.code}: {detail}", float(ra) if ra and ra.isdigit() else None) from e
+            raise CurryError(f"judge {self.spec}: HTTP {e.code} from {self.url}/chat/completions ({detail}); "
+                             "check the URL, the model name after '#' and OPENAI_API_KEY") from e
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise _Transient(f"{type(e).__name__}: {e}") from e
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {}  # not JSON: treated as an answer without a verdict
+
+    def _ask(self, prompt: str, first: str, second: str) -> str | None:
+        """One ordered verdict ("A"/"B"/"C", None = unparseable), from cache or the server."""
+        key = self.cache_key(prompt, first, second)
+        with self._lock:
+            if key in self._cache:
+                self.stats["cached"] += 1
+                return self._cache[key]
+        body = {"messages": [{"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+                             {"role": "user", "content": JUDGE_USER_TEMPLATE.format(
+                                 question=prompt, answer_a=first, answer_b=second)}],
+                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.model:
+            body["model"] = self.model
+        last_error = ""
+        for attempt in range(self.max_attempts):
+            if attempt:
+                with self._lock:
+                    self.stats["retries"] += 1
+            try:
+                data = self._post(body)
+            except _Transient as e:
+                last_error = str(e)
+                if attempt + 1 < self.max_attempts:
+                    delay = min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
+                    time.sleep(min(e.retry_after, self.max_backoff_s) if e.retry_after is not None else delay)
+                continue
+            try:
+                content = data["choices"][0]["message"]["content"] or ""
+            except (KeyError, IndexError, TypeError):
+                content = ""
+            verdict = parse_verdict(content)
+            if verdict is not None:
+                self._store(key, verdict)
+                return verdict
+            last_error = "unparseable"
+            if attempt + 1 < self.max_attempts:
+                time.sleep(min(self.backoff_s * 2 ** attempt, self.max_backoff_s))
+        if last_error == "unparseable":
+            with self._lock:
+                self.stats["unparseable"] += 1
+            self._store(key, None)
+            return None
+        raise CurryError(f"judge {self.spec}: {self.url}/chat/completions failed {self.max_attempts} times "
+                         f"(last: {last_error}); verdicts so far are cached, re-run to resume")
+
+    # -- the interface -------------------------------------------------------
+
+    def compare(self, prompts: Sequence[str], responses_a: Sequence[str],
+                responses_b: Sequence[str]) -> list[float]:
+        _check_lengths(prompts, responses_a, responses_b)
+        texts = prompt_texts(prompts)
+        jobs = [(p, a, b) for p, a, b in zip(texts, responses_a, responses_b)]
+        jobs += [(p, b, a) for p, a, b in zip(texts, responses_a, responses_b)]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = [pool.submit(self._ask, *job) for job in jobs]
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                futures_iter = tqdm(futures, desc=f"judge {self.identity}", unit="verdict")
+            else:
+                futures_iter = futures
+            try:
+                verdicts = [f.result() for f in futures_iter]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        n = len(texts)
+        out = []
+        for v1, v2 in zip(verdicts[:n], verdicts[n:]):
+            o1 = {"A": 1.0, "B": 0.0}.get(v1, 0.5)  # a shown first
+            o2 = {"B": 1.0, "A": 0.0}.get(v2, 0.5)  # a shown second
+            if o1 != o2:
+                with self._lock:
+                    self.stats["inconsistent"] += 1
+            out.append(o1 if o1 == o2 else 0.5)
+        return out
+
+
+# ------------------------------------------------------------------------ factory
+
+
+def make_judge(spec: str, *, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False,
+               tie_tolerance: float = 0.0, batch_size: int = 8, device: str | None = None,
+               max_attempts: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+               timeout_s: float = 120.0, concurrency: int = 4, progress: bool = False) -> Judge:
+    """Build a judge from a spec string (see the module docstring for the forms)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        kind = ""
+    if kind == "gold":
+        return GoldJudge(_load_function(rest, spec), spec, tie_tolerance)
+    if kind == "reward-model":
+        return RewardModelJudge(rest, spec=spec, batch_size=batch_size, device=device,
+                                trust_remote_code=trust_remote_code, tie_tolerance=tie_tolerance)
+    if kind == "openai":
+        url, _, model = rest.partition("#")
+        if not url.startswith(("http://", "https://")):
+            raise CurryError(f"judge spec {spec!r}: URL must start with http:// or https:// "
+                             "(e.g. openai:http://localhost:8000/v1#my-judge)")
+        return OpenAIJudge(url, model or None, spec=spec, cache_dir=cache_dir, max_attempts=max_attempts,
+                           backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
+                           concurrency=concurrency, progress=progress)
+    raise CurryError(f"unknown judge spec {spec!r}; valid forms: {VALID_SPECS}")

@@ -1,0 +1,155 @@
+"""Adjusted win rates, bootstrap confidence intervals and mean ± CI over seeds.
+
+The Curry-DPO paper (arXiv 2403.07230, section 5) reports *adjusted win rates* of a
+candidate against a baseline: ``(wins + ties / 2) / N``, every comparison judged in
+both response orders (the judges in `judges.py` do that). An *outcome* here is one
+float per prompt: 1 = candidate wins, 0 = baseline wins, 0.5 = tie.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import CurryError
+
+
+def adjusted_win_rate(outcomes: Sequence[float]) -> float:
+    """``(wins + ties/2) / N`` = the mean outcome (1 win, 0.5 tie, 0 loss)."""
+    if len(outcomes) == 0:
+        raise CurryError("adjusted win rate of zero comparisons is undefined; pass at least one outcome")
+    for o in outcomes:
+        if not 0.0 <= float(o) <= 1.0:
+            raise CurryError(f"win-rate outcome {o!r} is outside [0, 1]; use 1 = win, 0.5 = tie, 0 = loss")
+    return float(sum(float(o) for o in outcomes) / len(outcomes))
+
+
+def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
+                 stat: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float]:
+    """Percentile bootstrap ``(1 - alpha)`` interval of ``stat(values)``.
+
+    Resamples ``values`` with replacement ``n_boot`` times (numpy Generator seeded with
+    ``seed``, so the interval is reproducible) and returns the ``alpha/2`` and
+    ``1 - alpha/2`` quantiles of the resampled statistic.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise CurryError(f"bootstrap_ci needs a non-empty 1-d sequence of numbers, got shape {x.shape}")
+    if not 0.0 < alpha < 1.0:
+        raise CurryError(f"bootstrap alpha must be in (0, 1), got {alpha}")
+    if n_boot < 1:
+        raise CurryError(f"bootstrap n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, N)
+    samples = x[idx]
+    if stat is np.mean:
+        stats = samples.mean(axis=1)
+    else:
+        stats = np.array([float(stat(s)) for s in samples])
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def _t_two_sided_mass(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df == 1:
+        return 2 * theta / math.pi
+    if df % 2 == 1:  # odd: (2/pi) [theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)]
+        term, acc = 1.0, 1.0
+        for k in range(1, (df - 3) // 2 + 1):
+            term *= (2 * k) / (2 * k + 1) * c * c
+            acc += term
+        return 2 / math.pi * (theta + s * c * acc)
+    term, acc = 1.0, 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+    for k in range(1, (df - 2) // 2 + 1):
+        term *= (2 * k - 1) / (2 * k) * c * c
+        acc += term
+    return s * acc
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (p in (0.5, 1)).
+
+    Exact for integer df up to 1000 (bisection on the closed-form CDF); beyond that
+    the normal quantile, which then differs by < 0.1%. No scipy needed.
+    """
+    if not 0.5 < p < 1.0:
+        raise CurryError(f"t quantile needs p in (0.5, 1), got {p}")
+    df = int(df)
+    if df < 1:
+        raise CurryError(f"t quantile needs df >= 1, got {df}")
+    if df > 1000:
+        return NormalDist().inv_cdf(p)
+    target = 2 * p - 1  # two-sided mass
+    lo, hi = 0.0, 1.0
+    while _t_two_sided_mass(hi, df) < target:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if _t_two_sided_mass(mid, df) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mean_ci(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: mean over seeds with a t-distribution interval (df = n - 1).
+
+    One value gives ``(v, v, v)`` — no spread can be estimated from a single seed.
+    """
+    x = [float(v) for v in values]
+    if not x:
+        raise CurryError("mean_ci of no values; pass one value per seed")
+    if not 0.0 < confidence < 1.0:
+        raise CurryError(f"confidence must be in (0, 1), got {confidence}")
+    n = len(x)
+    m = sum(x) / n
+    if n == 1:
+        return m, m, m
+    sd = math.sqrt(sum((v - m) ** 2 for v in x) / (n - 1))
+    half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def win_rate_report(judge: Any, prompts: Sequence[Any], candidate: Sequence[str], baseline: Sequence[str], *,
+                    seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
+    """Judge ``candidate`` against ``baseline`` on ``prompts``; adjusted win rate with bootstrap CI.
+
+    ``prompts`` are strings or `Prompt`s (their ``text`` is shown to the judge). For a
+    pointwise judge (one with ``score``) the responses are scored once and the
+    comparison is derived from the scores; the mean scores are reported too.
+    """
+    from .judges import outcomes_from_scores, prompt_texts
+
+    n = len(prompts)
+    if not (len(candidate) == len(baseline) == n) or n == 0:
+        raise CurryError(f"win rate needs equally many prompts, candidate and baseline responses (>0); got "
+                         f"{n}, {len(candidate)}, {len(baseline)}")
+    texts = prompt_texts(prompts)
+    stats_before = dict(getattr(judge, "stats", None) or {})
+    report: dict[str, Any] = {}
+    if hasattr(judge, "score"):
+        s_cand = [float(s) for s in judge.score(texts, list(candidate))]
+        s_base = [float(s) for s in judge.score(texts, list(baseline))]
+        outcomes = outcomes_from_scores(s_cand, s_base, getattr(judge, "tie_tolerance", 0.0))
+        report["mean_score_candidate"] = float(np.mean(s_cand))
+        report["mean_score_baseline"] = float(np.mean(s_base))
+    else:
+        outcomes = [float(o) for o in judge.compare(texts, list(candidate), list(baseline))]
+    lo, hi = bootstrap_ci(outcomes, n_boot=n_boot, alpha=alpha, seed=seed)
+    report = {
+        "win_rate": adjusted_win_rate(outcomes), "ci_low": lo, "ci_high": hi,
+        "wins": sum(o == 1.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
+        "losses": sum(o == 0.0 for o in outcomes), "n": n, **report,
+        "judge": getattr(judge, "spec", type(judge).__name__),
+    }
+    stats = getattr(judge, "stats", None)
+    if stats:  # this call's share of the judge's counters (requests, cached, unparseable, ...)
+        report["judge_stats"] = {k: v - stats_before.get(k, 0) for k, v in stats.items()}
+    return report
