@@ -24,3 +24,37 @@ def tiny_model_dir(tmp_path_factory):
 
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def make_records(n_prompts=12, n_responses=4, seed=0, scores=None):
+    """Toy records: short word-salad prompts, N responses scored N..1 (best first) unless ``scores``."""
+    import random
+
+    from currydpo.data.records import Record, Response
+
+    rng = random.Random(seed)
+    words = "the cat sat on mat dog ran park good bad answer clear kind sea sky poem".split()
+    recs = []
+    for i in range(n_prompts):
+        prompt = " ".join(rng.choice(words) for _ in range(rng.randint(3, 6)))
+        s = scores or [float(n_responses - j) for j in range(n_responses)]
+        resps = [Response(" ".join(rng.choice(words) for _ in range(rng.randint(2, 7))) + f" {j}", score=s[j])
+                 for j in range(n_responses)]
+        recs.append(Record(str(i), prompt, resps))
+    return recs
+
+
+@pytest.fixture
+def toy_records():
+    return make_records()
+
+
+def tiny_config(model_dir, output_dir, **sections):
+    """A validated TrainConfig for fast tiny runs; ``sections`` = {"optim": {"lr": 1e-3}, ...}."""
+    from currydpo.config import from_dict, validate
+
+    base = {"model": {"path": str(model_dir)}, "run": {"output_dir": str(output_dir), "progress": False},
+            "optim": {"lr": 1e-3, "batch_size": 4, "warmup_ratio": 0.0}}
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    return validate(from_dict(base))

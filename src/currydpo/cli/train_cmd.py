@@ -1,0 +1,56 @@
+"""`currydpo train`: run a curriculum from a YAML config (+ --set overrides)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import help_table, load_config
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train", help="train a policy with a curriculum of preference pairs",
+        description="Train with Curry-DPO or a baseline schedule. Every config key is listed by --help-config; "
+                    "launch with `accelerate launch -m currydpo train ...` on several devices.",
+    )
+    p.add_argument("--config", help="YAML config file with sections model/data/curriculum/loss/optim/run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, e.g. --set loss.beta=0.2 (repeatable)")
+    p.add_argument("--model", help="shortcut for --set model.path=...")
+    p.add_argument("--data", help="shortcut for --set data.path=...")
+    p.add_argument("--output", help="shortcut for --set run.output_dir=...")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in run.output_dir")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model/data to run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--help-config", action="store_true", help="print every config key with its default and exit")
+    return p
+
+
+def config_from_args(args):
+    overrides = list(args.overrides)
+    for flag, key in (("model", "model.path"), ("data", "data.path"), ("output", "run.output_dir")):
+        if getattr(args, flag, None):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if getattr(args, "trust_remote_code", False):
+        overrides.append("model.trust_remote_code=true")
+    if getattr(args, "no_progress", False):
+        overrides.append("run.progress=false")
+    return load_config(args.config, overrides)
+
+
+def run(args) -> int:
+    if args.help_config:
+        print(help_table())
+        return 0
+    cfg = config_from_args(args)
+    from ..training.loop import train
+
+    summary = train(cfg, resume=args.resume)
+    print(f"trained {summary['total_updates']} updates over {len(summary['stages'])} stage(s) "
+          f"({summary['schedule']}, reference {summary['reference']}); final loss {summary['final_loss']:.4f}")
+    for s in summary["stages"]:
+        extra = f", held-out reward acc {s['eval/rewards/accuracies']:.3f}" if "eval/rewards/accuracies" in s else ""
+        print(f"  stage {s['stage']}: {s.get('label', '')} — {s.get('pairs', '?')} pairs, {s['updates']} updates, "
+              f"reference {s['reference']}{extra}")
+    print(f"final model: {cfg.run.output_dir}/final")
+    return 0

@@ -1,0 +1,63 @@
+import math
+
+import pytest
+
+from currydpo.curriculum.difficulty import check_measure, measure_static
+from currydpo.data.pairs import build_pairs
+from currydpo.data.records import Record, Response
+from currydpo.errors import CurryError
+
+
+def rec(scores, texts=None, meta=None):
+    texts = texts or [f"response {j}" for j in range(len(scores))]
+    return Record("p", "q", [Response(t, score=s) for t, s in zip(texts, scores)], meta=meta or {}, source="d.jsonl",
+                  row=3)
+
+
+def test_score_and_rank_gap_are_negated_gaps():
+    recs = [rec([5.0, 3.5, 1.0])]
+    pairs = build_pairs(recs, "best-vs-rest")
+    measure_static("score-gap", pairs, recs)
+    measure_static("rank-gap", pairs, recs)
+    assert [p.difficulty["score-gap"] for p in pairs] == [-4.0, -1.5]
+    assert [p.difficulty["rank-gap"] for p in pairs] == [-2.0, -1.0]
+
+
+def test_score_gap_falls_back_to_rank_gap_without_scores():
+    recs = [Record("p", "q", [Response("a", rank=0), Response("b", rank=1), Response("c", rank=2)])]
+    pairs = build_pairs(recs, "best-vs-rest")
+    measure_static("score-gap", pairs, recs)
+    assert [p.difficulty["score-gap"] for p in pairs] == [-2.0, -1.0]
+
+
+def test_length_gap_column_and_function():
+    recs = [rec([3.0, 1.0, 2.0], ["aaaa", "a", "aaaaaaaaaa"], meta={"hardness": 0.7})]
+    pairs = build_pairs(recs, "best-vs-rest")
+    measure_static("length-gap", pairs, recs)
+    assert sorted(p.difficulty["length-gap"] for p in pairs) == [-6.0, -3.0]
+    measure_static("column:hardness", pairs, recs)
+    assert all(p.difficulty["column:hardness"] == 0.7 for p in pairs)
+    measure_static("function:math:fabs", pairs[:0], recs)  # resolves the import even on no pairs
+    with pytest.raises(CurryError, match="row 3 field 'nope'"):
+        measure_static("column:nope", pairs, recs)
+
+
+def user_difficulty(pair):
+    return len(pair["rejected"]) - pair["rejected_position"]
+
+
+def test_user_function_gets_plain_pair_and_non_finite_is_an_error():
+    recs = [rec([3.0, 1.0], ["xx", "yyy"])]
+    pairs = build_pairs(recs, "best-vs-rest")
+    measure_static(f"function:{__name__}:user_difficulty", pairs, recs)
+    assert pairs[0].difficulty[f"function:{__name__}:user_difficulty"] == 3 - 2
+    recs[0].meta["bad"] = math.nan
+    with pytest.raises(CurryError, match="finite"):
+        measure_static("column:bad", pairs, recs)
+
+
+def test_unknown_measure_lists_valid_ones():
+    with pytest.raises(CurryError, match="score-gap"):
+        check_measure("gap")
+    with pytest.raises(CurryError, match="cannot import"):
+        measure_static("function:no_such_module:f", [], [])

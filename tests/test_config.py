@@ -1,0 +1,51 @@
+import pytest
+
+from currydpo.config import help_table, load_config, reference_mode
+from currydpo.errors import CurryError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "model:\n  path: m\nloss:\n  name: ipo\n  beta: 0.5\ncurriculum:\n  schedule: anti\n")
+    cfg = load_config(path, ["loss.beta=0.25", "optim.total_updates=10", "model.ref_model=null"])
+    assert (cfg.loss.name, cfg.loss.beta, cfg.optim.total_updates, cfg.curriculum.schedule) == ("ipo", 0.25, 10, "anti")
+    assert cfg.model.ref_model is None
+    assert reference_mode(cfg) == "initial"
+    assert reference_mode(load_config(None, [])) == "previous-stage"
+
+
+@pytest.mark.parametrize("text,overrides,match", [
+    ("loss:\n  betta: 1\n", [], "unknown config key 'loss.betta'; valid keys in 'loss': name, beta"),
+    ("losses:\n  beta: 1\n", [], "unknown config section 'losses'"),
+    ("", ["loss.beta=0"], "'loss.beta' must be > 0, got 0"),
+    ("", ["optim.lr=-1"], "'optim.lr' must be > 0"),
+    ("", ["curriculum.stages=0"], "'curriculum.stages' must be >= 1, got 0"),
+    ("", ["optim.batch_size=two"], "'optim.batch_size': expected int, got 'two'"),
+    ("", ["loss.name=kto"], "unknown loss 'kto'"),
+    ("", ["data.strategy=best"], "unknown pair strategy 'best'"),
+    ("", ["curriculum.difficulty=vibes"], "unknown difficulty measure 'vibes'"),
+    ("", ["data.max_prompt_length=600"], "must be below 'data.max_length'"),
+    ("", ["curriculum.difficulty=reward-margin"], "needs 'curriculum.reward_model'"),
+    ("", ["beta=1"], "section.key=value"),
+    ("model: [1, 2]\n", [], "section 'model' must be a mapping"),
+    ("model: {path: x\n", [], "invalid YAML"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, overrides, match):
+    with pytest.raises(CurryError, match=match.replace("(", r"\(").replace("[", r"\[")):
+        load_config(write(tmp_path, text), overrides)
+
+
+def test_missing_config_file():
+    with pytest.raises(CurryError, match="config file not found: nope.yaml"):
+        load_config("nope.yaml")
+
+
+def test_help_table_lists_every_key():
+    table = help_table()
+    for key in ("model.path", "loss.beta", "curriculum.schedule", "optim.total_updates", "run.seed"):
+        assert f"`{key}`" in table
