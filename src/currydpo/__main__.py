@@ -1,3 +1,5 @@
-from currydpo.cli import main
 import sys
+
+from currydpo.cli import main
+
 sys.exit(main())

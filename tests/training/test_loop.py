@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
-from conftest import make_records, tiny_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import make_records, tiny_config
 from currydpo.training import loop
 from currydpo.training.responses import ResponseTable, logps_for_rows
 from currydpo.training.tokenize import encode_records

@@ -19,7 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", help="shortcut for --set model.path=...")
     p.add_argument("--data", help="shortcut for --set data.path=...")
     p.add_argument("--output", help="shortcut for --set run.output_dir=...")
-    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in run.output_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest complete checkpoint in run.output_dir")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model/data to run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--help-config", action="store_true", help="print every config key with its default and exit")
