@@ -1,0 +1,99 @@
+"""`currydpo pairs` end to end through the dispatcher."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from currydpo.cli import build_parser, main
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
+
+
+def uf_row(k, ratings):
+    return {"instruction": f"question {k}", "completions": [
+        {"response": f"answer {k}.{j}", "overall_score": 1.0, "fine-grained_score": None, "model": "m",
+         "annotations": {a: {"Rating": str(r), "Rationale": ""} for a, r in zip(ASPECTS, rs)}}
+        for j, rs in enumerate(ratings)]}
+
+
+@pytest.fixture
+def uf_file(tmp_path):
+    # Means per completion: 5, 2.5, 4, 1 -> best-vs-rest gaps 4, 2.5, 1 (easy to hard).
+    ratings = [(5, 5, 5, 5), (2, 3, 2, 3), (4, 4, 4, 4), (1, 1, 1, 1)]
+    f = tmp_path / "uf.jsonl"
+    f.write_text("".join(json.dumps(uf_row(k, ratings)) + "\n" for k in range(3)))
+    return f
+
+
+def read(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_best_vs_rest_three_pairs_per_prompt(uf_file, tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", str(uf_file), "--strategy", "best-vs-rest", "--out", str(out)]) == 0
+    rows = read(out)
+    assert len(rows) == 9
+    first = rows[:3]
+    assert {r["prompt_id"] for r in first} == {"1"} and {r["chosen"] for r in first} == {"answer 0.0"}
+    assert [r["rejected"] for r in first] == ["answer 0.3", "answer 0.1", "answer 0.2"]
+    assert [r["score_gap"] for r in first] == [4.0, 2.5, 1.0]
+    assert [r["rank_gap"] for r in first] == [3, 2, 1] and [r["rejected_position"] for r in first] == [4, 3, 2]
+    assert [(r["chosen_score"], r["rejected_score"]) for r in first] == [(5.0, 1.0), (5.0, 2.5), (5.0, 4.0)]
+    text = capsys.readouterr().out
+    assert "prompts read     3" in text and "pairs total      9" in text and "min 3 / mean 3.00 / max 3" in text
+    assert "score gap" in text and "#" in text
+
+
+def test_trl_columns_string_and_chat(uf_file, tmp_path):
+    out = tmp_path / "trl.jsonl"
+    assert main(["pairs", str(uf_file), "--strategy", "best-vs-worst", "--trl", "--out", str(out)]) == 0
+    assert read(out)[0] == {"prompt": "question 0", "chosen": "answer 0.0", "rejected": "answer 0.3"}
+    assert main(["pairs", str(EXAMPLES / "ranked_tiny.jsonl"), "--trl", "--out", str(out)]) == 0
+    chat = [r for r in read(out) if isinstance(r["prompt"], list)]
+    assert chat and set(chat[0]) == {"prompt", "chosen", "rejected"}
+    assert chat[0]["prompt"] == [{"role": "user", "content": "Is 7 prime?"}]
+    assert chat[0]["chosen"] == [{"role": "assistant", "content": "Yes, 7 is prime: its only divisors are 1 and 7."}]
+
+
+def test_example_file_and_options(tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", str(EXAMPLES / "ultrafeedback_tiny.jsonl"), "--strategy", "best-vs-rest", "--out",
+                 str(out)]) == 0
+    assert len(read(out)) == 18
+    assert main(["pairs", str(EXAMPLES / "ultrafeedback_tiny.jsonl"), "--strategy", "all-pairs", "--min-gap", "2",
+                 "--score", "overall", "--limit", "2", "--out", str(out)]) == 0
+    rows = read(out)
+    assert rows and all(r["score_gap"] >= 2 for r in rows) and {r["prompt_id"] for r in rows} == {"1", "2"}
+
+
+def test_bad_input_exit_2_one_line_no_output(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(uf_row(0, [(5,) * 4, (1,) * 4])) + "\n" + '{"instruction": "q", "completions": [\n')
+    out = tmp_path / "out" / "pairs.jsonl"
+    assert main(["pairs", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.jsonl line 2: invalid JSON" in err
+    assert not out.exists() and (not out.parent.exists() or not any(out.parent.iterdir()))
+    assert main(["pairs", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_skip_prints_bad_row_counts(tmp_path, capsys):
+    f = tmp_path / "d.jsonl"
+    rows = [uf_row(0, [(5,) * 4, (1,) * 4]), {"instruction": "q", "completions": []}, {"instrucion": "q"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", str(f), "--on-bad-row", "skip", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "bad rows         2" in text and "fewer than 2 responses: 1" in text and "missing field: 1" in text
+    assert len(read(out)) == 1
+
+
+def test_every_flag_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["pairs"]
+    for action in sub._actions:
+        assert action.help, action.dest
