@@ -48,6 +48,9 @@ class DataConfig:
         "help": "pair builder: best-vs-rest | all-pairs | adjacent | best-vs-worst | best-vs-random"})
     min_gap: float = field(default=0.0, metadata={"help": "drop pairs whose score gap is below this"})
     allow_ties: bool = field(default=False, metadata={"help": "make pairs from tied responses too"})
+    chat_template: str = field(default="auto", metadata={
+        "help": "auto (plain-text prompts become one user turn when the tokenizer has a chat template) | "
+                "always | never"})
     max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response (response cut right)"})
     max_prompt_length: int = field(default=256, metadata={"help": "max prompt tokens (prompt cut from the left)"})
     eval_fraction: float = field(default=0.0, metadata={
@@ -241,6 +244,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("model.lora_r", m.lora_r)
     _choice("data.score", d.score, ["mean-aspects", "overall"])
     _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])
+    _choice("data.chat_template", d.chat_template, ["auto", "always", "never"])
     try:
         check_strategy(d.strategy)
         check_loss(lo.name)
@@ -271,6 +275,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("loss.beta", lo.beta)
     if not 0 <= lo.label_smoothing < 0.5:
         raise CurryError(f"config key 'loss.label_smoothing' must be in [0, 0.5), got {lo.label_smoothing}")
+    if lo.label_smoothing and lo.name not in ("cdpo", "robust"):
+        raise CurryError(f"config key 'loss.label_smoothing' is only used by cdpo and robust, not {lo.name!r}; "
+                         f"set loss.name=cdpo or robust, or label_smoothing=0")
     if lo.rpo_alpha is not None:
         _positive("loss.rpo_alpha", lo.rpo_alpha, allow_zero=True)
     _positive("optim.lr", o.lr)

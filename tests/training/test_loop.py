@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_records, tiny_config
+from currydpo.data.records import as_chat
 from currydpo.training import loop
 from currydpo.training.responses import ResponseTable, logps_for_rows
 from currydpo.training.tokenize import encode_records
@@ -31,7 +32,7 @@ def test_iterative_three_stages_swap_reference_and_learn(tiny_model_dir, tmp_pat
     from currydpo.data.pairs import build_pairs
 
     pairs = build_pairs(recs, "best-vs-rest")
-    table = ResponseTable.from_pairs(pairs, encode_records(recs, tok, max_length=512, max_prompt_length=256,
+    table = ResponseTable.from_pairs(pairs, encode_records(as_chat(recs), tok, max_length=512, max_prompt_length=256,
                                                            progress=False))
     for key, model_dir in (("initial", tiny_model_dir), ("stage-1", out / "stage-1"), ("stage-2", out / "stage-2")):
         cached = torch.load(out / "refcache" / f"{key}.pt")

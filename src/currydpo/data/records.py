@@ -81,6 +81,21 @@ def text_of(t: Text) -> str:
     return "\n".join(m.get("content", "") for m in t)
 
 
+def as_chat(records: list[Record]) -> list[Record]:
+    """Plain-text prompts as one user turn and plain responses as one assistant turn.
+
+    Used when the tokenizer has a chat template, so training sees prompts formatted
+    exactly as generation does (an instruct model was fine-tuned on its template).
+    """
+    out = []
+    for r in records:
+        prompt = [{"role": "user", "content": r.prompt}] if isinstance(r.prompt, str) else r.prompt
+        responses = [Response([{"role": "assistant", "content": x.text}] if isinstance(x.text, str) else x.text,
+                              x.score, x.rank, x.meta) for x in r.responses]
+        out.append(Record(r.id, prompt, responses, r.meta, r.source, r.row))
+    return out
+
+
 def check_messages(msgs: Any, source: str | None, row: int | None, field_name: str) -> list[Message]:
     """Validate a chat message list; return it normalised to {role, content} dicts."""
     if not isinstance(msgs, list) or not msgs:

@@ -24,7 +24,7 @@ from transformers import get_scheduler
 from ..config import TrainConfig, reference_mode, to_yaml
 from ..curriculum.difficulty import measure_dynamic, measure_from_response_values
 from ..curriculum.schedules import Stage, admit, updates_per_stage
-from ..data.records import Record
+from ..data.records import Record, as_chat
 from ..errors import CurryError
 from ..io import write_text
 from ..pipeline import Prepared, prepare, stage_plan
@@ -215,7 +215,8 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
     data = prepare(cfg, records)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     model = load_model(cfg.model.path, cfg.model, acc.device)
-    enc = encode_records(data.records, tokenizer, max_length=cfg.data.max_length,
+    chat = cfg.data.chat_template == "always" or (cfg.data.chat_template == "auto" and tokenizer.chat_template)
+    enc = encode_records(as_chat(data.records) if chat else data.records, tokenizer, max_length=cfg.data.max_length,
                          max_prompt_length=cfg.data.max_prompt_length, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"))

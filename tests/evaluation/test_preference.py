@@ -1,0 +1,33 @@
+import math
+
+import pytest
+import torch
+
+from currydpo.evaluation.preference import preference_metrics
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_hand_computed_metrics_and_buckets():
+    # pair 0: policy prefers chosen, reward margin 0.1*((-1+3)-(-4+3)) = 0.3
+    # pair 1: policy prefers rejected (-5 < -2) but reward margin 0.1*((-5+6)-(-2+1)) = 0.2 > 0
+    m = preference_metrics(t(-1, -5), t(-4, -2), t(1, 10), t(4, 1), t(-3, -6), t(-3, -1), beta=0.1,
+                           score_gaps=[2.0, None], buckets=[3, 2])
+    assert m["rewards/accuracies"] == 1.0
+    assert m["rewards/margins"] == pytest.approx((0.3 + 0.2) / 2)
+    assert m["ranking_accuracy"] == 0.5
+    # length-normalised: pair 0: -1/1 > -4/4 = -1 -> tie counts as >= ; pair 1: -0.5 > -2
+    assert m["ranking_accuracy_normalised"] == 1.0
+    # idealised (only scored pair 0): ref_w - ref_l + gap/beta = 0 + 20 > 0
+    assert m["idealised_ranking_accuracy"] == 1.0
+    assert m["bucket=2/ranking_accuracy"] == 0.0 and m["bucket=3/ranking_accuracy"] == 1.0
+    assert "bucket=2/idealised_ranking_accuracy" not in m
+    assert m["n"] == 2 and m["bucket=3/n"] == 1
+
+
+def test_idealised_accuracy_fails_when_reference_strongly_disagrees():
+    # ref prefers rejected by 50 nats; the score gap 1 / beta 0.1 = 10 cannot overcome it
+    m = preference_metrics(t(0.0), t(0.0), t(1), t(1), t(-60), t(-10), beta=0.1, score_gaps=[1.0])
+    assert m["idealised_ranking_accuracy"] == 0.0 and not math.isnan(m["rewards/margins"])
