@@ -13,12 +13,29 @@ that post-process logits (Gemma-2 ``final_logit_softcapping``, Cohere ``logit_sc
 Granite ``logits_scaling``, ...), models without ``get_output_embeddings``, prompt-learning
 PEFT adapters and distributed wrappers (DDP/FSDP, whose forward must be called for
 gradient synchronisation) use the full forward instead, with the same result.
+
+Packed path (``packing=True``, the default where the model allows it): no padding is
+computed and a prompt shared by several responses of the batch is computed once. The
+responses of one prompt become one segment ``[prompt, resp1, resp2, ...]``; segments are
+packed first-fit-decreasing into rows no longer than the longest segment. Position ids
+restart at 0 for every prompt and continue from the prompt's end for *each* response,
+and a 4D attention mask lets a prompt token see earlier tokens of its prompt, and a
+response token see its prompt and the earlier tokens of its own response only. Every
+response therefore sees exactly the context it would see alone, so the log-probs (and
+their gradients) equal the padded path's up to float summation order; the first token
+of every response of a segment is predicted from the same (shared) last prompt position.
+This needs a model whose attention takes a custom 4D mask and rotary position ids from
+``position_ids``: the Llama-family types in ``_PACKABLE_TYPES`` with the ``sdpa`` or
+``eager`` attention implementation and no sliding window shorter than a row. Anything
+else (flash-attention kernels, ALiBi/absolute-position models, prompt-learning PEFT)
+uses the padded path.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .tokenize import Encoded
@@ -50,6 +67,131 @@ def _split_model(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     return backbone, head
 
 
+# Model types whose decoder takes a custom 4D mask as-is (transformers' create_causal_mask
+# returns a 4D mask unchanged) and whose positions come only from rotary ``position_ids``.
+_PACKABLE_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo",
+                   "olmo2", "granite", "smollm3", "gemma"}
+_PACKABLE_ATTENTION = {"sdpa", "eager"}
+
+
+def _config(model):
+    m = getattr(model, "module", model)  # DDP-style wrappers
+    if hasattr(m, "peft_config") and hasattr(m, "get_base_model"):
+        cfg = m.peft_config.get(getattr(m, "active_adapter", None) or "default")
+        if cfg is None or getattr(cfg, "is_prompt_learning", False):
+            return None  # virtual tokens are prepended: our positions and mask would not line up
+        m = m.get_base_model()
+    config = getattr(m, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return config
+
+
+def packing_supported(model, row_length: int | None = None) -> bool:
+    """Whether ``response_logps(..., packing=True)`` can pack for ``model`` (else it pads)."""
+    config = _config(model)
+    if config is None or getattr(config, "model_type", None) not in _PACKABLE_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", None) not in _PACKABLE_ATTENTION:
+        return False
+    window = getattr(config, "sliding_window", None)
+    sliding = window is not None and getattr(config, "use_sliding_window", True)
+    return not (sliding and (row_length is None or row_length > window))
+
+
+@dataclass
+class Packed:
+    """Packed rows: input_ids/position_ids (R, L), allowed (R, 1, L, L) bool, and per response token the
+    flat position (into R * L) that predicts it, the token, and the batch row it belongs to (all (N,))."""
+
+    input_ids: Tensor
+    position_ids: Tensor
+    allowed: Tensor
+    predict_at: Tensor
+    targets: Tensor
+    owner: Tensor
+    n_tokens: Tensor
+
+
+def _pack(batch: list[Encoded], pad_token_id: int) -> Packed:
+    """Group responses by prompt into segments and pack the segments into rows (see module doc)."""
+    if not batch:
+        raise ValueError("response_logps needs a non-empty batch")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, e in enumerate(batch):
+        if not e.prompt_ids or not e.response_ids:
+            raise ValueError(f"sequence {b} has {len(e.prompt_ids)} prompt and {len(e.response_ids)} response "
+                             "tokens; both must be >= 1")
+        groups.setdefault(e.prompt_ids, []).append(b)
+    segments = sorted(((len(p) + sum(len(batch[b].response_ids) for b in bs), p, bs) for p, bs in groups.items()),
+                      key=lambda s: -s[0])
+    L = segments[0][0]
+    rows: list[list[tuple]] = []  # first-fit decreasing
+    free: list[int] = []
+    for seg in segments:
+        r = next((i for i, f in enumerate(free) if f >= seg[0]), None)
+        if r is None:
+            rows.append([])
+            free.append(L)
+            r = len(rows) - 1
+        rows[r].append(seg)
+        free[r] -= seg[0]
+    R = len(rows)
+    ids = torch.full((R, L), pad_token_id, dtype=torch.long)
+    pos = torch.zeros((R, L), dtype=torch.long)
+    seg_id = torch.full((R, L), -1, dtype=torch.long)  # padding: its own segment -1
+    part = torch.full((R, L), -1, dtype=torch.long)  # 0 = prompt, k = k-th response of the segment
+    predict_at, targets, owner = [], [], []
+    for r, row in enumerate(rows):
+        at = 0
+        for s, (_, prompt, bs) in enumerate(row):
+            P = len(prompt)
+            ids[r, at:at + P] = torch.tensor(prompt)
+            pos[r, at:at + P] = torch.arange(P)
+            seg_id[r, at:at + P] = s
+            part[r, at:at + P] = 0
+            last_prompt = r * L + at + P - 1
+            at += P
+            for k, b in enumerate(bs, start=1):
+                resp = batch[b].response_ids
+                n = len(resp)
+                ids[r, at:at + n] = torch.tensor(resp)
+                pos[r, at:at + n] = torch.arange(P, P + n)
+                seg_id[r, at:at + n] = s
+                part[r, at:at + n] = k
+                predict_at += [last_prompt] + list(range(r * L + at, r * L + at + n - 1))
+                targets += resp
+                owner += [b] * n
+                at += n
+    idx = torch.arange(L)
+    causal = idx[None, :, None] >= idx[None, None, :]  # (1, q, k)
+    same_seg = seg_id[:, :, None] == seg_id[:, None, :]  # (R, q, k)
+    visible = (part[:, None, :] == 0) | (part[:, :, None] == part[:, None, :])  # key is prompt, or own response
+    allowed = (causal & same_seg & visible)[:, None]  # (R, 1, L, L)
+    order = sorted(range(len(owner)), key=lambda j: owner[j])  # batch-major, like the padded path
+    return Packed(ids, pos, allowed, torch.tensor(predict_at)[order], torch.tensor(targets)[order],
+                  torch.tensor(owner)[order], torch.tensor([len(e.response_ids) for e in batch]))
+
+
+def _packed_logits(model, packed: Packed, split, device) -> Tensor:
+    """Logits (N, V) at the positions that predict response tokens, from the packed rows."""
+    config = _config(model)
+    ids, pos = packed.input_ids.to(device), packed.position_ids.to(device)
+    allowed = packed.allowed.to(device)
+    if config._attn_implementation == "eager":  # eager adds the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    else:  # sdpa takes a boolean "may attend" mask
+        mask = allowed
+    at = packed.predict_at.to(device)
+    if split is not None:
+        backbone, head = split
+        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        return head(hidden.reshape(-1, hidden.size(-1))[at].to(head.weight.device))  # (N, V)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (R, L, V)
+    return logits.reshape(-1, logits.size(-1))[at]
+
+
 def _pad(batch: list[Encoded], pad_token_id: int, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Right-padded (input_ids (B, T), attention_mask (B, T), prediction mask (B, T-1), n_tokens (B,))."""
     if not batch:
@@ -69,7 +211,8 @@ def _pad(batch: list[Encoded], pad_token_id: int, device) -> tuple[Tensor, Tenso
     return ids.to(device), attn.to(device), pred.to(device), n.to(device)
 
 
-def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool = True) -> tuple[Tensor, Tensor]:
+def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool = True,
+                   packing: bool = True) -> tuple[Tensor, Tensor]:
     """Summed log-prob of each response given its prompt.
 
     Args:
@@ -77,6 +220,8 @@ def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool
             forward takes ``input_ids``/``attention_mask`` and returns ``.logits``).
         batch: B encoded sequences; they are right-padded with ``pad_token_id``.
         fast: use the hidden-state gather path where the model allows it (see module doc).
+        packing: pack without padding and compute each shared prompt once, where the model
+            allows it (``packing_supported``); otherwise (or ``False``) right-pad.
 
     Returns:
         ``(logps (B,) float32, n_tokens (B,) long)``: the sum over response tokens of their
@@ -84,8 +229,12 @@ def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool
         Gradients flow through ``logps`` if grad is enabled.
     """
     device = next(model.parameters()).device
-    ids, attn, pred, n_tokens = _pad(batch, pad_token_id, device)
     split = _split_model(model) if fast else None
+    packed = _pack(batch, pad_token_id) if packing and packing_supported(model, row_length=0) else None
+    if packed is not None and packing_supported(model, row_length=packed.input_ids.size(1)):
+        logits = _packed_logits(model, packed, split, device)  # (N, V)
+        return _sum_logps(logits, packed.targets, packed.owner, len(batch)), packed.n_tokens.to(logits.device)
+    ids, attn, pred, n_tokens = _pad(batch, pad_token_id, device)
     if split is not None:
         backbone, head = split
         hidden = backbone(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, T, H)
@@ -95,8 +244,18 @@ def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool
         full = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
         full = full[:, -ids.size(1):]  # prompt-learning PEFT prepends virtual-token positions
         logits = full[:, :-1][pred]  # (N, V)
-    targets = ids[:, 1:][pred].to(logits.device)  # (N,)
-    token_logps = F.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    rows = torch.arange(len(batch), device=device)[:, None].expand_as(pred)[pred].to(logits.device)  # (N,)
-    logps = torch.zeros(len(batch), dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
-    return logps, n_tokens.to(logits.device)
+    targets = ids[:, 1:][pred]  # (N,)
+    rows = torch.arange(len(batch), device=device)[:, None].expand_as(pred)[pred]  # (N,)
+    return _sum_logps(logits, targets, rows, len(batch)), n_tokens.to(logits.device)
+
+
+def _sum_logps(logits: Tensor, targets: Tensor, rows: Tensor, B: int) -> Tensor:
+    """Sum per batch row of log_softmax(logits)[target]: logits (N, V), targets/rows (N,) -> (B,) float32.
+
+    Written as gather - logsumexp so no (N, V) log-softmax tensor is built; autograd keeps only
+    the logits (for logsumexp's backward).
+    """
+    targets, rows = targets.to(logits.device), rows.to(logits.device)
+    logits = logits.float()
+    token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
+    return torch.zeros(B, dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
