@@ -1,0 +1,110 @@
+"""`currydpo eval`: preference metrics, sampled answers, judge scores, win rate and KL for one model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval", help="evaluate a model: preference metrics, generations, judge, win rate, KL",
+        description="Evaluate MODEL. With --data: held-out preference metrics (reward/ranking accuracy) against "
+                    "--reference. With --prompts: sample answers, score them with --judge, win rate against "
+                    "--baseline (a model dir, or a JSON list of answers) with a bootstrap 95%% CI, and "
+                    "KL(model || reference) when sampling at temperature 1.",
+    )
+    p.add_argument("model", help="model directory (save_pretrained) or hub name")
+    p.add_argument("--reference", help="reference model (default: none; needed for KL and reward metrics)")
+    p.add_argument("--data", help="ranked/pairwise preference data for preference metrics (any loader format)")
+    p.add_argument("--format", default="auto", help="format of --data (default auto)")
+    p.add_argument("--strategy", default="best-vs-rest", help="pair builder for --data (default best-vs-rest)")
+    p.add_argument("--limit", type=int, help="use at most this many records of --data")
+    p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward (default 0.1)")
+    p.add_argument("--prompts", help="JSONL of prompts (prompt / messages / MT-bench turns)")
+    p.add_argument("--judge", help="gold:MODULE:FN | reward-model:PATH | openai:URL[#MODEL]")
+    p.add_argument("--baseline", help="baseline model dir, or a .json list of baseline answers")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (default 0)")
+    p.add_argument("--out", default="eval-out", help="output directory (default eval-out)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with models to run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def run(args) -> int:
+    import torch
+
+    from ..config import ModelConfig
+    from ..data.loading import load_records
+    from ..errors import CurryError
+    from ..evaluation.evaluate import evaluate_model
+    from ..evaluation.generation import GenerationConfig, export_alpaca_eval, export_mt_bench, generate, load_prompts
+    from ..evaluation.judges import make_judge
+    from ..io import write_json, write_text
+    from ..training.model import load_model, load_tokenizer
+
+    if not (args.data or args.prompts):
+        raise CurryError("nothing to evaluate: give --data (preference metrics) and/or --prompts (generation)")
+    if args.data and not args.reference:
+        raise CurryError("--data needs --reference (the implicit reward is relative to a reference model)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mcfg = ModelConfig(path=args.model, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    policy = load_model(args.model, mcfg, device)
+    reference = load_model(args.reference, mcfg, device) if args.reference else None
+    heldout = load_records(args.data, args.format, limit=args.limit).records if args.data else None
+    prompts = load_prompts(args.prompts) if args.prompts else []
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           do_sample=args.temperature > 0, batch_size=args.batch_size, seed=args.seed)
+    judge = make_judge(args.judge, cache_dir=os.path.join(args.out, "judge-cache"),
+                       trust_remote_code=args.trust_remote_code) if args.judge else None
+    baseline_answers = None
+    if args.baseline and prompts:
+        if args.baseline.endswith(".json"):
+            with open(args.baseline) as f:
+                baseline_answers = json.load(f)
+        else:
+            base = load_model(args.baseline, mcfg, device)
+            baseline_answers = generate(base, tokenizer, prompts, gen, progress=not args.no_progress)
+            del base
+    metrics, answers = evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge,
+                                      baseline_answers=baseline_answers, reference=reference, heldout=heldout,
+                                      beta=args.beta, seed=args.seed, progress=not args.no_progress)
+    os.makedirs(args.out, exist_ok=True)
+    if prompts:
+        name = os.path.basename(os.path.normpath(args.model))
+        export_alpaca_eval(os.path.join(args.out, "alpaca_eval.json"), prompts, answers, name)
+        export_mt_bench(os.path.join(args.out, "mt_bench_answers.jsonl"), [p.id for p in prompts], answers, name)
+    write_json(os.path.join(args.out, "eval.json"), metrics)
+    md = summary_markdown(metrics)
+    write_text(os.path.join(args.out, "eval.md"), md)
+    print(md)
+    print(f"written: {args.out}/eval.json, eval.md" + (", alpaca_eval.json, mt_bench_answers.jsonl" if prompts else ""))
+    return 0
+
+
+def summary_markdown(m: dict) -> str:
+    lines = ["| metric | value |", "|---|---|"]
+    if "judge_score" in m:
+        lo, hi = m["judge_score_ci"]
+        lines.append(f"| mean judge score | {m['judge_score']:.4f} (95% CI {lo:.4f}–{hi:.4f}) |")
+    if "win_rate" in m:
+        w = m["win_rate"]
+        lines.append(f"| adjusted win rate vs baseline | {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}–"
+                     f"{w['ci_high']:.3f}; {w['wins']} W / {w['ties']} T / {w['losses']} L) |")
+    if m.get("kl") is not None:
+        lines.append(f"| KL(model ‖ reference), nats/answer | {m['kl']:.3f} |")
+    for k, v in (m.get("preference") or {}).items():
+        if not k.startswith("bucket=") and k != "n":
+            lines.append(f"| held-out {k} | {v:.4f} |")
+    buckets = sorted({k.split("/")[0] for k in m.get("preference", {}) if k.startswith("bucket=")})
+    for b in buckets:
+        p = m["preference"]
+        lines.append(f"| {b.replace('bucket=', 'rejected rank ')}: reward acc / ranking acc | "
+                     f"{p[b + '/rewards/accuracies']:.3f} / {p[b + '/ranking_accuracy']:.3f} (n={p[b + '/n']}) |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,189 @@
+"""`currydpo compare`: a grid of arms × seeds through train + evaluate, resumable per arm.
+
+A spec (YAML) holds a ``base`` config (the sections of `TrainConfig`), the ``arms``
+(each a name + config overrides; or a ``grid`` of keys → value lists, expanded as a
+cartesian product), ``seeds`` and ``eval`` settings. The untrained base model is
+always evaluated too, as the ``sft`` arm: it is the baseline every win rate is
+judged against, with answers sampled under the same seed.
+
+Every (arm, seed) writes ``ARM/seed-S/result.json`` last; a re-run skips finished
+ones and resumes an interrupted training from its checkpoint. The report states each
+arm's update count, LR schedule, optimiser resets and reference, so fairness
+(Weber et al. 2024) is visible.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+
+import yaml
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig, from_dict, reference_mode, validate
+from ..errors import CurryError
+from ..io import write_json
+from .generation import GenerationConfig, load_prompts
+
+BASELINE = "sft"
+
+
+@dataclass
+class CompareSpec:
+    base: dict
+    arms: dict[str, dict]  # name -> overrides (nested sections)
+    seeds: list[int]
+    output_dir: str
+    prompts: str | None = None
+    judge: str | None = None
+    generation: dict = field(default_factory=dict)
+    trust_remote_code: bool = False
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for section, values in over.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def _grid(grid: dict) -> dict[str, dict]:
+    keys = list(grid)
+    arms = {}
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        over: dict = {}
+        for key, value in zip(keys, combo):
+            section, name = key.split(".", 1)
+            over.setdefault(section, {})[name] = value
+        arms["+".join(str(v) for v in combo)] = over
+    return arms
+
+
+def arm_config(spec: CompareSpec, arm: str, seed: int) -> TrainConfig:
+    over = _merge(spec.arms.get(arm, {}), {"run": {"seed": seed, "output_dir": os.path.join(
+        spec.output_dir, arm, f"seed-{seed}", "train")}})
+    try:
+        return validate(from_dict(_merge(spec.base, over)))
+    except CurryError as e:
+        raise CurryError(f"arm '{arm}': {e}") from None
+
+
+def load_spec(path: str, output_dir: str | None = None) -> CompareSpec:
+    """Read and validate a compare spec; every arm's config is checked before any work."""
+    if not os.path.exists(path):
+        raise CurryError(f"compare spec not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    return spec_from_dict(raw, output_dir, source=path)
+
+
+def spec_from_dict(raw: dict, output_dir: str | None = None, source: str = "spec") -> CompareSpec:
+    allowed = {"base", "arms", "grid", "seeds", "output_dir", "eval"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise CurryError(f"{source}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(allowed)}")
+    arms = dict(raw.get("arms") or {})
+    if raw.get("grid"):
+        arms.update(_grid(raw["grid"]))
+    if not arms:
+        raise CurryError(f"{source}: no arms; give 'arms: {{name: {{section: {{key: value}}}}}}' or a 'grid'")
+    if BASELINE in arms:
+        raise CurryError(f"{source}: arm name '{BASELINE}' is reserved for the untrained baseline")
+    ev = raw.get("eval") or {}
+    bad = set(ev) - {"prompts", "judge", "generation"}
+    if bad:
+        raise CurryError(f"{source}: unknown eval key(s) {sorted(bad)}; valid: generation, judge, prompts")
+    spec = CompareSpec(base=raw.get("base") or {}, arms=arms, seeds=[int(s) for s in raw.get("seeds", [0])],
+                       output_dir=output_dir or raw.get("output_dir") or "runs/compare", prompts=ev.get("prompts"),
+                       judge=ev.get("judge"), generation=ev.get("generation") or {})
+    GenerationConfig(**spec.generation)  # validates the generation keys
+    for arm in spec.arms:
+        arm_config(spec, arm, spec.seeds[0])
+    return spec
+
+
+def _result_path(spec: CompareSpec, arm: str, seed: int) -> str:
+    return os.path.join(spec.output_dir, arm, f"seed-{seed}", "result.json")
+
+
+def _read(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bool) -> dict:
+    """Train (unless baseline) and evaluate one (arm, seed); result.json is written last."""
+    from ..pipeline import prepare
+    from ..training.loop import train
+    from ..training.model import load_model, load_tokenizer
+    from .evaluate import evaluate_model
+
+    path = _result_path(spec, arm, seed)
+    if os.path.exists(path):
+        return _read(path)
+    cfg = arm_config(spec, BASELINE if arm == BASELINE else arm, seed)
+    summary = None
+    if arm != BASELINE:
+        state = os.path.join(cfg.run.output_dir, "state")
+        summary = train(cfg, resume=os.path.exists(state))
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    reference = load_model(cfg.model.ref_model or cfg.model.path, cfg.model, _device())
+    policy = reference if arm == BASELINE else load_model(os.path.join(cfg.run.output_dir, "final"), cfg.model,
+                                                          _device())
+    data = prepare(cfg)
+    heldout = [data.records[r] for r in sorted({p.record for p in data.eval_pairs})]
+    baseline_answers = None
+    if arm != BASELINE and judge is not None and prompts:
+        baseline_answers = _read(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"))
+    gen = GenerationConfig(**{**spec.generation, "seed": seed})
+    metrics, answers = evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge,
+                                      baseline_answers=baseline_answers, reference=reference, heldout=heldout,
+                                      beta=cfg.loss.beta, seed=seed, progress=progress)
+    if arm == BASELINE and prompts:
+        metrics["kl"] = 0.0 if "kl" in metrics else None
+        if judge is not None:  # against its own answers: all ties, 0.5 by construction
+            from .winrate import win_rate_report
+
+            metrics["win_rate"] = win_rate_report(judge, prompts, answers, answers, seed=seed)
+        write_json(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"), answers)
+    result = {"arm": arm, "seed": seed, "metrics": metrics, "train": summary,
+              "fairness": fairness(cfg, summary), "answers_sample": answers[:5]}
+    write_json(path, result)
+    return result
+
+
+def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
+    if summary is None:
+        return {"updates": 0, "schedule": "none (base model)", "reference": "-", "lr_schedule": "-",
+                "optimizer_resets": 0}
+    o = cfg.optim
+    return {"updates": summary["total_updates"], "schedule": cfg.curriculum.schedule,
+            "stages": len(summary["stages"]), "reference": reference_mode(cfg),
+            "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {o.across_stages}",
+            "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": summary["pairs_per_update"],
+            "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.name} (beta {cfg.loss.beta:g})"}
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_compare(spec: CompareSpec, progress: bool = True) -> dict:
+    """Run every (arm, seed) not yet done — the baseline first — then write the report."""
+    from .judges import make_judge
+    from .report import write_report
+
+    os.makedirs(spec.output_dir, exist_ok=True)
+    judge = make_judge(spec.judge, cache_dir=os.path.join(spec.output_dir, "judge-cache"),
+                       trust_remote_code=spec.trust_remote_code) if spec.judge else None
+    prompts = load_prompts(spec.prompts) if spec.prompts else []
+    jobs = [(a, s) for s in spec.seeds for a in [BASELINE, *spec.arms]]
+    results = []
+    for arm, seed in tqdm(jobs, desc="arms", disable=not progress):
+        results.append(run_arm(spec, arm, seed, judge, prompts, progress))
+    return write_report(spec.output_dir, results, [BASELINE, *spec.arms])

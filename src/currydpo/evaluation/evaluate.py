@@ -1,0 +1,91 @@
+"""Evaluate one trained model: what the paper measures, plus the cheap preference metrics.
+
+- generation: sample answers to held-out prompts, judge them (gold function, reward
+  model or LLM judge), adjusted win rate against a baseline's answers with a bootstrap
+  CI, mean judge score for pointwise judges;
+- KL to the reference: mean over prompts of log pi(y|x) - log ref(y|x) on the sampled
+  answers y ~ pi (a Monte-Carlo estimate of KL(pi || ref), valid when answers are sampled
+  at temperature 1 without top-p; otherwise reported as None);
+- preference metrics on held-out ranked records (see `preference.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..data.pairs import build_pairs
+from ..data.records import Record, Response, as_chat
+from ..training.responses import ResponseTable, logps_for_rows
+from ..training.tokenize import encode_records
+from .generation import GenerationConfig, Prompt, generate
+from .preference import preference_metrics
+from .winrate import bootstrap_ci, win_rate_report
+
+
+def _records_for(tokenizer, records: list[Record]) -> list[Record]:
+    # Same rule as training (data.chat_template: auto): plain prompts become a user turn.
+    return as_chat(records) if getattr(tokenizer, "chat_template", None) else records
+
+
+def _table(tokenizer, records: list[Record], pairs, max_length: int, max_prompt_length: int) -> ResponseTable:
+    enc = encode_records(_records_for(tokenizer, records), tokenizer, max_length=max_length,
+                         max_prompt_length=max_prompt_length, progress=False)
+    return ResponseTable.from_pairs(pairs, enc)
+
+
+def sample_logratio(policy, reference, tokenizer, prompts: Sequence[Prompt | str], answers: Sequence[str], *,
+                    max_length: int = 1024, max_prompt_length: int = 512, batch_size: int = 16) -> list[float]:
+    """Per-answer log pi(y|x) - log ref(y|x) (summed over tokens)."""
+    recs = [Record(str(j), p.messages if isinstance(p, Prompt) and p.messages else
+                   (p.text if isinstance(p, Prompt) else p), [Response(a)])
+            for j, (p, a) in enumerate(zip(prompts, answers))]
+    enc = encode_records(_records_for(tokenizer, recs), tokenizer, max_length=max_length,
+                         max_prompt_length=max_prompt_length, progress=False)
+    table = ResponseTable([(j, 0) for j in range(len(recs))], [e[0] for e in enc], {})
+    rows = list(range(len(recs)))
+    lp, _ = logps_for_rows(policy, table, rows, tokenizer.pad_token_id, batch_size, desc="KL policy", progress=False)
+    lr, _ = logps_for_rows(reference, table, rows, tokenizer.pad_token_id, batch_size, desc="KL ref", progress=False)
+    return (lp - lr).tolist()
+
+
+def heldout_preference(policy, reference, tokenizer, records: list[Record], *, beta: float,
+                       strategy: str = "best-vs-rest", max_length: int = 1024, max_prompt_length: int = 512,
+                       batch_size: int = 16) -> dict[str, float]:
+    """Reward/ranking accuracy on held-out ranked records, overall and per rejected rank."""
+    pairs = build_pairs(records, strategy)
+    if not pairs:
+        return {}
+    table = _table(tokenizer, records, pairs, max_length, max_prompt_length)
+    rows, ci, ri = table.rows(pairs)
+    lp, n = logps_for_rows(policy, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
+    lr, _ = logps_for_rows(reference, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
+    return preference_metrics(lp[ci], lp[ri], n[ci], n[ri], lr[ci], lr[ri], beta, [p.score_gap for p in pairs],
+                              buckets=[p.rejected_position for p in pairs])
+
+
+def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), gen: GenerationConfig | None = None,
+                   judge=None, baseline_answers: Sequence[str] | None = None, reference=None,
+                   heldout: list[Record] | None = None, beta: float = 0.1, seed: int = 0,
+                   progress: bool = True) -> tuple[dict, list[str]]:
+    """All metrics that the given inputs allow; returns (metrics, sampled answers)."""
+    gen = gen or GenerationConfig(seed=seed)
+    out: dict = {}
+    answers: list[str] = []
+    if prompts:
+        answers = generate(policy, tokenizer, prompts, gen, progress=progress)
+        out["answer_chars"] = sum(len(a) for a in answers) / len(answers)
+        if judge is not None and hasattr(judge, "score"):
+            scores = judge.score([p if isinstance(p, str) else p.text for p in prompts], answers)
+            out["judge_score"] = sum(scores) / len(scores)
+            out["judge_score_ci"] = list(bootstrap_ci(scores, seed=seed))
+        if judge is not None and baseline_answers is not None:
+            out["win_rate"] = win_rate_report(judge, prompts, answers, baseline_answers, seed=seed)
+        exact = gen.do_sample and gen.temperature == 1.0 and gen.top_p == 1.0
+        if reference is not None and exact:
+            kl = sample_logratio(policy, reference, tokenizer, prompts, answers, batch_size=gen.batch_size)
+            out["kl"] = sum(kl) / len(kl)
+        elif reference is not None:
+            out["kl"] = None  # samples at temperature != 1 do not estimate KL(pi || ref)
+    if heldout and reference is not None:
+        out["preference"] = heldout_preference(policy, reference, tokenizer, heldout, beta=beta)
+    return out, answers

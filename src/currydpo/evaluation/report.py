@@ -1,0 +1,149 @@
+"""The comparison report: one table (markdown + JSON) with mean ± 95% CI per metric and arm, and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+from ..io import atomic_path, write_json, write_text
+from .winrate import mean_ci
+
+# (key in the table, label, getter on one result's metrics)
+METRICS = [
+    ("judge_score", "gold reward", lambda m: m.get("judge_score")),
+    ("win_rate", "win rate vs SFT", lambda m: (m.get("win_rate") or {}).get("win_rate")),
+    ("kl", "KL to SFT", lambda m: m.get("kl")),
+    ("reward_accuracy", "held-out reward acc", lambda m: (m.get("preference") or {}).get("rewards/accuracies")),
+    ("ranking_accuracy", "held-out ranking acc", lambda m: (m.get("preference") or {}).get("ranking_accuracy")),
+]
+
+
+def aggregate(results: list[dict], arms: list[str]) -> list[dict]:
+    """One row per arm: mean, CI low/high and per-seed values of each metric, plus fairness facts."""
+    by_arm = defaultdict(list)
+    for r in results:
+        by_arm[r["arm"]].append(r)
+    rows = []
+    for arm in arms:
+        rs = sorted(by_arm.get(arm, []), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        row = {"arm": arm, "seeds": [r["seed"] for r in rs], "fairness": rs[0]["fairness"]}
+        for key, _, get in METRICS:
+            vals = [get(r["metrics"]) for r in rs]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                m, lo, hi = mean_ci(vals)
+                if len(vals) == 1 and key == "win_rate":  # one seed: the bootstrap CI over prompts
+                    wr = rs[0]["metrics"]["win_rate"]
+                    lo, hi = wr["ci_low"], wr["ci_high"]
+                row[key] = {"mean": m, "ci_low": lo, "ci_high": hi, "values": vals}
+        rows.append(row)
+    return rows
+
+
+def _fmt(cell) -> str:
+    if not cell:
+        return "–"
+    half = (cell["ci_high"] - cell["ci_low"]) / 2
+    return f"{cell['mean']:.3f} ± {half:.3f}" if half > 0 else f"{cell['mean']:.3f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| arm | " + " | ".join(label for _, label, _ in METRICS) + " | updates | reference |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+    for row in rows:
+        f = row["fairness"]
+        lines.append(f"| {row['arm']} | " + " | ".join(_fmt(row.get(k)) for k, _, _ in METRICS)
+                     + f" | {f['updates']} | {f['reference']} |")
+    n = max(len(r["seeds"]) for r in rows)
+    lines.append("")
+    lines.append(f"Mean ± half-width of the 95% CI over {n} seed(s) (t-interval; with one seed the win-rate CI "
+                 "is a bootstrap over prompts). Win rate = (wins + ties/2) / N against the SFT model's answers.")
+    lines.append("")
+    lines.append("What was held equal (Weber et al. 2024: curriculum gains often come from optimiser side effects):")
+    lines.append("")
+    lines.append("| arm | schedule | stages | updates | pairs/update | LR schedule | optimiser resets | loss |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        f = row["fairness"]
+        lines.append(f"| {row['arm']} | {f['schedule']} | {f.get('stages', '–')} | {f['updates']} | "
+                     f"{f.get('pairs_per_update', '–')} | {f['lr_schedule']} | {f['optimizer_resets']} | "
+                     f"{f.get('loss', '–')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: str) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+
+
+def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    arms = [r["arm"] for r in rows]
+    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key, label in ((axes[0], "judge_score", "gold reward of sampled answers"),
+                           (axes[1], "win_rate", "adjusted win rate vs SFT")):
+        have = [r for r in rows if key in r]
+        means = [r[key]["mean"] for r in have]
+        errs = [[r[key]["mean"] - r[key]["ci_low"] for r in have], [r[key]["ci_high"] - r[key]["mean"] for r in have]]
+        ax.bar([r["arm"] for r in have], means, yerr=errs, capsize=4, color=[colors[r["arm"]] for r in have])
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=30)
+        if key == "win_rate":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    paths.append(os.path.join(output_dir, "scores.png"))
+    _save(fig, paths[-1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in results:
+        m = r["metrics"]
+        if m.get("kl") is not None and m.get("judge_score") is not None:
+            ax.scatter(m["kl"], m["judge_score"], color=colors.get(r["arm"]), label=r["arm"])
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    ax.set_xlabel("KL(policy || SFT), nats per answer")
+    ax.set_ylabel("gold reward")
+    ax.set_title("reward vs KL (one point per seed)")
+    paths.append(os.path.join(output_dir, "reward_vs_kl.png"))
+    _save(fig, paths[-1])
+    plt.close(fig)
+
+    trained = [a for a in arms if any(r["arm"] == a and r.get("train") for r in results)]
+    if trained:
+        fig, axes = plt.subplots(1, len(trained), figsize=(3.6 * len(trained), 3.2), sharey=True, squeeze=False)
+        for ax, arm in zip(axes[0], trained):
+            r = next(r for r in results if r["arm"] == arm and r.get("train"))
+            log_path = os.path.join(output_dir, arm, f"seed-{r['seed']}", "train", "metrics.jsonl")
+            if os.path.exists(log_path):
+                with open(log_path) as f:
+                    log = [json.loads(line) for line in f]
+                for stage in sorted({e["stage"] for e in log}):
+                    pts = [(e["step"], e["loss"]) for e in log if e["stage"] == stage]
+                    ax.plot(*zip(*pts), label=f"stage {stage}")
+            ax.set_title(f"{arm} (seed {r['seed']})", fontsize=9)
+            ax.set_xlabel("update")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("training loss")
+        paths.append(os.path.join(output_dir, "training_curves.png"))
+        _save(fig, paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def write_report(output_dir: str, results: list[dict], arms: list[str]) -> dict:
+    rows = aggregate(results, arms)
+    md = markdown(rows)
+    write_text(os.path.join(output_dir, "results.md"), md)
+    report = {"rows": rows, "results": results, "plots": plots(output_dir, rows, results), "markdown": md}
+    write_json(os.path.join(output_dir, "results.json"), {k: v for k, v in report.items() if k != "markdown"})
+    return report
