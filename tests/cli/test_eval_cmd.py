@@ -1,8 +1,8 @@
 import json
 
-from conftest import make_records
-
 from currydpo.cli import main
+
+from conftest import make_records
 
 
 def distinct_words(prompt, response):

@@ -5,11 +5,12 @@ import os
 
 import pytest
 import yaml
-from conftest import make_records
 
 from currydpo.cli import main
 from currydpo.errors import CurryError
 from currydpo.evaluation.compare import load_spec
+
+from conftest import make_records
 
 
 def toy_gold(prompt, response):
@@ -30,7 +31,8 @@ def spec_file(tiny_model_dir, tmp_path):
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"the cat {w}"}) + "\n"
                                                     for w in ("sat", "ran", "sea", "sky")))
     spec = {
-        "base": {"model": {"path": tiny_model_dir}, "data": {"path": str(tmp_path / "data.jsonl"), "eval_fraction": 0.2},
+        "base": {"model": {"path": tiny_model_dir},
+                 "data": {"path": str(tmp_path / "data.jsonl"), "eval_fraction": 0.2},
                  "optim": {"lr": 1e-3, "batch_size": 4, "total_updates": 4}, "run": {"progress": False}},
         "grid": {"curriculum.schedule": ["iterative", "random"]},
         "seeds": [1, 2],

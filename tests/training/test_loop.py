@@ -8,11 +8,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import make_records, tiny_config
 from currydpo.data.records import as_chat
 from currydpo.training import loop
 from currydpo.training.responses import ResponseTable, logps_for_rows
 from currydpo.training.tokenize import encode_records
+
+from conftest import make_records, tiny_config
 
 
 def weights(path):
