@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from http_judge_server import JudgeServer
 
 from currydpo.errors import CurryError
 from currydpo.evaluation.judges import (
@@ -14,6 +13,8 @@ from currydpo.evaluation.judges import (
     parse_verdict,
 )
 from currydpo.evaluation.winrate import win_rate_report
+
+from http_judge_server import JudgeServer
 
 FAST = dict(max_attempts=3, backoff_s=0.001, max_backoff_s=0.01, timeout_s=5.0, concurrency=3)
 
