@@ -6,11 +6,11 @@ import random
 from dataclasses import dataclass, field
 
 from .config import TrainConfig
-from .curriculum.difficulty import STATIC, measure_static
+from .curriculum.difficulty import STATIC, measure_from_response_values, measure_static
 from .curriculum.schedules import Stage, plan
 from .data.loading import load_records
 from .data.pairs import Pair, build_pairs
-from .data.records import Record
+from .data.records import Record, as_chat, text_of
 from .errors import CurryError
 
 
@@ -58,3 +58,29 @@ def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     return plan(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
                 seed=cfg.run.seed, shuffle_within_stage=c.shuffle_within_stage,
                 cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)
+
+
+def encode_for(tokenizer, records: list[Record], chat_template: str, max_length: int, max_prompt_length: int,
+               progress: bool = True):
+    """Tokenise every response once. Plain-text prompts get the chat template when the
+    tokenizer has one (``chat_template: auto``), exactly as generation formats them."""
+    from .training.tokenize import encode_records
+
+    chat = chat_template == "always" or (chat_template == "auto" and getattr(tokenizer, "chat_template", None))
+    return encode_records(as_chat(records) if chat else records, tokenizer, max_length=max_length,
+                          max_prompt_length=max_prompt_length, progress=progress)
+
+
+def model_difficulty(pairs: list[Pair], records: list[Record], keys: list[tuple[int, int]],
+                     reference_logps: list[float], reward_model: str | None = None,
+                     trust_remote_code: bool = False) -> None:
+    """The model-based measures: ``ref-logratio`` from per-response reference log-probs
+    (aligned with ``keys``), and ``reward-margin`` when a reward model path is given."""
+    measure_from_response_values("ref-logratio", pairs, dict(zip(keys, reference_logps)), sign=-1.0)
+    if reward_model:
+        from .evaluation.judges import make_judge
+
+        judge = make_judge(f"reward-model:{reward_model}", trust_remote_code=trust_remote_code)
+        rewards = judge.score([text_of(records[r].prompt) for r, _ in keys],
+                              [text_of(records[r].responses[i].text) for r, i in keys])
+        measure_from_response_values("reward-margin", pairs, dict(zip(keys, rewards)), sign=-1.0)

@@ -97,3 +97,29 @@ def test_every_flag_has_help():
     sub = next(a for a in parser._actions if a.dest == "command").choices["pairs"]
     for action in sub._actions:
         assert action.help, action.dest
+
+
+# ------------------------------------------------------------------ curriculum inspection
+
+def test_pairs_schedule_prints_stage_plan_and_writes_histogram(tmp_path, capsys):
+    src = Path(__file__).parents[2] / "examples" / "ultrafeedback_tiny.jsonl"
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", str(src), "--out", str(out), "--schedule", "anti", "--difficulty", "score-gap"]) == 0
+    text = capsys.readouterr().out
+    assert "stage 1:" in text and "rejected rank 2" in text.split("stage 1:")[1].splitlines()[0]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {1, 2, 3}
+    assert all(r["rejected_position"] == 2 for r in rows if r["stage"] == 1)  # anti: hardest first
+    assert (tmp_path / "p.stages.png").stat().st_size > 1000
+
+
+def test_pairs_ref_logratio_uses_the_model(tmp_path, tiny_model_dir, capsys):
+    src = Path(__file__).parents[2] / "examples" / "ultrafeedback_tiny.jsonl"
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", str(src), "--out", str(out), "--difficulty", "ref-logratio"]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["pairs", str(src), "--out", str(out), "--difficulty", "ref-logratio", "--model", tiny_model_dir,
+                  "--schedule", "single-pass"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    values = [r["difficulty"]["ref-logratio"] for r in rows]
+    assert len(set(values)) > 1 and all(isinstance(v, float) for v in values)

@@ -10,6 +10,8 @@ import argparse
 import statistics
 from typing import Iterator
 
+from ..curriculum.difficulty import check_measure, measure_static
+from ..curriculum.schedules import SCHEDULES, Stage, plan
 from ..data.formats import FORMATS, SCORES
 from ..data.loading import ON_BAD_ROW, LoadResult, load_records
 from ..data.pairs import BUILDERS, Pair, build_pairs
@@ -43,6 +45,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSON lines file, written atomically")
     p.add_argument("--trl", action="store_true",
                    help="write only TRL's prompt/chosen/rejected columns (conversational form for chat data)")
+    g = p.add_argument_group("curriculum inspection")
+    g.add_argument("--difficulty", default=None,
+                   help="difficulty measure to compute and write: score-gap | rank-gap | length-gap | ref-logratio "
+                        "(needs --model) | reward-margin (needs --reward-model) | column:NAME | function:MODULE:FN")
+    g.add_argument("--schedule", default=None, choices=tuple(SCHEDULES),
+                   help="print the stage plan of this schedule and plot difficulty by stage")
+    g.add_argument("--stages", type=int, default=3, help="number of stages for --schedule (default 3)")
+    g.add_argument("--model", default=None, help="reference model for --difficulty ref-logratio")
+    g.add_argument("--reward-model", default=None, help="sequence-classification model for reward-margin")
+    g.add_argument("--plot", default=None,
+                   help="PNG path of the difficulty histogram by stage (default: OUT with .stages.png)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the models to run")
     return p
 
 
@@ -137,11 +151,96 @@ def summary(result: LoadResult, pairs: list[Pair], out: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ curriculum inspection
+
+def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace) -> str:
+    """Compute ``--difficulty`` (default score-gap) on every pair; returns the measure's name."""
+    name = check_measure(args.difficulty or "score-gap")
+    if name == "dynamic":
+        raise CurryError("difficulty 'dynamic' is measured by the policy during training; use `currydpo train`")
+    if name in ("ref-logratio", "reward-margin"):
+        need = {"ref-logratio": ("--model", args.model), "reward-margin": ("--reward-model", args.reward_model)}
+        flag, value = need[name]
+        if not value:
+            raise CurryError(f"difficulty {name!r} needs {flag} PATH")
+        from ..pipeline import model_difficulty
+
+        keys, ref = reference_logps(records, pairs, args) if name == "ref-logratio" else (
+            sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs}), None)
+        model_difficulty(pairs, records, keys, ref or [0.0] * len(keys), args.reward_model, args.trust_remote_code)
+    else:
+        measure_static(name, pairs, records)
+    return name
+
+
+def reference_logps(records, pairs, args):
+    import torch
+
+    from ..config import ModelConfig
+    from ..pipeline import encode_for
+    from ..training.model import load_model, load_tokenizer
+    from ..training.responses import ResponseTable, logps_for_rows
+
+    tok = load_tokenizer(args.model, args.trust_remote_code)
+    model = load_model(args.model, ModelConfig(path=args.model, trust_remote_code=args.trust_remote_code),
+                       torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    table = ResponseTable.from_pairs(pairs, encode_for(tok, records, "auto", 1024, 512))
+    lp, _ = logps_for_rows(model, table, list(range(len(table.keys))), tok.pad_token_id, 16,
+                           desc="reference log-probs")
+    return table.keys, lp.tolist()
+
+
+def stage_report(pairs: list[Pair], stages: list[Stage], name: str) -> str:
+    lines = [f"stage plan ({name}, easy -> hard unless the schedule says otherwise)"]
+    for s in stages:
+        lo, hi = s.difficulty_range(pairs, name)
+        extra = f", admits {s.admit_fraction:.0%} by current loss" if s.admit_fraction is not None else ""
+        lines.append(f"  stage {s.index + 1}: {len(s.pairs):6d} pairs  difficulty [{lo:.3g}, {hi:.3g}]  "
+                     f"{s.label}{extra}")
+    return "\n".join(lines)
+
+
+def plot_stages(path: str, pairs: list[Pair], stages: list[Stage], name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    values = [[pairs[i].difficulty[name] for i in s.pairs] for s in stages]
+    ax.hist(values, bins=30, stacked=True, label=[f"stage {s.index + 1}: {s.label}" for s in stages])
+    ax.set_xlabel(f"difficulty ({name}; higher = harder)")
+    ax.set_ylabel("pairs")
+    ax.legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CurryError(f"--limit must be >= 1, got {args.limit}")
+    if args.stages < 1:
+        raise CurryError(f"--stages must be >= 1, got {args.stages}")
     result = load(args)
     pairs = make_pairs(result.records, args)
-    write_jsonl(args.out, pair_rows(result.records, pairs, args.trl))
+    name = measure(result.records, pairs, args) if (args.difficulty or args.schedule) else None
+    stages = plan(pairs, args.schedule, name, stages=args.stages, strategy=args.strategy, seed=args.seed) \
+        if args.schedule and pairs else None
+    rows = list(pair_rows(result.records, pairs, args.trl))
+    if name and not args.trl:
+        stage_of = {i: s.index + 1 for s in stages or [] for i in s.pairs}
+        for i, (row, pair) in enumerate(zip(rows, pairs)):
+            row["difficulty"] = dict(pair.difficulty)
+            if stages:
+                row["stage"] = stage_of.get(i)
+    write_jsonl(args.out, rows)
     print(summary(result, pairs, args.out))
+    if stages:
+        print(stage_report(pairs, stages, name))
+        plot = args.plot or str(args.out).rsplit(".", 1)[0] + ".stages.png"
+        plot_stages(plot, pairs, stages, name)
+        print(f"difficulty histogram by stage -> {plot}")
     return 0

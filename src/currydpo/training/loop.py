@@ -22,18 +22,17 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import TrainConfig, reference_mode, to_yaml
-from ..curriculum.difficulty import measure_dynamic, measure_from_response_values
+from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.schedules import Stage, admit, updates_per_stage
-from ..data.records import Record, as_chat
+from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_text
-from ..pipeline import Prepared, prepare, stage_plan
+from ..pipeline import Prepared, encode_for, model_difficulty, prepare, stage_plan
 from . import checkpoint as ckpt
 from .logprobs import response_logps
 from .losses import REFERENCE_FREE, PairLogps, pair_loss
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows
-from .tokenize import encode_records
 
 
 @dataclass
@@ -175,12 +174,17 @@ def run_stage(run: Run, k: int, optimizer, scheduler, first_update: int, ref: to
             metrics = train_step(run, optimizer, scheduler, micro, ref, where)
         except FloatingPointError as e:
             optimizer.zero_grad(set_to_none=True)
-            save_position(run, optimizer, scheduler, k, u, global_step, order)
-            raise CurryError(f"non-finite values: {e}; the last good state is saved in "
-                             f"{cfg.run.output_dir}/state (lower optim.lr or check the data)") from None
+            if all(torch.isfinite(p).all() for p in run.model.parameters()):
+                save_position(run, optimizer, scheduler, k, u, global_step, order)
+                saved = "the last good state is saved in"
+            else:  # the weights themselves went non-finite: keep the previous checkpoint
+                saved = "the weights are non-finite, so state/ was not overwritten; the last checkpoint is in"
+            raise CurryError(f"non-finite values: {e}; {saved} {cfg.run.output_dir}/state "
+                             f"(lower optim.lr or check the data)") from None
         global_step += 1
         entry = {"step": global_step, "stage": k + 1, "stage_update": u + 1, **metrics}
         log_metrics(run, entry)
+        ckpt.test_pause("update")
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
         if cfg.run.save_every and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates:
             save_position(run, optimizer, scheduler, k, u + 1, global_step, order)
@@ -211,15 +215,18 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
     trackers = [t.strip() for t in cfg.run.report_to.split(",") if t.strip()]
     acc = Accelerator(log_with=trackers or None, project_dir=cfg.run.output_dir,
                       mixed_precision="no" if cfg.model.precision in ("auto", "fp32") else cfg.model.precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != acc.num_processes:  # else every process would train alone and all write the same files
+        raise CurryError(f"{launched} processes were launched but accelerate sees {acc.num_processes}; on CPUs "
+                         f"set ACCELERATE_USE_CPU=true (see docs/multi-gpu.md)")
     set_seed(cfg.run.seed)
     data = prepare(cfg, records)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     model = load_model(cfg.model.path, cfg.model, acc.device)
-    chat = cfg.data.chat_template == "always" or (cfg.data.chat_template == "auto" and tokenizer.chat_template)
-    enc = encode_records(as_chat(data.records) if chat else data.records, tokenizer, max_length=cfg.data.max_length,
-                         max_prompt_length=cfg.data.max_prompt_length, progress=cfg.run.progress)
+    enc = encode_for(tokenizer, data.records, cfg.data.chat_template, cfg.data.max_length,
+                     cfg.data.max_prompt_length, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
-    refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"))
+    refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
     ref_rows = list(range(len(table.keys)))
     progress = cfg.run.progress and acc.is_main_process
     if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
@@ -228,18 +235,9 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
         del ref_model
     else:
         refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress)
-    initial = refs.get("initial", len(table.keys))
-    values = {k: float(initial[j]) for j, k in enumerate(table.keys)}
-    measure_from_response_values("ref-logratio", data.train_pairs + data.eval_pairs, values, sign=-1.0)
-    if c.difficulty == "reward-margin":
-        from ..evaluation.judges import make_judge
-
-        judge = make_judge(f"reward-model:{c.reward_model}", trust_remote_code=cfg.model.trust_remote_code)
-        recs = data.records
-        rewards = judge.score([recs[r].prompt for r, _ in table.keys],
-                              [recs[r].responses[i].text for r, i in table.keys])
-        measure_from_response_values("reward-margin", data.train_pairs + data.eval_pairs,
-                                     dict(zip(table.keys, rewards)), sign=-1.0)
+    model_difficulty(data.train_pairs + data.eval_pairs, data.records, table.keys,
+                     refs.get("initial", len(table.keys)).tolist(),
+                     c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
     if cfg.model.lora:
         model = add_lora(model, cfg.model)
     stages = stage_plan(cfg, data.train_pairs)
@@ -257,8 +255,9 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     position = ckpt.read_position(out) if resume else None
     if not resume and os.path.exists(os.path.join(out, ckpt.STATE_DIR)):
         raise CurryError(f"{out} already holds a run; pass --resume to continue it or choose another run.output_dir")
-    write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
     run = setup(cfg, records)
+    if run.accelerator.is_main_process:
+        write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
     acc, o, mode = run.accelerator, cfg.optim, reference_mode(cfg)
     acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
     metrics_path = os.path.join(out, "metrics.jsonl")
@@ -267,8 +266,8 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         ckpt.load_weights(out, acc.unwrap_model(run.model))
         first_stage, first_update, global_step = position["stage"], position["update"], position["global_step"]
         saved_order = position["order"] if first_update > 0 else None
-        with open(metrics_path) as f:  # drop lines logged after the checkpoint
-            run.log = [json.loads(line) for line in f][: position["log_lines"]]
+        with open(metrics_path) as f:  # drop lines logged after the checkpoint (the last may be cut by a kill)
+            run.log = [json.loads(line) for line, _ in zip(f, range(position["log_lines"]))]
     if acc.is_main_process:
         with open(metrics_path, "w") as f:
             f.writelines(json.dumps(e) + "\n" for e in run.log)
@@ -307,6 +306,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         if acc.is_main_process:
             ckpt.save_model(os.path.join(out, f"stage-{k + 1}"), acc.unwrap_model(run.model), run.tokenizer, cfg,
                             info=info)
+            ckpt.test_pause("stage-end")
         save_position(run, optimizer, scheduler, k + 1, 0, global_step, [])
     return finish(run, stage_info, mode)
 
