@@ -15,6 +15,7 @@ arm's update count, LR schedule, optimiser resets and reference, so fairness
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -173,12 +174,26 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_same_spec(spec: CompareSpec) -> None:
+    """Refuse to mix results of different comparisons in one directory (adding seeds is fine)."""
+    path = os.path.join(spec.output_dir, "spec.json")
+    mine = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("seeds", "output_dir")}
+    mine = json.loads(json.dumps(mine, default=str))
+    if os.path.exists(path):
+        if _read(path) != mine:
+            raise CurryError(f"{spec.output_dir} holds results of a different comparison (its spec.json differs); "
+                             f"choose another output directory or delete it")
+    else:
+        write_json(path, mine)
+
+
 def run_compare(spec: CompareSpec, progress: bool = True) -> dict:
     """Run every (arm, seed) not yet done — the baseline first — then write the report."""
     from .judges import make_judge
     from .report import write_report
 
     os.makedirs(spec.output_dir, exist_ok=True)
+    check_same_spec(spec)
     judge = make_judge(spec.judge, cache_dir=os.path.join(spec.output_dir, "judge-cache"),
                        trust_remote_code=spec.trust_remote_code) if spec.judge else None
     prompts = load_prompts(spec.prompts) if spec.prompts else []
