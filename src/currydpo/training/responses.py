@@ -76,8 +76,9 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
 class RefCache:
     """Reference log-probs per table row, per reference identity; persisted in ``directory``."""
 
-    def __init__(self, directory: str | None):
+    def __init__(self, directory: str | None, write: bool = True):
         self.directory = directory
+        self.write = write  # False on non-main processes: they read the cache but never write it
         self.values: dict[str, torch.Tensor] = {}  # key -> (len(table),) float64, NaN = not computed
 
     def _path(self, key: str) -> str | None:
@@ -111,7 +112,7 @@ class RefCache:
 
     def save(self, key: str) -> None:
         path = self._path(key)
-        if path:
+        if path and self.write:
             os.makedirs(self.directory, exist_ok=True)
             with atomic_path(path) as tmp:
                 torch.save(self.values[key], tmp)

@@ -1,0 +1,108 @@
+"""Shared helpers for the reliability tests: a ranked JSONL data file, a YAML run config,
+the `currydpo train` CLI as a subprocess that can be paused at a named point and killed,
+and checks that a checkpoint directory is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import make_records
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_ranked(path: Path, n_prompts: int = 8, seed: int = 0) -> Path:
+    """A `ranked`-format JSONL file: {"prompt": str, "responses": [{"text": str, "score": float}]}."""
+    with open(path, "w") as f:
+        for r in make_records(n_prompts, seed=seed):
+            f.write(json.dumps({"prompt": r.prompt,
+                                "responses": [{"text": x.text, "score": x.score} for x in r.responses]}) + "\n")
+    return path
+
+
+def write_config(path: Path, model_dir, data_path, output_dir, **sections) -> Path:
+    """A 3-stage iterative YAML config with tiny sizes; ``sections`` override keys per section."""
+    cfg = {"model": {"path": str(model_dir)},
+           "data": {"path": str(data_path), "format": "ranked"},
+           "curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True},
+           "optim": {"lr": 1e-3, "batch_size": 4, "warmup_ratio": 0.0, "epochs_per_stage": 2},
+           "run": {"output_dir": str(output_dir), "save_every": 1, "seed": 0, "progress": False}}
+    for k, v in sections.items():
+        cfg.setdefault(k, {}).update(v)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def env(**extra) -> dict:
+    e = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
+    e["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), e.get("PYTHONPATH", "")])
+    return e
+
+
+def train_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "currydpo", "train", "--config", str(config), "--no-progress", *args]
+
+
+def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120) -> None:
+    """Start ``cmd`` with ``CURRYDPO_TEST_PAUSE_AT=point``, wait until it pauses there, SIGKILL it."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=env(CURRYDPO_TEST_PAUSE_AT=point), stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + timeout
+    try:
+        while "currydpo-paused" not in log.read_text():
+            if proc.poll() is not None:
+                raise AssertionError(f"exited with {proc.returncode} before pausing at {point}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"did not pause at {point} within {timeout}s:\n{log.read_text()}")
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def check_complete(out: Path) -> list[str]:
+    """Every visible checkpoint dir under ``out`` loads completely; returns their names.
+
+    Hidden entries (``.state.*.tmp``: an interrupted atomic write) are allowed: nothing reads them.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    found = []
+    for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d.name == "state":
+            pos = json.loads((d / "position.json").read_text())
+            assert {"stage", "update", "global_step", "order", "log_lines"} <= set(pos)
+            assert load_file(d / "trainable.safetensors")
+            assert set(torch.load(d / "optim.pt", weights_only=False)) == {"optimizer", "scheduler"}
+            assert "torch" in torch.load(d / "rng.pt", weights_only=False)
+            assert (d / "config.yaml").exists()
+        elif d.name.startswith("stage-") or d.name == "final":
+            AutoModelForCausalLM.from_pretrained(d)
+            AutoTokenizer.from_pretrained(d)
+            assert (d / "currydpo_config.yaml").exists()
+        elif d.name == "refcache":
+            for f in d.glob("*.pt"):
+                assert torch.load(f).ndim == 1
+        else:
+            raise AssertionError(f"unexpected directory {d}")
+        found.append(d.name)
+    return found
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "final" / "model.safetensors")
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
