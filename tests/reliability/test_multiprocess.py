@@ -1,0 +1,49 @@
+"""Multi-process training (DDP over gloo on CPU) matches the one-process run with the same
+global batch: 2 processes x batch 2 == 1 process x batch 4 (loop.py: pairs_per_update =
+batch_size * grad_accum * num_processes). Launched exactly as docs/multi-gpu.md says, with
+examples/accelerate/cpu_2proc.yaml. Equal to float tolerance, not bitwise: the two runs sum
+the same gradients in a different order."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from _reliability import REPO, check_complete, env, final_weights, losses, write_config, write_ranked
+
+from currydpo.config import load_config
+from currydpo.errors import CurryError
+from currydpo.training import loop
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_dir, tmp_path):
+    data = write_ranked(tmp_path / "data.jsonl")
+    one, two = tmp_path / "one", tmp_path / "two"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, two, optim={"batch_size": 2})
+    s1 = loop.train(load_config(str(config), [f"run.output_dir={one}", "optim.batch_size=4"]))
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "examples" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "0",
+           "-m", "currydpo", "train", "--config", str(config), "--no-progress"]
+    done = subprocess.run(cmd, env=env(ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained 12 updates" in done.stdout  # pairs_per_update = 2 x 2 processes, as for 1 x 4
+
+    # Only the main process writes: one metrics line per update (not two), complete checkpoints.
+    assert len(losses(two)) == len(losses(one)) == s1["total_updates"] == 12
+    assert check_complete(two) == ["final", "refcache", "stage-1", "stage-2", "stage-3", "state"]
+    torch.testing.assert_close(losses(two), losses(one), rtol=1e-4, atol=1e-5)
+    a, b = final_weights(one), final_weights(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=2e-5, msg=k)
+
+
+def test_processes_launched_but_not_seen_by_accelerate_is_an_error(tiny_model_dir, tmp_path, monkeypatch):
+    # e.g. `torchrun --nproc_per_node 2` on CPUs without ACCELERATE_USE_CPU=true: each process would
+    # train alone and all would write the same files.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = write_ranked(tmp_path / "data.jsonl")
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, tmp_path / "out")
+    with pytest.raises(CurryError, match="2 processes were launched but accelerate sees 1.*ACCELERATE_USE_CPU"):
+        loop.train(load_config(str(config)))
