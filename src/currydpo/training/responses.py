@@ -60,7 +60,13 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
     """
     was_training = model.training
     model.eval()
-    order = sorted(range(len(rows)), key=lambda j: -len(table.encoded[rows[j]]))
+    # longest first, the responses of one prompt kept together (packing computes their prompt once)
+    longest: dict = {}
+    for r in rows:
+        e = table.encoded[r]
+        longest[e.prompt_ids] = max(longest.get(e.prompt_ids, 0), len(e))
+    order = sorted(range(len(rows)), key=lambda j: (-longest[table.encoded[rows[j]].prompt_ids],
+                                                    table.encoded[rows[j]].prompt_ids, -len(table.encoded[rows[j]])))
     logps = torch.empty(len(rows), dtype=torch.float64)
     counts = torch.empty(len(rows), dtype=torch.long)
     bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False)

@@ -1,0 +1,410 @@
+"""Benchmark: currydpo against TRL's DPOTrainer on the same machine, model and data.
+
+Arms (each in a fresh subprocess, so peak RSS is per arm):
+
+- ``trl-single``: TRL DPOTrainer over all best-vs-rest pairs, one epoch;
+- ``ours-single``: ``currydpo.training.loop.train``, schedule single-pass, reference initial;
+- ``trl-iterative``: TRL run once per stage (stage k = pairs whose rejected response has
+  rank 4, 3, 2), each run starting from the previous run's model, with that model as
+  reference (``ref_model=None`` + ``precompute_ref_log_probs=True``: the reference log-probs
+  are computed by the policy's own weights before training, i.e. by the previous stage);
+- ``ours-iterative``: schedule iterative, 3 stages, reference previous-stage, optimiser
+  restarted per stage (like three TRL runs).
+
+TRL is configured fairly for the device: fp32 on CPU (bf16 on GPU with ``--dtype bf16``),
+no gradient checkpointing, ``precompute_ref_log_probs=True``, the same batch size,
+max_length, learning rate and schedule, ``report_to="none"``, no intermediate saves; each
+arm saves its final (per-stage) model like ours does. Every arm's time is the whole run
+from raw records to a saved model: tokenisation, reference log-probs, training, saving.
+A ``check`` arm compares per-pair losses of a first batch with TRL's (policy perturbed
+away from the reference so the losses are not all log 2).
+
+Run: ``currydpo bench --sizes 3m,30m --prompts 48 --out bench-out``; ``--quick`` is a
+seconds-long configuration for tests. On a GPU: ``--device cuda --sizes 0.5b --dtype bf16``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+# model shapes for make_llama; "0.5b" is for a GPU run (--device cuda --dtype bf16)
+SIZES = {
+    "tiny": dict(hidden=32, layers=2, heads=2, vocab=512),
+    "3m": dict(hidden=192, layers=6, heads=6, vocab=4096),
+    "30m": dict(hidden=512, layers=8, heads=8, vocab=4096),
+    "0.5b": dict(hidden=1024, layers=24, heads=16, vocab=32000),
+}
+ARMS = ["check", "trl-single", "ours-single", "trl-iterative", "ours-iterative"]
+BATCH, LR, MAX_LENGTH, MAX_PROMPT = 8, 1e-4, 1024, 512
+
+
+# ---------------------------------------------------------------- data and model
+
+def _words(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    syll = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "da", "fi", "gu", "he", "ja", "qu", "ri",
+            "st", "ar", "en", "on", "th", "ch", "ly", "ing", "er", "ed", "al", "ou", "ble"]
+    return sorted({"".join(rng.choice(syll) for _ in range(rng.randint(1, 4))) for _ in range(n)})
+
+
+def make_records(n_prompts: int, seed: int = 0, quick: bool = False):
+    """UltraFeedback-shaped records: 4 responses per prompt, distinct 1..5 scores, log-normal lengths.
+
+    Prompt lengths ~ 40 words (median, 6..120), responses ~ 60 words (4..240): the spread
+    of real preference data, where padding to the longest sequence of a batch is costly.
+    """
+    from .data.records import Record, Response
+
+    rng = random.Random(seed)
+    vocab = _words(3000, seed)
+    cap_p, cap_r = (20, 30) if quick else (120, 240)
+
+    def text(median, lo, hi):
+        n = int(min(hi, max(lo, rng.lognormvariate(math.log(median), 0.7))))
+        return " ".join(rng.choice(vocab) for _ in range(n))
+
+    recs = []
+    for i in range(n_prompts):
+        prompt = text(8 if quick else 40, 3, cap_p) + "?"
+        scores = rng.sample([s / 4 for s in range(4, 21)], 4)
+        resps = [Response(" " + text(10 if quick else 60, 2, cap_r) + ".", score=s) for s in scores]
+        recs.append(Record(str(i), prompt, resps))
+    return recs
+
+
+def build_model(size: str, path: str, seed: int = 0) -> dict:
+    """Random-init Llama of ``size`` + a BPE tokenizer trained on the benchmark's words; saved to ``path``."""
+    from .world.tiny import make_llama, make_tokenizer
+
+    spec = SIZES[size]
+    corpus = [" ".join(_words(3000, seed)[i:i + 50]) for i in range(0, 3000, 50)] * 2
+    corpus += [r.prompt + "".join(x.text for x in r.responses) for r in make_records(200, seed + 1)]
+    tok = make_tokenizer(corpus, vocab_size=spec["vocab"])
+    tok.chat_template = None  # plain-text prompts, exactly as TRL tokenises them
+    model = make_llama(tok, hidden=spec["hidden"], layers=spec["layers"], heads=spec["heads"],
+                       max_positions=MAX_LENGTH + 8, seed=seed)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Measured dense matmul FLOP/s (best of ``reps``)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = math.inf
+    for _ in range(reps + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+# ---------------------------------------------------------------- arms (run in a child process)
+
+def _cfg(args, schedule: str, out: str):
+    from .config import from_dict, validate
+
+    return validate(from_dict({
+        "model": {"path": args.model, "precision": args.dtype},
+        "data": {"max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT, "chat_template": "never"},
+        "curriculum": {"schedule": schedule, "stages": 3, "reference": "initial" if schedule == "single-pass"
+                       else "previous-stage"},
+        "optim": {"lr": LR, "batch_size": BATCH, "warmup_ratio": 0.0, "lr_schedule": "linear",
+                  "across_stages": "restart"},
+        "run": {"output_dir": out, "progress": False, "seed": 0},
+    }))
+
+
+def _stages(args, records):
+    """Pair lists per stage, exactly as our iterative schedule splits them."""
+    from .pipeline import prepare, stage_plan
+
+    cfg = _cfg(args, "iterative", os.path.join(args.work, "plan"))
+    data = prepare(cfg, records)
+    return [[data.train_pairs[i] for i in s.pairs] for s in stage_plan(cfg, data.train_pairs)]
+
+
+def _trl_args(args, out: str, **kw):
+    import trl
+
+    cuda = args.device == "cuda"
+    return trl.DPOConfig(
+        output_dir=out, report_to="none", use_cpu=not cuda, bf16=args.dtype == "bf16", fp16=False,
+        beta=0.1, loss_type=["sigmoid"], per_device_train_batch_size=BATCH, learning_rate=LR,
+        lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, num_train_epochs=1,
+        max_length=MAX_LENGTH, precompute_ref_log_probs=True, precompute_ref_batch_size=2 * BATCH,
+        gradient_checkpointing=False, save_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, seed=0,
+        dataloader_num_workers=0, **kw)
+
+
+def _trl_dataset(records, pairs):
+    import datasets
+
+    return datasets.Dataset.from_dict({
+        "prompt": [records[p.record].prompt for p in pairs],
+        "chosen": [records[p.record].responses[p.chosen].text for p in pairs],
+        "rejected": [records[p.record].responses[p.rejected].text for p in pairs]})
+
+
+def _load(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
+    return model, AutoTokenizer.from_pretrained(args.model)
+
+
+def arm_trl(args, records, stages) -> dict:
+    import trl
+
+    model, tok = _load(args)
+    out = os.path.join(args.work, args.arm)
+    t = time.perf_counter()
+    n_pairs = 0
+    for k, pairs in enumerate(stages):
+        trainer = trl.DPOTrainer(model=model, ref_model=None, args=_trl_args(args, f"{out}/run{k}"),
+                                 train_dataset=_trl_dataset(records, pairs), processing_class=tok)
+        trainer.train()
+        trainer.save_model(f"{out}/stage-{k + 1}")
+        model = trainer.model
+        n_pairs += len(pairs)
+    return {"seconds": time.perf_counter() - t, "pairs": n_pairs}
+
+
+def arm_ours(args, records, schedule: str) -> dict:
+    from .training.loop import train
+
+    t = time.perf_counter()
+    summary = train(_cfg(args, schedule, os.path.join(args.work, args.arm)), records)
+    return {"seconds": time.perf_counter() - t, "pairs": summary["total_updates"] * summary["pairs_per_update"],
+            "final_loss": summary["final_loss"]}
+
+
+def arm_check(args, records, stages) -> dict:
+    """Per-pair losses of one batch (policy perturbed from the reference): ours vs TRL's."""
+    import trl
+
+    from .training.logprobs import response_logps
+    from .training.losses import PairLogps, pair_loss
+    from .training.tokenize import encode
+
+    pairs = [p for s in stages for p in s][:BATCH]
+    policy, tok = _load(args)
+    ref, _ = _load(args)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_((0.02 * torch.randn(p.shape, generator=g)).to(p))
+    trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=_trl_check_args(args),
+                             train_dataset=_trl_dataset(records, pairs), processing_class=tok)
+    trl_losses = []
+    with torch.no_grad():
+        for row in trainer.train_dataset:
+            trl_losses.append(trainer.compute_loss(trainer.model, trainer.data_collator([row])).item())
+    enc = [encode(tok, records[p.record].prompt, records[p.record].responses[i].text, max_length=MAX_LENGTH,
+                  max_prompt_length=MAX_PROMPT) for p in pairs for i in (p.chosen, p.rejected)]
+    theirs = torch.tensor(trl_losses, dtype=torch.float64)
+    out = {"trl": theirs.tolist()}
+    for packing in (True, False):
+        with torch.no_grad():
+            lp, n = response_logps(policy.eval(), enc, tok.pad_token_id, packing=packing)
+            rlp, _ = response_logps(ref.eval(), enc, tok.pad_token_id, packing=packing)
+        x = PairLogps(lp[0::2], lp[1::2], n[0::2], n[1::2], rlp[0::2], rlp[1::2])
+        ours = pair_loss("dpo", x, beta=0.1)[2].double().cpu()
+        tag = "" if packing else "_padded"
+        out["ours" + tag] = ours.tolist()
+        out["max_rel_diff" + tag] = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()
+        out["max_abs_diff" + tag] = (ours - theirs).abs().max().item()
+        out["max_abs_logp" + tag] = lp.abs().max().item()
+    return out
+
+
+def _trl_check_args(args):
+    a = _trl_args(args, os.path.join(args.work, "check"))
+    a.precompute_ref_log_probs = False
+    return a
+
+
+def child(args) -> None:
+    """Run one arm and print its JSON result (peak RSS of this process included)."""
+    import psutil
+    import trl  # noqa: F401  same import footprint in every arm
+
+    from .training import loop  # noqa: F401
+
+    torch.manual_seed(0)
+    records = make_records(args.prompts, seed=0, quick=args.quick)
+    stages = _stages(args, records)
+    rss0 = psutil.Process().memory_info().rss
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if args.arm == "check":
+        res = arm_check(args, records, stages)
+    elif args.arm.startswith("trl-"):
+        res = arm_trl(args, records, [[p for s in stages for p in s]] if args.arm == "trl-single" else stages)
+    else:
+        res = arm_ours(args, records, "single-pass" if args.arm == "ours-single" else "iterative")
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["rss_before_mb"] = rss0 / 2 ** 20
+    if args.device == "cuda":
+        res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    print("BENCH-RESULT " + json.dumps(res))
+
+
+# ---------------------------------------------------------------- driver
+
+def pair_tokens(model_dir: str, records) -> tuple[int, int]:
+    """(pairs, tokens) of one pass over the best-vs-rest pairs: prompt+chosen+prompt+rejected per pair."""
+    from transformers import AutoTokenizer
+
+    from .data.pairs import build_pairs
+    from .training.tokenize import encode_records
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    enc = encode_records(records, tok, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT, progress=False)
+    pairs = build_pairs(records, "best-vs-rest")
+    return len(pairs), sum(len(enc[p.record][p.chosen]) + len(enc[p.record][p.rejected]) for p in pairs)
+
+
+def run_arm(args, size: str, model_dir: str, arm: str, work: str) -> dict:
+    cmd = [sys.executable, "-m", "currydpo.bench", "--child", arm, "--model", model_dir, "--work", work,
+           "--prompts", str(args.prompts), "--device", args.device, "--dtype", args.dtype] + (
+        ["--quick"] if args.quick else [])
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH-RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"benchmark arm {arm} ({size}) failed:\n{proc.stderr[-4000:]}")
+    return json.loads(line[len("BENCH-RESULT "):])
+
+
+def benchmark(args) -> dict:
+    import trl
+
+    os.makedirs(args.out, exist_ok=True)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    peak = matmul_peak(args.device, dtype, n=512 if args.quick else 2048)
+    result = {"trl_version": trl.__version__, "torch_version": torch.__version__, "device": args.device,
+              "dtype": args.dtype, "threads": torch.get_num_threads(), "prompts": args.prompts,
+              "batch_size": BATCH, "matmul_peak_flops": peak, "sizes": {}}
+    print(f"TRL {trl.__version__}, torch {torch.__version__}, {args.device} {args.dtype}, "
+          f"{torch.get_num_threads()} threads, matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    for size in args.sizes:
+        model_dir = os.path.join(args.out, f"model-{size}")
+        info = build_model(size, model_dir)
+        records = make_records(args.prompts, seed=0, quick=args.quick)
+        n_pairs, tokens = pair_tokens(model_dir, records)
+        info.update(pairs=n_pairs, pair_tokens=tokens)
+        arms = {}
+        for arm in args.arms:
+            arms[arm] = run_arm(args, size, model_dir, arm, os.path.join(args.out, f"work-{size}"))
+            if arm != "check":
+                a = arms[arm]
+                a["pairs_per_s"] = a["pairs"] / a["seconds"]
+                a["tokens_per_s"] = a["pairs_per_s"] * tokens / n_pairs
+                # nominal work of a pair trainer: fwd+bwd (6N) + reference fwd (2N) per pair token
+                a["nominal_flops_per_s"] = 8 * info["params"] * a["tokens_per_s"]
+                a["mfu"] = a["nominal_flops_per_s"] / peak
+            print(f"  {size} {arm}: {json.dumps(arms[arm])[:200]}", flush=True)
+        for kind in ("single", "iterative"):
+            if f"ours-{kind}" not in arms or f"trl-{kind}" not in arms:
+                continue
+            o, t = arms[f"ours-{kind}"], arms[f"trl-{kind}"]
+            o["speedup_vs_trl"] = o["pairs_per_s"] / t["pairs_per_s"]
+            o["rss_ratio_vs_trl"] = o["peak_rss_mb"] / t["peak_rss_mb"]
+        result["sizes"][size] = {"model": info, "arms": arms}
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    table = markdown(result)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"TRL {result['trl_version']}, torch {result['torch_version']}, {result['device']} {result['dtype']}, "
+             f"{result['threads']} threads, batch {result['batch_size']} pairs, {result['prompts']} prompts x 4 "
+             f"responses (best-vs-rest: 3 pairs/prompt); measured matmul peak "
+             f"{result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s.", "",
+             "| size | params | arm | pairs | time s | pairs/s | tokens/s | vs TRL | peak RSS MB | RSS vs TRL "
+             "| nominal GFLOP/s | % peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, s in result["sizes"].items():
+        for arm in [a for a in ARMS[1:] if a in s["arms"]]:
+            a = s["arms"][arm]
+            lines.append(
+                f"| {size} | {s['model']['params'] / 1e6:.1f}M | {arm} | {a['pairs']} | {a['seconds']:.1f} | "
+                f"{a['pairs_per_s']:.2f} | {a['tokens_per_s']:.0f} | "
+                f"{a.get('speedup_vs_trl', 1.0):.2f}x | {a['peak_rss_mb']:.0f} | "
+                f"{a.get('rss_ratio_vs_trl', 1.0):.2f} | "
+                f"{a['nominal_flops_per_s'] / 1e9:.2f} | {100 * a['mfu']:.1f} |")
+    lines.append("")
+    for size, s in result["sizes"].items():
+        if "check" in s["arms"]:
+            lines.append(f"- {size}: first-batch per-pair DPO loss, max relative difference ours vs TRL: "
+                         f"{s['arms']['check']['max_rel_diff']:.2e}")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--sizes", default="3m,30m", help=f"comma-separated model sizes: {', '.join(SIZES)}")
+    p.add_argument("--prompts", type=int, default=48, help="prompts (x 4 responses, 3 pairs each)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
+    p.add_argument("--quick", action="store_true", help="seconds-long tiny configuration (for tests)")
+    p.add_argument("--out", default="bench-out", help="output directory (bench.json, bench.md, models)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 for a GPU run of 0.5b")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="currydpo bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    p.add_argument("--child", dest="arm", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.arm:
+        child(args)
+        return 0
+    return run_args(args)
+
+
+def run_args(args) -> int:
+    from .errors import CurryError
+
+    args.sizes = [s.strip() for s in (args.sizes if isinstance(args.sizes, str) else ",".join(args.sizes)).split(",")]
+    if args.quick:
+        args.sizes, args.prompts = ["tiny"], min(args.prompts, 8)
+    args.arms = [a.strip() for a in (args.arms if isinstance(args.arms, str) else ",".join(args.arms)).split(",")]
+    if [a for a in args.arms if a not in ARMS]:
+        raise CurryError(f"unknown benchmark arm in {args.arms}; choose from: {', '.join(ARMS)}")
+    bad = [s for s in args.sizes if s not in SIZES]
+    if bad:
+        raise CurryError(f"unknown benchmark size {bad[0]!r}; choose from: {', '.join(SIZES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CurryError("--device cuda but no CUDA device is available; use --device cpu")
+    if args.dtype == "bf16" and args.device == "cpu":
+        raise CurryError("--dtype bf16 is for GPU runs; on CPU use --dtype fp32 (TRL and ours both in fp32)")
+    benchmark(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
