@@ -47,3 +47,16 @@ def test_processes_launched_but_not_seen_by_accelerate_is_an_error(tiny_model_di
     config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, tmp_path / "out")
     with pytest.raises(CurryError, match="2 processes were launched but accelerate sees 1.*ACCELERATE_USE_CPU"):
         loop.train(load_config(str(config)))
+
+
+def test_example_accelerate_configs_load_and_are_documented():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    doc = (REPO / "docs" / "multi-gpu.md").read_text()
+    kinds = {}
+    for name in ("ddp", "fsdp", "deepspeed_zero3", "cpu_2proc"):
+        path = REPO / "examples" / "accelerate" / f"{name}.yaml"
+        kinds[name] = str(load_config_from_file(str(path)).distributed_type).split(".")[-1]
+        assert f"examples/accelerate/{name}.yaml" in doc or f"`{name}.yaml`" in doc
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED", "cpu_2proc": "MULTI_GPU"}
+    assert "accelerate launch --config_file examples/accelerate/ddp.yaml -m currydpo train --config run.yaml" in doc
