@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..config import help_table, load_config
 
@@ -47,6 +48,8 @@ def run(args) -> int:
     from ..training.loop import train
 
     summary = train(cfg, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # one report per launch, from the main process
+        return 0
     print(f"trained {summary['total_updates']} updates over {len(summary['stages'])} stage(s) "
           f"({summary['schedule']}, reference {summary['reference']}); final loss {summary['final_loss']:.4f}")
     for s in summary["stages"]:

@@ -22,18 +22,17 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import TrainConfig, reference_mode, to_yaml
-from ..curriculum.difficulty import measure_dynamic, measure_from_response_values
+from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.schedules import Stage, admit, updates_per_stage
-from ..data.records import Record, as_chat
+from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_text
-from ..pipeline import Prepared, prepare, stage_plan
+from ..pipeline import Prepared, encode_for, model_difficulty, prepare, stage_plan
 from . import checkpoint as ckpt
 from .logprobs import response_logps
 from .losses import REFERENCE_FREE, PairLogps, pair_loss
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows
-from .tokenize import encode_records
 
 
 @dataclass
@@ -224,9 +223,8 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
     data = prepare(cfg, records)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     model = load_model(cfg.model.path, cfg.model, acc.device)
-    chat = cfg.data.chat_template == "always" or (cfg.data.chat_template == "auto" and tokenizer.chat_template)
-    enc = encode_records(as_chat(data.records) if chat else data.records, tokenizer, max_length=cfg.data.max_length,
-                         max_prompt_length=cfg.data.max_prompt_length, progress=cfg.run.progress)
+    enc = encode_for(tokenizer, data.records, cfg.data.chat_template, cfg.data.max_length,
+                     cfg.data.max_prompt_length, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
     ref_rows = list(range(len(table.keys)))
@@ -237,18 +235,9 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
         del ref_model
     else:
         refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress)
-    initial = refs.get("initial", len(table.keys))
-    values = {k: float(initial[j]) for j, k in enumerate(table.keys)}
-    measure_from_response_values("ref-logratio", data.train_pairs + data.eval_pairs, values, sign=-1.0)
-    if c.difficulty == "reward-margin":
-        from ..evaluation.judges import make_judge
-
-        judge = make_judge(f"reward-model:{c.reward_model}", trust_remote_code=cfg.model.trust_remote_code)
-        recs = data.records
-        rewards = judge.score([recs[r].prompt for r, _ in table.keys],
-                              [recs[r].responses[i].text for r, i in table.keys])
-        measure_from_response_values("reward-margin", data.train_pairs + data.eval_pairs,
-                                     dict(zip(table.keys, rewards)), sign=-1.0)
+    model_difficulty(data.train_pairs + data.eval_pairs, data.records, table.keys,
+                     refs.get("initial", len(table.keys)).tolist(),
+                     c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
     if cfg.model.lora:
         model = add_lora(model, cfg.model)
     stages = stage_plan(cfg, data.train_pairs)
