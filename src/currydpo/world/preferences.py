@@ -1,0 +1,127 @@
+"""Preference data made the UltraFeedback way, inside the embedded world.
+
+For each prompt the SFT model samples N responses (batched ``generate`` through the
+chat template, seeded); a noisy judge rates each on four aspects, 1..5, from the gold
+components (`language.gold_components`) plus independent Gaussian noise; the mean of
+the four aspect ratings is the judge's score (``fine-grained_score``), as in
+UltraFeedback (Cui et al. 2023) and the Curry-DPO paper's figure.
+
+Aspect <- gold quantity (all in [0, 1]), rating = clip(round(1 + 4 v + noise), 1, 5):
+
+- helpfulness            <- the gold reward itself
+- instruction_following  <- topic x length (answers what was asked, at the asked size)
+- truthfulness           <- correct (right items / tone / sum)
+- honesty                <- form (stands in for "no made-up text": parses, no repetition)
+
+``overall_score`` is 2 x the fine-grained mean (the 1..10 scale of openbmb's critique
+score). The layout is openbmb/UltraFeedback's, one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+from typing import Callable
+
+import torch
+
+from ..io import write_jsonl
+from .language import combine, gold_components
+
+ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+
+
+def aspect_values(components: dict[str, float]) -> dict[str, float]:
+    """The four UltraFeedback aspects as gold quantities in [0, 1] (see module docstring)."""
+    return {
+        "helpfulness": combine(components),
+        "honesty": components["form"],
+        "instruction_following": components["topic"] * components["length"],
+        "truthfulness": components["correct"],
+    }
+
+
+def rate(prompt: str, response: str, rng: random.Random, rater_noise: float = 0.5) -> dict[str, int]:
+    """Noisy 1..5 aspect ratings of one response; ``rater_noise`` is the noise s.d. in rating points."""
+    values = aspect_values(gold_components(prompt, response))
+    out = {}
+    for a in ASPECTS:
+        r = 1.0 + 4.0 * values[a] + rng.gauss(0.0, rater_noise)
+        out[a] = int(min(5, max(1, math.floor(r + 0.5))))
+    return out
+
+
+def ultrafeedback_row(prompt: str, responses: list[str], rng: random.Random, rater_noise: float = 0.5) -> dict:
+    """One openbmb/UltraFeedback-layout row for ``prompt`` and its rated ``responses``."""
+    completions = []
+    for text in responses:
+        ratings = rate(prompt, text, rng, rater_noise)
+        mean = sum(ratings.values()) / len(ratings)
+        completions.append({
+            "model": "sft",
+            "response": text,
+            "annotations": {a: {"Rating": str(ratings[a]), "Rationale": ""} for a in ASPECTS},
+            "fine-grained_score": mean,
+            "overall_score": 2.0 * mean,
+            "custom_system_prompt": "",
+            "principle": "helpfulness",
+        })
+    return {
+        "source": "currydpo-world",
+        "instruction": prompt,
+        "models": ["sft"] * len(responses),
+        "completions": completions,
+        "prompt_id": hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16],
+    }
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompts: list[str], *, n_responses: int = 4, seed: int = 0,
+                     temperature: float = 1.0, max_new_tokens: int = 48, batch_size: int = 64,
+                     progress: Callable | None = None) -> list[list[str]]:
+    """``n_responses`` sampled answers per prompt (pure ancestral sampling: no top-k / top-p)."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    out: list[list[str]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in chunk]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(seed * 1_000_003 + start)  # batch-keyed: resuming a batch gives the same samples
+        gen = model.generate(
+            **enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            num_return_sequences=n_responses, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )  # (B * n_responses, T)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        decoded = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        out.extend(decoded[i * n_responses:(i + 1) * n_responses] for i in range(len(chunk)))
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def make_preference_data(model_dir: str | os.PathLike, prompts: list[str], out_path: str | os.PathLike, *,
+                         n_responses: int = 4, rater_noise: float = 0.5, seed: int = 0, temperature: float = 1.0,
+                         max_new_tokens: int = 48, batch_size: int = 64, progress: bool = False) -> str:
+    """Sample, rate and write UltraFeedback-layout preference data for ``prompts``; returns ``out_path``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc="world: sampling responses", unit="prompt")
+    responses = sample_responses(model, tokenizer, prompts, n_responses=n_responses, seed=seed,
+                                 temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 progress=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    rng = random.Random(f"rater-{seed}")
+    write_jsonl(out_path, (ultrafeedback_row(p, rs, rng, rater_noise) for p, rs in zip(prompts, responses)))
+    return str(out_path)
