@@ -65,12 +65,12 @@ class WorldConfig:
     rater_noise: float = 0.5        # judge noise s.d., rating points
     temperature: float = 1.0        # sampling temperature for the responses
     max_new_tokens: int = 48        # response length cap when sampling
-    gen_batch_size: int = 96        # prompts per generate call
+    gen_batch_size: int = 32        # prompts per generate call
 
 
 DEFAULT = WorldConfig()
-QUICK = WorldConfig(vocab_size=512, hidden=64, layers=2, heads=4, intermediate=192, n_sft_examples=3000,
-                    sft_steps=250, n_train_prompts=100, n_eval_prompts=32)
+QUICK = WorldConfig(vocab_size=512, hidden=80, layers=3, heads=4, intermediate=224, n_sft_examples=4000,
+                    sft_steps=350, lr=5e-3, n_train_prompts=100, n_eval_prompts=32)
 
 
 @dataclass(frozen=True)
