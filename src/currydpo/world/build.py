@@ -41,7 +41,7 @@ from . import language
 from .preferences import ASPECTS, make_preference_data
 from .tiny import make_llama, make_tokenizer
 
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 
 
 @dataclass(frozen=True)

@@ -123,5 +123,9 @@ def make_preference_data(model_dir: str | os.PathLike, prompts: list[str], out_p
     if bar is not None:
         bar.close()
     rng = random.Random(f"rater-{seed}")
-    write_jsonl(out_path, (ultrafeedback_row(p, rs, rng, rater_noise) for p, rs in zip(prompts, responses)))
+    # Like UltraFeedback's own pipeline, keep only real completions: an empty sample (EOS at
+    # once) is not a rated answer, and a prompt needs two distinct answers to give a pair.
+    kept = [(p, [r for r in rs if r]) for p, rs in zip(prompts, responses)]
+    kept = [(p, rs) for p, rs in kept if len(set(rs)) >= 2]
+    write_jsonl(out_path, (ultrafeedback_row(p, rs, rng, rater_noise) for p, rs in kept))
     return str(out_path)
