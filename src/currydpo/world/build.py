@@ -41,7 +41,7 @@ from . import language
 from .preferences import ASPECTS, make_preference_data
 from .tiny import make_llama, make_tokenizer
 
-WORLD_VERSION = "2"
+WORLD_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class WorldConfig:
     sft_steps: int = 700            # optimiser steps
     batch_size: int = 32            # SFT batch size
     lr: float = 3e-3                # AdamW peak learning rate (warm-up 5%, cosine to 10%)
-    n_train_prompts: int = 480      # prompts with 4 rated responses each
-    n_eval_prompts: int = 100       # held-out prompts
+    n_train_prompts: int = 600      # prompts with 4 rated responses each
+    n_eval_prompts: int = 300       # held-out prompts
     n_responses: int = 4            # responses per training prompt
     rater_noise: float = 0.5        # judge noise s.d., rating points
     temperature: float = 1.0        # sampling temperature for the responses

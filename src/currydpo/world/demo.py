@@ -33,7 +33,7 @@ ARMS = {
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and
 # the same number of updates, so only the data order and the reference differ between arms.
 SETTINGS = {
-    "default": {"updates": 150, "batch_size": 8, "lr": 2e-4, "beta": 0.1, "eval_fraction": 0.1,
+    "default": {"updates": 300, "batch_size": 8, "lr": 2e-4, "beta": 0.1, "eval_fraction": 0.1,
                 "max_new_tokens": 48},
     "quick": {"updates": 24, "batch_size": 8, "lr": 2e-4, "beta": 0.1, "eval_fraction": 0.1,
               "max_new_tokens": 32},
