@@ -27,9 +27,10 @@ Arrow fills keys a row lacks with None, so None is treated as "field absent".
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import BadRow, CurryError
+from ..errors import BadRow, CurryError, where
 from .records import Record, Response, validate_record
 
 SCORES = ("mean-aspects", "overall")
@@ -310,7 +311,9 @@ def ranked(row: dict, source: str | None, rowno: int, score: str = "mean-aspects
         r = item.get("rank")
         if s is None and r is None:
             raise BadRow(source, rowno, f"{field}.score", "missing field", "each response needs 'score' or 'rank'")
-        responses.append(Response(text, score=None if s is None else _number(s, source, rowno, f"{field}.score"),
+        # Numeric strings ("4") are scores: Arrow's JSON reader already turns them into numbers.
+        responses.append(Response(text, score=None if s is None else _number(s, source, rowno, f"{field}.score",
+                                                                             strings_ok=True),
                                   rank=None if r is None else _rank(r, source, rowno, f"{field}.rank")))
     return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
 
@@ -363,6 +366,38 @@ def detect_format(row: Any, source: str | None = None) -> str:
                      f"which {what}; pass --format with one of: {', '.join(FORMATS)}")
 
 
+_CANONICAL = re.compile(r"^(prompt|responses)(?:\[(\d+)\])?(.*)$")
+
+
+def source_field(fmt: str, field: str | None, score: str = "mean-aspects") -> str | None:
+    """`validate_record` names canonical fields (``prompt``, ``responses[i]``); name them as the source does."""
+    m = _CANONICAL.match(field or "")
+    if fmt not in ("ultrafeedback", "nectar", "pairwise") or not m:
+        return field
+    head, index, rest = m.group(1), m.group(2), m.group(3)
+    if head == "prompt":
+        return ("instruction" if fmt == "ultrafeedback" else "prompt") + (f"[{index}]" if index else "") + rest
+    if fmt == "pairwise":
+        return ("chosen" if index == "0" else "rejected") + rest
+    items, text = ("completions", "response") if fmt == "ultrafeedback" else ("answers", "answer")
+    if index is None:
+        return items + rest
+    if rest in (".score", ".rank"):
+        if fmt == "ultrafeedback":
+            rest = ".overall_score" if score == "overall" else ".annotations"
+        return f"{items}[{index}]{rest}"
+    return f"{items}[{index}].{text}{rest}"
+
+
+def _renamed(bad: BadRow, fmt: str, score: str) -> BadRow:
+    field = source_field(fmt, bad.field, score)
+    if field != bad.field:
+        rest = str(bad)[len(f"{where(bad.source, bad.row, bad.field)}: {bad.reason}"):]
+        bad.field = field
+        bad.args = (f"{where(bad.source, bad.row, field)}: {bad.reason}{rest}",)
+    return bad
+
+
 def convert_rows(rows: Sequence[Any], fmt: str, *, source: str | None, score: str = "mean-aspects",
                  line_of: Callable[[int], int] = lambda i: i + 1) -> Iterator[tuple[int, Record | BadRow]]:
     """Yield ``(row index, validated Record or BadRow)`` for every record the rows hold."""
@@ -382,4 +417,4 @@ def convert_rows(rows: Sequence[Any], fmt: str, *, source: str | None, score: st
             try:
                 yield i, validate_record(rec)
             except BadRow as e:
-                yield i, e
+                yield i, _renamed(e, fmt, score)
