@@ -245,6 +245,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("data.score", d.score, ["mean-aspects", "overall"])
     _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])
     _choice("data.chat_template", d.chat_template, ["auto", "always", "never"])
+    from .data.formats import FORMATS
+
+    _choice("data.format", d.format, ["auto", *FORMATS])
     try:
         check_strategy(d.strategy)
         check_loss(lo.name)

@@ -190,8 +190,9 @@ def test_train_unknown_data_format(tmp_path, tiny_model_dir, capsys):
     rc, captured, run_dir = train(tmp_path, capsys, CORPUS / "ranked_all_tied.jsonl", tiny_model_dir,
                                   CORPUS / "cfg_unknown_format.yaml")
     assert rc == 2
-    assert "unknown data format 'hh'; choose one of: auto, ultrafeedback" in one_error_line(captured.err, "train")
-    assert not files_under(run_dir)
+    line = one_error_line(captured.err, "train")
+    assert "config key 'data.format': 'hh' is not valid; choose one of: auto, ultrafeedback" in line
+    assert not run_dir.exists()  # validated before any work: nothing created
 
 
 def test_train_missing_model_path(tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from typing import Iterator
 
 from ..curriculum.difficulty import check_measure, measure_static
@@ -238,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
                 row["stage"] = stage_of.get(i)
     write_jsonl(args.out, rows)
     print(summary(result, pairs, args.out))
+    if not pairs:
+        print("warning: no pairs were made (all responses tied, or --min-gap too large); "
+              "try --allow-ties or a smaller --min-gap", file=sys.stderr)
     if stages:
         print(stage_report(pairs, stages, name))
         plot = args.plot or str(args.out).rsplit(".", 1)[0] + ".stages.png"

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -251,11 +252,17 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
 def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False) -> dict:
     """Train every stage of the curriculum; returns the run summary (also written to summary.json)."""
     out = cfg.run.output_dir
+    created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
     position = ckpt.read_position(out) if resume else None
     if not resume and os.path.exists(os.path.join(out, ckpt.STATE_DIR)):
         raise CurryError(f"{out} already holds a run; pass --resume to continue it or choose another run.output_dir")
-    run = setup(cfg, records)
+    try:
+        run = setup(cfg, records)
+    except BaseException:
+        if created:  # bad data or model: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if run.accelerator.is_main_process:
         write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
     acc, o, mode = run.accelerator, cfg.optim, reference_mode(cfg)
