@@ -61,3 +61,18 @@ def test_unknown_measure_lists_valid_ones():
         check_measure("gap")
     with pytest.raises(CurryError, match="cannot import"):
         measure_static("function:no_such_module:f", [], [])
+
+
+def test_column_difficulty_from_a_data_file(tmp_path):
+    import json
+
+    from currydpo.data.loading import load_records
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"q{i}", "hardness": h, "responses": [{"text": "a", "score": 2}, {"text": "b", "score": 1}]}
+            for i, h in enumerate([0.9, 0.1])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = load_records(str(path)).records
+    pairs = build_pairs(recs, "best-vs-rest")
+    measure_static("column:hardness", pairs, recs)
+    assert [p.difficulty["column:hardness"] for p in pairs] == [0.9, 0.1]

@@ -414,6 +414,8 @@ def convert_rows(rows: Sequence[Any], fmt: str, *, source: str | None, score: st
             yield i, e
             continue
         for rec in records:
+            if isinstance(row, dict):  # numeric columns stay available (difficulty column:NAME)
+                rec.meta.update({k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in rec.meta})
             try:
                 yield i, validate_record(rec)
             except BadRow as e:
