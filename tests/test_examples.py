@@ -36,3 +36,12 @@ def test_readme_names_every_subcommand_and_the_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     test_cmd = ci.strip().splitlines()[-1]
     assert test_cmd in readme
+
+
+def test_readme_python_api_snippet_runs(capsys, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    exec(compile(snippet, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" [")[0] for line in out] == ["rejected rank >=4", "rejected rank 3", "rejected rank 2"]

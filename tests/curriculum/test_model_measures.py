@@ -42,3 +42,10 @@ def test_ref_logratio_and_dynamic_self_paced(tiny_model_dir, tmp_path):
                                                                   "difficulty": "dynamic", "self_paced_start": 0.5})
     s = loop.train(cfg, records=recs)
     assert [st["pairs"] for st in s["stages"]] == [12, 24]  # half the 24 pairs admitted, then all
+
+
+def test_self_paced_with_a_reference_free_loss(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path / "c", curriculum={"schedule": "self-paced", "stages": 2},
+                      loss={"name": "simpo"})
+    s = loop.train(cfg, records=make_records(8))
+    assert [st["pairs"] for st in s["stages"]] == [12, 24]

@@ -27,7 +27,7 @@ from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
-from ..io import write_text
+from ..io import write_json, write_text
 from ..pipeline import Prepared, encode_for, model_difficulty, prepare, stage_plan
 from . import checkpoint as ckpt
 from .logprobs import response_logps
@@ -86,7 +86,7 @@ def loss_for(run: Run, x: PairLogps, pairs):
                      weights=weights)
 
 
-def stage_batches(run: Run, stage: Stage, order: list[int], n_updates: int, update: int) -> list[list[int]]:
+def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list[list[int]]:
     """This process's micro-batches (pair indices) for ``update`` of ``stage``.
 
     Update u takes the next ``pairs_per_update`` pairs of the stage order, wrapping around
@@ -148,7 +148,7 @@ def make_optimizer(run: Run, n_updates: int):
     return optimizer, scheduler
 
 
-def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor) -> list[float]:
+def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor | None) -> list[float]:
     """Self-paced difficulty: the current policy's loss on each pair (no gradients)."""
     pairs = [run.data.train_pairs[i] for i in pair_idx]
     rows, ci, ri = run.table.rows(pairs)
@@ -156,7 +156,8 @@ def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor) -> list[flo
                            run.cfg.optim.batch_size * 2, desc="dynamic difficulty",
                            progress=run.cfg.run.progress and run.accelerator.is_main_process)
     rows_t = torch.tensor(rows)
-    x = PairLogps(lp[ci], lp[ri], n[ci].double(), n[ri].double(), ref[rows_t][ci], ref[rows_t][ri],
+    ref_c, ref_r = (None, None) if ref is None else (ref[rows_t][ci], ref[rows_t][ri])  # simpo/orpo: no reference
+    x = PairLogps(lp[ci], lp[ri], n[ci].double(), n[ri].double(), ref_c, ref_r,
                   torch.tensor([p.score_gap or 0.0 for p in pairs], dtype=torch.float64))
     return loss_for(run, x, pairs)[2].tolist()
 
@@ -169,7 +170,7 @@ def run_stage(run: Run, k: int, optimizer, scheduler, first_update: int, ref: to
     bar = tqdm(range(first_update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=first_update,
                total=n_updates, disable=not (cfg.run.progress and acc.is_main_process))
     for u in bar:
-        micro = stage_batches(run, run.stages[k], order, n_updates, u)
+        micro = stage_batches(run, run.stages[k], order, u)
         where = f"stage {k + 1}, update {u + 1}, step {global_step + 1}"
         try:
             metrics = train_step(run, optimizer, scheduler, micro, ref, where)
@@ -351,8 +352,6 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
     if acc.is_main_process:
         model = acc.unwrap_model(run.model)
         ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True)
-        from ..io import write_json
-
         write_json(os.path.join(cfg.run.output_dir, "summary.json"), summary)
     acc.end_training()
     return summary
