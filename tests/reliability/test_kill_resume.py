@@ -66,6 +66,7 @@ def test_sigkill_at_three_points_then_resume_gives_bitwise_same_weights(tiny_mod
     assert done.returncode == 0, done.stderr
     assert (out / "stage-1" / "model.safetensors").stat().st_mtime_ns == stage1_written  # resumed, not restarted
     assert not (out / ".state.old").exists()
+    assert not [p.name for d in (out, out / "refcache") for p in d.iterdir() if p.name.endswith(".tmp")]  # kill 1's
     assert check_complete(out) == ["final", "refcache", "stage-1", "stage-2", "stage-3", "state"]
     a, b = final_weights(ref_out), final_weights(out)
     assert a.keys() == b.keys()

@@ -4,6 +4,8 @@ batch_size * grad_accum * num_processes). Launched exactly as docs/multi-gpu.md 
 examples/accelerate/cpu_2proc.yaml. Equal to float tolerance, not bitwise: the two runs sum
 the same gradients in a different order."""
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -60,3 +62,28 @@ def test_example_accelerate_configs_load_and_are_documented():
         assert f"examples/accelerate/{name}.yaml" in doc or f"`{name}.yaml`" in doc
     assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED", "cpu_2proc": "MULTI_GPU"}
     assert "accelerate launch --config_file examples/accelerate/ddp.yaml -m currydpo train --config run.yaml" in doc
+
+
+def test_nan_on_one_process_stops_every_process(tiny_model_dir, tmp_path):
+    # Without an all-reduced verdict the healthy process would wait forever in the gradient
+    # all-reduce that the failed one never joins (the timeout below would fire).
+    data = write_ranked(tmp_path / "data.jsonl")
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, out, optim={"batch_size": 2})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "examples" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "0",
+           str(REPO / "tests" / "reliability" / "nan_on_one_rank.py"),
+           "train", "--config", str(config), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env(ACCELERATE_USE_CPU="true"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers: no orphans left hanging
+        proc.communicate()
+        raise AssertionError("a NaN on one process left the other hanging") from None
+    assert proc.returncode != 0
+    assert "loss is nan at stage 1, update 2, step 2, pairs [" in stderr  # process 1 names its pairs
+    assert "loss is non-finite on another process at stage 1, update 2, step 2" in stderr  # process 0
+    assert len(losses(out)) == 1  # update 1 was logged; update 2 was not
+    assert (out / "state").is_dir()  # the last good state was saved

@@ -9,9 +9,11 @@ checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import time
 
 import numpy as np
@@ -69,15 +71,33 @@ def save_state(output_dir: str, model, optimizer, scheduler, position: dict, cfg
 
 
 def read_position(output_dir: str) -> dict | None:
+    """Where a killed run stopped (None if it never checkpointed); repairs what a kill leaves."""
     state, old = os.path.join(output_dir, STATE_DIR), os.path.join(output_dir, f".{STATE_DIR}.old")
     if not os.path.exists(state) and os.path.exists(os.path.join(old, "position.json")):
         # Killed between the two renames of `io.atomic_dir`: the previous state is complete in `.state.old`.
-        os.replace(old, state)
+        with contextlib.suppress(FileNotFoundError):  # another process of the same launch got there first
+            os.replace(old, state)
+    remove_leftover_temps(output_dir)
     path = os.path.join(state, "position.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def remove_leftover_temps(output_dir: str) -> None:
+    """Delete the hidden ``.NAME.*.tmp`` files and dirs of writes a kill interrupted (`io.atomic_*`)."""
+    for d in (output_dir, os.path.join(output_dir, "refcache")):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            if name.startswith(".") and name.endswith(".tmp"):
+                path = os.path.join(d, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
 
 
 def load_weights(output_dir: str, model) -> None:

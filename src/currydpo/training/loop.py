@@ -109,6 +109,21 @@ def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list
     return micro[p::W]
 
 
+def check_finite_everywhere(acc: Accelerator, loss: torch.Tensor, where: str, pairs: list[int]) -> None:
+    """Raise FloatingPointError on every process if the loss is non-finite on any of them.
+
+    A process that stopped alone would leave the others waiting forever in the next
+    gradient all-reduce, so with several processes the verdict is all-reduced first.
+    """
+    bad = ~torch.isfinite(loss.detach())
+    if acc.num_processes > 1:
+        anywhere = acc.reduce(bad.float().reshape(1), "sum").item() > 0
+        if anywhere and not bad:
+            raise FloatingPointError(f"loss is non-finite on another process at {where}")
+    if bad:
+        raise FloatingPointError(f"loss is {loss.item()} at {where}, pairs {pairs}")
+
+
 def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, where: str) -> dict:
     """One optimiser update over this process's micro-batches (gradient accumulation)."""
     acc, model = run.accelerator, run.model
@@ -118,8 +133,7 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
         sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(model)
         with sync:
             loss, metrics, _ = loss_for(run, batch_logps(run, model, pairs, ref), pairs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at {where}, pairs {idx}")
+            check_finite_everywhere(acc, loss, where, idx)
             acc.backward(loss / len(micro))
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v / len(micro)
