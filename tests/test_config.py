@@ -34,6 +34,7 @@ def test_yaml_and_overrides(tmp_path):
     ("", ["beta=1"], "section.key=value"),
     ("model: [1, 2]\n", [], "section 'model' must be a mapping"),
     ("model: {path: x\n", [], "invalid YAML"),
+    ("", ["model.precision=fp16"], "fp16 is not supported: fp16 training needs dynamic loss scaling"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, overrides, match):
     with pytest.raises(CurryError, match=match.replace("(", r"\(").replace("[", r"\[")):

@@ -24,7 +24,7 @@ class ModelConfig:
     ref_model: str | None = field(default=None, metadata={
         "help": "a separate reference model for stage 1 / single pass (default: the policy's initial weights)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow code shipped with the model to run"})
-    precision: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16"})
+    precision: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 weights on GPU) | fp32 | bf16"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -240,7 +240,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from .training.losses import check_loss
 
     m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
-    _choice("model.precision", m.precision, ["auto", "fp32", "bf16", "fp16"])
+    if m.precision == "fp16":  # fp16 weights or autocast without a GradScaler would train wrongly, not fail
+        raise CurryError("model.precision fp16 is not supported: fp16 training needs dynamic loss scaling, which "
+                         "this trainer does not do; use bf16 (GPUs since Ampere) or fp32")
+    _choice("model.precision", m.precision, ["auto", "fp32", "bf16"])
     _positive("model.lora_r", m.lora_r)
     _choice("data.score", d.score, ["mean-aspects", "overall"])
     _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])

@@ -30,7 +30,7 @@ def dtype_for(precision: str, device: torch.device) -> torch.dtype:
     """fp32 on CPU (bf16 autocast is ~20x slower there), bf16 on GPU, unless asked otherwise."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
