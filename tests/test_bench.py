@@ -37,3 +37,13 @@ def test_bench_quick(tmp_path):
 def test_bench_rejects_bad_options(tmp_path, capsys):
     assert main(["bench", "--sizes", "7b", "--out", str(tmp_path)]) == 2
     assert "unknown benchmark size" in capsys.readouterr().err
+
+
+def test_bench_check_arm_agrees_with_trl_in_float64(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--arms", "check", "--out", str(out)]) == 0
+    check = json.loads((out / "bench.json").read_text())["sizes"]["tiny"]["arms"]["check"]
+    assert len(check["trl_fp64"]) == len(check["ours_fp64"]) > 1
+    assert check["max_rel_diff_fp64"] < 1e-5 and check["max_rel_diff_fp64_padded"] < 1e-5  # the criterion
+    assert check["max_rel_diff_fp32"] < 1e-3  # fp32: summation order only
+    assert "in float64 (target 1e-5)" in (out / "bench.md").read_text()

@@ -160,10 +160,10 @@ def _trl_dataset(records, pairs):
         "rejected": [records[p.record].responses[p.rejected].text for p in pairs]})
 
 
-def _load(args):
+def _load(args, dtype: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype or args.dtype]
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
     return model, AutoTokenizer.from_pretrained(args.model)
 
@@ -195,7 +195,12 @@ def arm_ours(args, records, schedule: str) -> dict:
 
 
 def arm_check(args, records, stages) -> dict:
-    """Per-pair losses of one batch (policy perturbed from the reference): ours vs TRL's."""
+    """Per-pair DPO losses of one batch (policy perturbed from the reference): ours vs TRL's.
+
+    Run in float64 (the criterion: the two computations are the same maths, so they agree to
+    ~1e-12) and in the arm's dtype (informational: at fp32 a sequence log-prob of ~-800 has a
+    resolution of ~6e-5, and TRL and we sum the per-token terms in different orders).
+    """
     import trl
 
     from .training.logprobs import response_logps
@@ -203,33 +208,38 @@ def arm_check(args, records, stages) -> dict:
     from .training.tokenize import encode
 
     pairs = [p for s in stages for p in s][:BATCH]
-    policy, tok = _load(args)
-    ref, _ = _load(args)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_((0.02 * torch.randn(p.shape, generator=g)).to(p))
-    trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=_trl_check_args(args),
-                             train_dataset=_trl_dataset(records, pairs), processing_class=tok)
-    trl_losses = []
-    with torch.no_grad():
-        for row in trainer.train_dataset:
-            trl_losses.append(trainer.compute_loss(trainer.model, trainer.data_collator([row])).item())
-    enc = [encode(tok, records[p.record].prompt, records[p.record].responses[i].text, max_length=MAX_LENGTH,
-                  max_prompt_length=MAX_PROMPT) for p in pairs for i in (p.chosen, p.rejected)]
-    theirs = torch.tensor(trl_losses, dtype=torch.float64)
-    out = {"trl": theirs.tolist()}
-    for packing in (True, False):
+    out = {}
+    for dtype in ("fp64", args.dtype):
+        policy, tok = _load(args, dtype)
+        ref, _ = _load(args, dtype)
+        g = torch.Generator().manual_seed(1)
         with torch.no_grad():
-            lp, n = response_logps(policy.eval(), enc, tok.pad_token_id, packing=packing)
-            rlp, _ = response_logps(ref.eval(), enc, tok.pad_token_id, packing=packing)
-        x = PairLogps(lp[0::2], lp[1::2], n[0::2], n[1::2], rlp[0::2], rlp[1::2])
-        ours = pair_loss("dpo", x, beta=0.1)[2].double().cpu()
-        tag = "" if packing else "_padded"
-        out["ours" + tag] = ours.tolist()
-        out["max_rel_diff" + tag] = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()
-        out["max_abs_diff" + tag] = (ours - theirs).abs().max().item()
-        out["max_abs_logp" + tag] = lp.abs().max().item()
+            for p in policy.parameters():
+                p.add_((0.02 * torch.randn(p.shape, generator=g)).to(p))
+        trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=_trl_check_args(args),
+                                 train_dataset=_trl_dataset(records, pairs), processing_class=tok)
+        trl_losses = []
+        with torch.no_grad():
+            for row in trainer.train_dataset:
+                trl_losses.append(trainer.compute_loss(trainer.model, trainer.data_collator([row])).item())
+        enc = [encode(tok, records[p.record].prompt, records[p.record].responses[i].text, max_length=MAX_LENGTH,
+                      max_prompt_length=MAX_PROMPT) for p in pairs for i in (p.chosen, p.rejected)]
+        theirs = torch.tensor(trl_losses, dtype=torch.float64)
+        out[f"trl_{dtype}"] = theirs.tolist()
+        for packing in (True, False):
+            with torch.no_grad():
+                lp, n = response_logps(policy.eval(), enc, tok.pad_token_id, packing=packing)
+                rlp, _ = response_logps(ref.eval(), enc, tok.pad_token_id, packing=packing)
+            x = PairLogps(lp[0::2], lp[1::2], n[0::2], n[1::2], rlp[0::2], rlp[1::2])
+            ours = pair_loss("dpo", x, beta=0.1)[2].double().cpu()
+            tag = f"_{dtype}" + ("" if packing else "_padded")
+            out["ours" + tag] = ours.tolist()
+            out["max_rel_diff" + tag] = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()
+            out["max_abs_diff" + tag] = (ours - theirs).abs().max().item()
+            out["max_abs_logp" + tag] = lp.abs().max().item()
+        if dtype == args.dtype:
+            break  # the arm's dtype was fp64 itself
+    out["max_rel_diff"] = out["max_rel_diff_fp64"]
     return out
 
 
@@ -356,8 +366,10 @@ def markdown(result: dict) -> str:
     lines.append("")
     for size, s in result["sizes"].items():
         if "check" in s["arms"]:
+            c = s["arms"]["check"]
             lines.append(f"- {size}: first-batch per-pair DPO loss, max relative difference ours vs TRL: "
-                         f"{s['arms']['check']['max_rel_diff']:.2e}")
+                         f"{c['max_rel_diff_fp64']:.1e} in float64 (target 1e-5), "
+                         f"{c.get('max_rel_diff_' + result['dtype'], float('nan')):.1e} in {result['dtype']}")
     return "\n".join(lines) + "\n"
 
 

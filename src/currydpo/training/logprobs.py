@@ -224,8 +224,9 @@ def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool
             allows it (``packing_supported``); otherwise (or ``False``) right-pad.
 
     Returns:
-        ``(logps (B,) float32, n_tokens (B,) long)``: the sum over response tokens of their
-        log-probabilities (prompt and padding masked out) and the response lengths.
+        ``(logps (B,) float32 (float64 for a float64 model), n_tokens (B,) long)``: the sum over
+        response tokens of their log-probabilities (prompt and padding masked out) and the
+        response lengths.
         Gradients flow through ``logps`` if grad is enabled.
     """
     device = next(model.parameters()).device
@@ -250,12 +251,14 @@ def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool
 
 
 def _sum_logps(logits: Tensor, targets: Tensor, rows: Tensor, B: int) -> Tensor:
-    """Sum per batch row of log_softmax(logits)[target]: logits (N, V), targets/rows (N,) -> (B,) float32.
+    """Sum per batch row of log_softmax(logits)[target]: logits (N, V), targets/rows (N,) -> (B,).
 
-    Written as gather - logsumexp so no (N, V) log-softmax tensor is built; autograd keeps only
-    the logits (for logsumexp's backward).
+    Half-precision logits are upcast to float32 (float64 stays float64). Written as gather -
+    logsumexp so no (N, V) log-softmax tensor is built; autograd keeps only the logits (for
+    logsumexp's backward).
     """
     targets, rows = targets.to(logits.device), rows.to(logits.device)
-    logits = logits.float()
+    if logits.dtype != torch.float64:
+        logits = logits.float()
     token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
-    return torch.zeros(B, dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
+    return torch.zeros(B, dtype=logits.dtype, device=logits.device).index_add(0, rows, token_logps)
