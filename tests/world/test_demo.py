@@ -23,3 +23,27 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
     for png in ("scores.png", "reward_vs_kl.png", "training_curves.png"):
         assert (out / png).exists()
     assert "| curry-iterative |" in printed and "What was held equal" in (out / "results.md").read_text()
+
+
+def test_ablation_arms_change_one_thing_each(tmp_path):
+    from types import SimpleNamespace
+
+    from currydpo.config import reference_mode
+    from currydpo.evaluation.compare import arm_config
+    from currydpo.world.demo import ARMS, demo_spec
+
+    world = SimpleNamespace(sft_model=tmp_path / "sft", train_data=tmp_path / "train.jsonl",
+                            eval_prompts=tmp_path / "prompts.jsonl")
+    assert set(demo_spec(world, str(tmp_path), [1]).arms) == set(ARMS)
+    spec = demo_spec(world, str(tmp_path), [1], ablations=True)
+    cfg = {arm: arm_config(spec, arm, 1) for arm in spec.arms}
+    base = cfg["curry-iterative"]
+    assert (base.optim.across_stages, reference_mode(base)) == ("continue", "previous-stage")
+    restart = cfg["iterative-restart"]
+    assert (restart.optim.across_stages, reference_mode(restart)) == ("restart", "previous-stage")
+    fixed = cfg["iterative-fixed-ref"]
+    assert (fixed.optim.across_stages, reference_mode(fixed)) == ("continue", "initial")
+    anti = cfg["anti-curriculum"]
+    assert (anti.curriculum.schedule, reference_mode(anti), anti.curriculum.stages) == ("anti", "initial", 3)
+    for c in cfg.values():  # the fairness controls are shared by every arm
+        assert (c.optim.total_updates, c.optim.lr, c.loss.beta) == (base.optim.total_updates, base.optim.lr, 0.1)

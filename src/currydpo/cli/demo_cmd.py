@@ -17,6 +17,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--seeds", default="1", help="comma-separated training/sampling seeds, e.g. 1,2,3 (default 1)")
     p.add_argument("--quick", action="store_true", help="a smaller world and shorter runs (smoke check, ~2 min)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also run arms that take the iterative arm apart: per-stage optimiser restart, fixed SFT "
+                        "reference, and the anti (hard -> easy) order")
     p.add_argument("--cache-dir", default=None,
                    help="where the world is cached (default $CURRYDPO_CACHE or ~/.cache/currydpo)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the world itself (default 0)")
@@ -37,7 +40,7 @@ def run(args) -> int:
         raise CurryError("--seeds needs at least one seed")
     start = time.time()
     report = run_demo(args.out, seeds, quick=args.quick, cache_dir=args.cache_dir, world_seed=args.world_seed,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, ablations=args.ablations)
     print_report(report, args.out)
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0

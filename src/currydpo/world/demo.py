@@ -13,6 +13,15 @@ paths — with five arms that share the loss, beta, LR schedule and number of up
   reference the previous stage's policy;
 - ``curry-single-pass``: all best-vs-rest pairs in one pass, easy -> hard, SFT reference.
 
+``--ablations`` adds arms that take the iterative arm apart, one change each:
+
+- ``iterative-restart``: optimiser and LR schedule restarted per stage (the paper trains
+  each stage as a fresh DPO run), still 100 updates per stage;
+- ``iterative-fixed-ref``: the iterative stages with the SFT model as reference throughout
+  (isolates the reference swap);
+- ``anti-curriculum``: the same pairs hard -> easy, (R1,R2) first, SFT reference, one LR
+  schedule (single-pass in reverse: isolates the easy -> hard ordering).
+
 Nothing in the world knows which arm is running; the table reports what comes out.
 """
 
@@ -30,6 +39,14 @@ ARMS = {
     "curry-single-pass": {"curriculum": {"schedule": "single-pass"}},
 }
 
+ABLATIONS = {
+    "iterative-restart": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True},
+                          "optim": {"across_stages": "restart"}},
+    "iterative-fixed-ref": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True,
+                                           "reference": "initial"}},
+    "anti-curriculum": {"curriculum": {"schedule": "anti", "stages": 3}},
+}
+
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and
 # the same number of updates, so only the data order and the reference differ between arms.
 SETTINGS = {
@@ -40,7 +57,8 @@ SETTINGS = {
 }
 
 
-def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, progress: bool = True) -> CompareSpec:
+def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, progress: bool = True,
+              ablations: bool = False) -> CompareSpec:
     s = SETTINGS["quick" if quick else "default"]
     base = {
         "model": {"path": str(world.sft_model)},
@@ -52,16 +70,18 @@ def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, pro
                   "lr_schedule": "linear", "warmup_ratio": 0.1, "across_stages": "continue"},
         "run": {"progress": progress},
     }
-    return CompareSpec(base=base, arms=ARMS, seeds=seeds, output_dir=output_dir, prompts=str(world.eval_prompts),
+    arms = {**ARMS, **(ABLATIONS if ablations else {})}
+    return CompareSpec(base=base, arms=arms, seeds=seeds, output_dir=output_dir, prompts=str(world.eval_prompts),
                        judge="gold:currydpo.world.language:gold_reward",
                        generation={"max_new_tokens": s["max_new_tokens"], "temperature": 1.0, "top_p": 1.0,
                                    "do_sample": True, "batch_size": 50})
 
 
 def run_demo(output_dir: str = "runs/demo", seeds: list[int] | None = None, quick: bool = False,
-             cache_dir: str | None = None, world_seed: int = 0, progress: bool = True) -> dict:
+             cache_dir: str | None = None, world_seed: int = 0, progress: bool = True,
+             ablations: bool = False) -> dict:
     """Build (or reuse) the world, run every arm for every seed, write the report."""
     world = build_world(cache_dir, seed=world_seed, quick=quick, progress=progress)
-    spec = demo_spec(world, output_dir, seeds or [1], quick=quick, progress=progress)
+    spec = demo_spec(world, output_dir, seeds or [1], quick=quick, progress=progress, ablations=ablations)
     os.makedirs(output_dir, exist_ok=True)
     return run_compare(spec, progress=progress)
