@@ -76,3 +76,27 @@ def test_sigkill_at_three_points_then_resume_gives_bitwise_same_weights(tiny_mod
     for key in ("initial", "stage-1", "stage-2"):  # the cached reference log-probs too (NaN = not needed)
         torch.testing.assert_close(torch.load(out / "refcache" / f"{key}.pt"),
                                    torch.load(ref_out / "refcache" / f"{key}.pt"), rtol=0, atol=0, equal_nan=True)
+
+
+def test_restart_per_stage_saves_no_optimizer_at_stage_ends_and_resumes_bitwise(tiny_model_dir, tmp_path):
+    # With across_stages: restart the next stage builds a fresh optimiser, so the stage-end state/
+    # holds none (for a 7B model that is ~56 GB of AdamW moments not written per stage).
+    data = write_ranked(tmp_path / "data.jsonl")
+    ref_out, out = tmp_path / "ref", tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, out,
+                          optim={"across_stages": "restart", "lr": 1e-3, "batch_size": 4, "warmup_ratio": 0.0,
+                                 "epochs_per_stage": 2})
+    loop.train(load_config(str(config), [f"run.output_dir={ref_out}"]))
+    assert torch.load(ref_out / "state" / "optim.pt", weights_only=False) == {"optimizer": None, "scheduler": None}
+
+    # Killed after the first update of stage 2 was logged: state/ is the stage-1 end (4 updates per stage).
+    run_until_paused(train_cmd(config), "update:5", tmp_path / "kill.log")
+    pos = json.loads((out / "state" / "position.json").read_text())
+    assert (pos["stage"], pos["update"]) == (1, 0)
+    assert torch.load(out / "state" / "optim.pt", weights_only=False)["optimizer"] is None
+    done = subprocess.run(train_cmd(config, "--resume"), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a, b = final_weights(ref_out), final_weights(out)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert losses(out) == losses(ref_out)

@@ -329,7 +329,10 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
             ckpt.save_model(os.path.join(out, f"stage-{k + 1}"), acc.unwrap_model(run.model), run.tokenizer, cfg,
                             info=info)
             ckpt.test_pause("stage-end")
-        save_position(run, optimizer, scheduler, k + 1, 0, global_step, [])
+        if o.across_stages == "restart":  # the next stage starts a fresh optimiser: do not write the old one
+            save_position(run, None, None, k + 1, 0, global_step, [])
+        else:
+            save_position(run, optimizer, scheduler, k + 1, 0, global_step, [])
     return finish(run, stage_info, mode)
 
 
