@@ -66,6 +66,24 @@ def test_chat_errors(tok):
         encode(tok, "plain prompt", [{"role": "assistant", "content": "x"}], **BIG)
 
 
+def test_tokens_merging_at_the_seam_are_split_as_generated(tok):
+    # A ChatML-like generation prompt ending in a newline, and a tokenizer with a three-newline token:
+    # tokenised together, the prompt's last newline and a response's leading blank line merge.
+    merging = AutoTokenizer.from_pretrained(tok.name_or_path)
+    merging.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>{% endfor %}"
+                             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    merging.add_tokens(["\n\n\n"])
+    prompt = [{"role": "user", "content": "hi"}]
+    gen = merging.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    full = merging.apply_chat_template(prompt + [{"role": "assistant", "content": "\n\nhello"}], tokenize=True,
+                                       return_dict=True)["input_ids"]
+    assert full[:len(gen)] != gen  # the seam merged
+    e = encode(merging, prompt, "\n\nhello", **BIG)
+    assert list(e.prompt_ids) == gen  # the prompt exactly as at generation time
+    assert e.response_ids == tuple(merging("\n\nhello<|end|>", add_special_tokens=False)["input_ids"])
+    assert merging.decode(list(e.prompt_ids + e.response_ids)) == merging.decode(full)  # the same text
+
+
 def test_truncation_rules(tok):
     prompt, response = "the cat sat on the mat and the dog ran in the park.", " hello, how are you today?"
     full = encode(tok, prompt, response, **BIG)

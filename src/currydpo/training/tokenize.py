@@ -19,6 +19,13 @@ Chat (prompt is a list of messages)
     response ids = ``full[len(prompt ids):]``. The prompt ids must be a prefix of the
     full ids, otherwise the template is not prefix-stable and a `CurryError` is raised
     (training on such a split would condition on a context the model never sees).
+    One case is repaired, not refused: the template's *text* is prefix-stable but its
+    tokens merge at the seam — a response starting with whitespace joins the generation
+    prompt's last token (SmolLM2: the newline ending "<|im_start|>assistant" and a
+    response's leading blank line become one three-newline token). Then the response ids
+    are the tokens of the text after the rendered prompt, tokenised on their own: exactly
+    what the model conditions on when it generates after the prompt. (TRL instead cuts
+    the prompt where the ids diverge and trains on a prompt without its last token.)
     A string response is wrapped as one assistant message.
 
 Truncation (in this order)
@@ -90,13 +97,24 @@ def _response_ids(tokenizer, prompt: Text, prompt_ids: Sequence[int], response: 
     full = _template_ids(tokenizer, list(prompt) + messages, add_generation_prompt=False)
     n = len(prompt_ids)
     if full[:n] != list(prompt_ids):
-        k = next((i for i, (a, b) in enumerate(zip(full, prompt_ids)) if a != b), min(n, len(full)))
-        raise CurryError(
-            "the chat template is not prefix-stable: the prompt rendered with add_generation_prompt=True is not a "
-            f"prefix of prompt + response (they differ from token {k} of {n}: prompt has "
-            f"{tokenizer.decode(list(prompt_ids[k:k + 8]))!r}, full has {tokenizer.decode(full[k:k + 8])!r}); "
-            "use a chat template whose generation prompt is exactly the start of the assistant turn")
+        return _split_at_text_seam(tokenizer, list(prompt), messages, prompt_ids, full)
     return full[n:]
+
+
+def _split_at_text_seam(tokenizer, prompt: list[dict], messages: list[dict], prompt_ids: Sequence[int],
+                        full: list[int]) -> list[int]:
+    """Response ids when the prompt ids are not a token prefix of the full ids (see the module doc)."""
+    text_prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    text_full = tokenizer.apply_chat_template(prompt + messages, tokenize=False)
+    if isinstance(text_prompt, str) and isinstance(text_full, str) and text_full.startswith(text_prompt):
+        return [int(i) for i in tokenizer(text_full[len(text_prompt):], add_special_tokens=False)["input_ids"]]
+    n = len(prompt_ids)
+    k = next((i for i, (a, b) in enumerate(zip(full, prompt_ids)) if a != b), min(n, len(full)))
+    raise CurryError(
+        "the chat template is not prefix-stable: the prompt rendered with add_generation_prompt=True is not a "
+        f"prefix of prompt + response (they differ from token {k} of {n}: prompt has "
+        f"{tokenizer.decode(list(prompt_ids[k:k + 8]))!r}, full has {tokenizer.decode(full[k:k + 8])!r}); "
+        "use a chat template whose generation prompt is exactly the start of the assistant turn")
 
 
 def _truncate(prompt_ids: Sequence[int], response_ids: Sequence[int], max_length: int,
