@@ -4,6 +4,7 @@ batch_size * grad_accum * num_processes). Launched exactly as docs/multi-gpu.md 
 examples/accelerate/cpu_2proc.yaml. Equal to float tolerance, not bitwise: the two runs sum
 the same gradients in a different order."""
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from currydpo.training import loop
 def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_dir, tmp_path):
     data = write_ranked(tmp_path / "data.jsonl")
     one, two = tmp_path / "one", tmp_path / "two"
-    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, two, optim={"batch_size": 2})
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, two, optim={"batch_size": 2},
+                          data={"path": str(data), "format": "ranked", "eval_fraction": 0.25})
     s1 = loop.train(load_config(str(config), [f"run.output_dir={one}", "optim.batch_size=4"]))
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -35,6 +37,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model_d
     assert len(losses(two)) == len(losses(one)) == s1["total_updates"] == 12
     assert check_complete(two) == ["final", "refcache", "stage-1", "stage-2", "stage-3", "state"]
     torch.testing.assert_close(losses(two), losses(one), rtol=1e-4, atol=1e-5)
+    # The reference pass and held-out metrics are split over the processes and gathered: same values.
+    s2 = json.loads((two / "summary.json").read_text())
+    for a, b in zip(s1["stages"], s2["stages"]):
+        for key in ("eval/rewards/margins", "eval/logps/chosen", "eval/rewards/accuracies"):
+            assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (key, a[key], b[key])
     a, b = final_weights(one), final_weights(two)
     assert a.keys() == b.keys()
     for k in a:

@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from .logprobs import response_logps
 from .losses import REFERENCE_FREE, PairLogps, pair_loss
 from .model import add_lora, load_model, load_tokenizer
-from .responses import RefCache, ResponseTable, logps_for_rows
+from .responses import RefCache, ResponseTable, logps_for_rows_shared
 
 
 @dataclass
@@ -166,9 +166,9 @@ def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor | None) -> l
     """Self-paced difficulty: the current policy's loss on each pair (no gradients)."""
     pairs = [run.data.train_pairs[i] for i in pair_idx]
     rows, ci, ri = run.table.rows(pairs)
-    lp, n = logps_for_rows(run.model, run.table, rows, run.tokenizer.pad_token_id,
-                           run.cfg.optim.batch_size * 2, desc="dynamic difficulty",
-                           progress=run.cfg.run.progress and run.accelerator.is_main_process)
+    lp, n = logps_for_rows_shared(run.accelerator, run.accelerator.unwrap_model(run.model), run.table, rows,
+                                  run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2, desc="dynamic difficulty",
+                                  progress=run.cfg.run.progress and run.accelerator.is_main_process)
     rows_t = torch.tensor(rows)
     ref_c, ref_r = (None, None) if ref is None else (ref[rows_t][ci], ref[rows_t][ri])  # simpo/orpo: no reference
     x = PairLogps(lp[ci], lp[ri], n[ci].double(), n[ri].double(), ref_c, ref_r,
@@ -247,10 +247,10 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
     progress = cfg.run.progress and acc.is_main_process
     if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
         ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device)
-        refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress)
+        refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc)
         del ref_model
     else:
-        refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress)
+        refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc)
     model_difficulty(data.train_pairs + data.eval_pairs, data.records, table.keys,
                      refs.get("initial", len(table.keys)).tolist(),
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
@@ -314,7 +314,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         if run.cfg.loss.name not in REFERENCE_FREE:
             rows = run.table.rows([run.data.train_pairs[i] for i in stage.pairs])[0]
             ref = run.refs.ensure(ref_key, acc.unwrap_model(run.model), run.table, rows, run.tokenizer.pad_token_id,
-                                  o.batch_size * 2, cfg.run.progress and acc.is_main_process)
+                                  o.batch_size * 2, cfg.run.progress and acc.is_main_process, acc)
         order = saved_order if (saved_order is not None and k == first_stage) else stage.pairs
         if stage.admit_fraction is not None and order is stage.pairs:
             measure_dynamic([run.data.train_pairs[i] for i in stage.pairs], dynamic_losses(run, stage.pairs, ref))
@@ -344,9 +344,9 @@ def evaluate_held_out(run: Run, ref_key: str) -> dict:
 
     pairs = run.data.eval_pairs
     rows, ci, ri = run.table.rows(pairs)
-    lp, n = logps_for_rows(run.accelerator.unwrap_model(run.model), run.table, rows, run.tokenizer.pad_token_id,
-                           run.cfg.optim.batch_size * 2, desc="held-out metrics",
-                           progress=run.cfg.run.progress and run.accelerator.is_main_process)
+    lp, n = logps_for_rows_shared(run.accelerator, run.accelerator.unwrap_model(run.model), run.table, rows,
+                                  run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2, desc="held-out metrics",
+                                  progress=run.cfg.run.progress and run.accelerator.is_main_process)
     ref = run.refs.get(ref_key, len(run.table.keys))[torch.tensor(rows)]
     m = preference_metrics(lp[ci], lp[ri], n[ci], n[ri], ref[ci], ref[ri], run.cfg.loss.beta,
                            [p.score_gap for p in pairs], buckets=[p.rejected_position for p in pairs])

@@ -79,6 +79,41 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
     return logps, counts
 
 
+def shard_rows(table: ResponseTable, rows: Sequence[int], num_processes: int) -> list[list[int]]:
+    """Split ``rows`` over processes: a prompt's responses stay together (packing computes the prompt
+    once), shards balanced by tokens. Deterministic, so every process computes the same split."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for r in rows:
+        groups.setdefault(table.encoded[r].prompt_ids, []).append(r)
+    shards: list[list[int]] = [[] for _ in range(num_processes)]
+    load = [0] * num_processes
+    for g in sorted(groups.values(), key=lambda g: (-sum(len(table.encoded[r]) for r in g), g[0])):
+        k = min(range(num_processes), key=lambda i: (load[i], i))
+        shards[k].extend(g)
+        load[k] += sum(len(table.encoded[r]) for r in g)
+    return shards
+
+
+def logps_for_rows_shared(accelerator, model, table: ResponseTable, rows: Sequence[int], pad_token_id: int,
+                          batch_size: int, desc: str = "log-probs",
+                          progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logps_for_rows` with the work split over the processes and the results gathered on every one.
+
+    ``model`` must be the unwrapped module: the processes run different numbers of forwards,
+    so none may take part in a collective (DDP's buffer broadcast would).
+    """
+    W = 1 if accelerator is None else accelerator.num_processes
+    if W == 1:
+        return logps_for_rows(model, table, rows, pad_token_id, batch_size, desc=desc, progress=progress)
+    from accelerate.utils import gather_object
+
+    mine = shard_rows(table, rows, W)[accelerator.process_index]
+    lp, n = logps_for_rows(model, table, mine, pad_token_id, batch_size, desc=desc, progress=progress)
+    got = {r: (v, c) for r, v, c in gather_object(list(zip(mine, lp.tolist(), n.tolist())))}
+    return (torch.tensor([got[r][0] for r in rows], dtype=torch.float64),
+            torch.tensor([got[r][1] for r in rows], dtype=torch.long))
+
+
 class RefCache:
     """Reference log-probs per table row, per reference identity; persisted in ``directory``."""
 
@@ -100,13 +135,17 @@ class RefCache:
         return self.values[key]
 
     def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], pad_token_id: int,
-               batch_size: int, progress: bool = True) -> torch.Tensor:
-        """Compute the missing rows with ``model`` (which must be the reference ``key``) and save."""
+               batch_size: int, progress: bool = True, accelerator=None) -> torch.Tensor:
+        """Compute the missing rows with ``model`` (which must be the reference ``key``) and save.
+
+        With several processes (``accelerator``), each computes its share of the rows and all
+        receive every value: the reference pass takes 1/W of the time instead of all of it.
+        """
         values = self.get(key, len(table.keys))
         missing = [r for r in rows if math.isnan(values[r])]
         if missing:
-            lp, _ = logps_for_rows(model, table, missing, pad_token_id, batch_size,
-                                   desc=f"reference log-probs ({key})", progress=progress)
+            lp, _ = logps_for_rows_shared(accelerator, model, table, missing, pad_token_id, batch_size,
+                                          desc=f"reference log-probs ({key})", progress=progress)
             bad = [table.keys[missing[j]] for j in range(len(missing)) if not math.isfinite(lp[j])]
             if bad:
                 raise CurryError(f"reference '{key}' gives a non-finite log-prob to {len(bad)} responses "
