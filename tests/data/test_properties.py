@@ -2,7 +2,7 @@
 
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from currydpo.data.formats import FORMATS, convert_rows
@@ -28,9 +28,12 @@ def check_record(rec: Record):
         assert r.score is None or (isinstance(r.score, float) and math.isfinite(r.score))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI sees the same examples every run (a search that finds a new bug on a random
+# day is a flaky suite); found bugs are pinned with @example.
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(rows, min_size=1, max_size=4), st.sampled_from(FORMATS), st.sampled_from(sorted(BUILDERS)),
        st.booleans())
+@example([{"role": [], "message_id": []}], "oasst", "adjacent", False)  # unhashable role: was a TypeError
 def test_rows_become_valid_pairs_or_curry_errors(batch, fmt, strategy, ties):
     records = []
     try:

@@ -159,7 +159,7 @@ OASST_ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
 
 def _oasst_role(msg: dict, source: str | None, rowno: int, field: str) -> str:
     role = _get(msg, "role", source, rowno, f"{field}.role")
-    if role not in OASST_ROLES:
+    if not isinstance(role, str) or role not in OASST_ROLES:
         raise BadRow(source, rowno, f"{field}.role", "bad role",
                      f"got {role!r}, expected one of {', '.join(OASST_ROLES)}")
     return OASST_ROLES[role]
@@ -170,7 +170,7 @@ def _oasst_record(node: dict, replies: list[tuple[dict, str]], history: list[dic
     """A record for one prompter message if >= 2 of its assistant replies carry a rank."""
     responses = []
     for reply, field in replies:
-        if reply.get("rank") is None or OASST_ROLES.get(reply.get("role")) != "assistant":
+        if reply.get("rank") is None or reply.get("role") != "assistant":
             continue  # unranked replies (rank null) say nothing about preference
         text = _expect(_get(reply, "text", source, rowno, f"{field}.text"), str, source, rowno, f"{field}.text")
         responses.append(Response(text, rank=_rank(reply["rank"], source, rowno, f"{field}.rank"),
