@@ -61,7 +61,7 @@ def test_compare_grid_writes_table_and_plots_and_resumes(spec_file, tmp_path, ca
         assert 0 <= wr["ci_low"] <= wr["mean"] <= wr["ci_high"] <= 1 and len(wr["values"]) == 2
         assert rows[arm]["kl"]["mean"] is not None
         assert "reward_accuracy" in rows[arm] and "ranking_accuracy" in rows[arm]
-    for png in ("scores.png", "reward_vs_kl.png", "training_curves.png"):
+    for png in ("scores.png", "reward_vs_kl.png", "training_curves.png", "heldout_by_stage.png"):
         assert (out / png).stat().st_size > 1000
     # Resumable: finished arms are not redone.
     stamp = os.path.getmtime(out / "iterative" / "seed-1" / "result.json")

@@ -20,7 +20,7 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
     assert rows["curry-iterative"]["fairness"]["stages"] == 3
     for a in rows:
         assert 0.0 <= rows[a]["judge_score"]["mean"] <= 1.0  # the gold reward is in [0, 1]
-    for png in ("scores.png", "reward_vs_kl.png", "training_curves.png"):
+    for png in ("scores.png", "reward_vs_kl.png", "training_curves.png", "heldout_by_stage.png"):
         assert (out / png).exists()
     assert "| curry-iterative |" in printed and "What was held equal" in (out / "results.md").read_text()
 

@@ -137,7 +137,37 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
         paths.append(os.path.join(output_dir, "training_curves.png"))
         _save(fig, paths[-1])
         plt.close(fig)
+    path = _heldout_by_stage(plt, output_dir, arms, results, colors)
+    if path:
+        paths.append(path)
     return paths
+
+
+def _heldout_by_stage(plt, output_dir: str, arms: list[str], results: list[dict], colors: dict) -> str | None:
+    """Held-out preference metrics measured after each stage (mean over seeds): where a curriculum helps or hurts."""
+    panels = (("eval/rewards/accuracies", "held-out reward accuracy"),
+              ("eval/logps/chosen", "held-out log p(chosen), nats"))
+    series = {}
+    for arm in arms:
+        runs = [r["train"]["stages"] for r in results if r["arm"] == arm and r.get("train")]
+        runs = [st for st in runs if st and all(panels[0][0] in s for s in st)]
+        if runs:
+            n = min(len(st) for st in runs)
+            series[arm] = [(sum(st[k]["end_step"] for st in runs) / len(runs),
+                            {key: sum(st[k][key] for st in runs) / len(runs) for key, _ in panels}) for k in range(n)]
+    if not series:
+        return None  # no held-out pairs (data.eval_fraction 0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, (key, label) in zip(axes, panels):
+        for arm, pts in series.items():
+            ax.plot([x for x, _ in pts], [m[key] for _, m in pts], marker="o", color=colors[arm], label=arm)
+        ax.set_title(f"{label}, after each stage")
+        ax.set_xlabel("update")
+    axes[0].legend(fontsize=7)
+    path = os.path.join(output_dir, "heldout_by_stage.png")
+    _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 def write_report(output_dir: str, results: list[dict], arms: list[str]) -> dict:
