@@ -100,3 +100,21 @@ def test_restart_per_stage_saves_no_optimizer_at_stage_ends_and_resumes_bitwise(
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert losses(out) == losses(ref_out)
+
+
+def test_lora_iterative_killed_mid_stage_resumes_bitwise(tiny_model_dir, tmp_path):
+    # LoRA: state/ holds only the adapter weights; stage 2's reference is the adapted policy of stage 1.
+    data = write_ranked(tmp_path / "data.jsonl")
+    ref_out, out = tmp_path / "ref", tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, out,
+                          model={"path": str(tiny_model_dir), "lora": True, "lora_r": 4},
+                          optim={"lr": 1e-2, "batch_size": 4, "warmup_ratio": 0.0, "epochs_per_stage": 2})
+    loop.train(load_config(str(config), [f"run.output_dir={ref_out}"]))
+    run_until_paused(train_cmd(config), "update:6", tmp_path / "kill.log")  # stage 2, update 2 logged
+    done = subprocess.run(train_cmd(config, "--resume"), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert losses(out) == losses(ref_out)
+    a, b = final_weights(ref_out), final_weights(out)  # merged weights
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (out / "stage-2" / "adapter_model.safetensors").exists()  # stage dirs hold the adapter
