@@ -117,6 +117,12 @@ class RunConfig:
     save_every: int = field(default=0, metadata={"help": "mid-stage checkpoint every N updates (0 = stage ends)"})
     report_to: str = field(default="", metadata={"help": "comma-separated accelerate trackers: tensorboard,wandb"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    final_model: str = field(default="last", metadata={
+        "help": "final/ = last (the last stage's policy) | best (the stage with the highest run.best_metric on the "
+                "held-out pairs; needs data.eval_fraction > 0)"})
+    best_metric: str = field(default="eval/rewards/accuracies", metadata={
+        "help": "held-out metric for final_model best, higher is better: eval/rewards/accuracies | "
+                "eval/rewards/margins | eval/ranking_accuracy | eval/ranking_accuracy_normalised"})
 
 
 @dataclass
@@ -133,6 +139,8 @@ class TrainConfig:
 
 
 SECTIONS = {f.name: f.type for f in fields(TrainConfig)}
+BEST_METRICS = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/ranking_accuracy",
+                "eval/ranking_accuracy_normalised")
 
 
 def _section_classes() -> dict[str, type]:
@@ -299,6 +307,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("optim.across_stages", o.across_stages, ["continue", "restart"])
     _positive("optim.max_grad_norm", o.max_grad_norm, allow_zero=True)
     _positive("run.save_every", r.save_every, allow_zero=True)
+    _choice("run.final_model", r.final_model, ["last", "best"])
+    _choice("run.best_metric", r.best_metric, list(BEST_METRICS))
+    if r.final_model == "best" and d.eval_fraction <= 0:
+        raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0")
     return cfg
 
 

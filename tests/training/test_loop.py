@@ -129,3 +129,44 @@ def test_lora_trains_adapters_and_final_is_merged(tiny_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [n for (n, p), (_, q) in zip(final.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
     assert changed and all("proj" in n for n in changed)
+
+
+def test_final_model_best_is_the_stage_with_the_best_held_out_metric(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_model_dir, out, curriculum={"schedule": "iterative", "stages": 3},
+                      data={"eval_fraction": 0.25}, run={"final_model": "best", "best_metric": "eval/rewards/margins"},
+                      optim={"epochs_per_stage": 2})
+    summary = loop.train(cfg, records=make_records(16))
+    margins = [s["eval/rewards/margins"] for s in summary["stages"]]
+    k = summary["final_model"]["stage"]
+    assert k == 1 + margins.index(max(margins)) and summary["final_model"]["eval/rewards/margins"] == max(margins)
+    a, b = weights(out / "final"), weights(out / f"stage-{k}")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_final_model_best_reloads_an_earlier_stage(tiny_model_dir, tmp_path, monkeypatch, lora):
+    monkeypatch.setattr(loop, "best_stage", lambda *a: 1)  # whatever the metrics say: stage 1
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_model_dir, out, curriculum={"schedule": "iterative", "stages": 3},
+                      data={"eval_fraction": 0.25}, run={"final_model": "best"},
+                      model={"lora": lora, "lora_r": 4}, optim={"lr": 1e-2, "epochs_per_stage": 2})
+    assert loop.train(cfg, records=make_records(16))["final_model"]["stage"] == 1
+    if lora:  # final/ is merged: base + stage 1's adapter
+        import peft
+
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        expect = peft.PeftModel.from_pretrained(base, out / "stage-1").merge_and_unload().state_dict()
+        last = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "stage-3")
+        assert not all(torch.equal(expect[n], p) for n, p in last.merge_and_unload().state_dict().items())
+    else:
+        expect = weights(out / "stage-1")
+        assert not all(torch.equal(expect[n], p) for n, p in weights(out / "stage-3").items())
+    got = weights(out / "final")
+    for n in got:
+        torch.testing.assert_close(got[n], expect[n], rtol=0, atol=1e-6, msg=n)
+
+
+def test_final_model_best_needs_held_out_pairs(tiny_model_dir, tmp_path):
+    with pytest.raises(Exception, match="run.final_model best .*data.eval_fraction > 0"):
+        tiny_config(tiny_model_dir, tmp_path, run={"final_model": "best"})

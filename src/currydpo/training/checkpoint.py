@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import TrainConfig, to_yaml
+from ..errors import CurryError
 from ..io import atomic_dir
 
 STATE_DIR = "state"
@@ -145,3 +146,27 @@ def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool =
         if info:
             with open(os.path.join(tmp, "currydpo_stage.json"), "w") as f:
                 json.dump(info, f, indent=2)
+
+
+def stage_info(output_dir: str, stage: int) -> dict:
+    """What `save_model` recorded for ``stage-K/`` (held-out metrics after the stage, reference, ...)."""
+    with open(os.path.join(output_dir, f"stage-{stage}", "currydpo_stage.json")) as f:
+        return json.load(f)
+
+
+def load_stage_weights(model, stage_dir: str) -> None:
+    """Put the weights saved in ``stage_dir`` (by `save_model`) back into ``model``."""
+    if hasattr(model, "peft_config"):  # LoRA: stage dirs hold the adapter
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(os.path.join(stage_dir, "adapter_model.safetensors")))
+        return
+    weights = {}
+    for name in sorted(os.listdir(stage_dir)):  # model.safetensors, or the shards of a large model
+        if name.endswith(".safetensors"):
+            weights.update(load_file(os.path.join(stage_dir, name)))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    loaded = {p.data_ptr() for n, p in model.named_parameters() if n in weights}
+    untied = [n for n, p in model.named_parameters() if n in missing and p.data_ptr() not in loaded]
+    if unexpected or untied:
+        raise CurryError(f"{stage_dir} does not match the model: missing {untied[:3]}, unexpected {unexpected[:3]}")
