@@ -45,5 +45,7 @@ def test_ablation_arms_change_one_thing_each(tmp_path):
     assert (fixed.optim.across_stages, reference_mode(fixed)) == ("continue", "initial")
     anti = cfg["anti-curriculum"]
     assert (anti.curriculum.schedule, reference_mode(anti), anti.curriculum.stages) == ("anti", "initial", 3)
+    best = cfg["iterative-best-stage"]
+    assert (best.run.final_model, reference_mode(best), base.run.final_model) == ("best", "previous-stage", "last")
     for c in cfg.values():  # the fairness controls are shared by every arm
         assert (c.optim.total_updates, c.optim.lr, c.loss.beta) == (base.optim.total_updates, base.optim.lr, 0.1)

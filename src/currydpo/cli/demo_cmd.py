@@ -19,7 +19,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller world and shorter runs (smoke check, ~2 min)")
     p.add_argument("--ablations", action="store_true",
                    help="also run arms that take the iterative arm apart: per-stage optimiser restart, fixed SFT "
-                        "reference, and the anti (hard -> easy) order")
+                        "reference, the anti (hard -> easy) order, and the best stage by held-out metrics")
     p.add_argument("--cache-dir", default=None,
                    help="where the world is cached (default $CURRYDPO_CACHE or ~/.cache/currydpo)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the world itself (default 0)")

@@ -20,7 +20,9 @@ paths — with five arms that share the loss, beta, LR schedule and number of up
 - ``iterative-fixed-ref``: the iterative stages with the SFT model as reference throughout
   (isolates the reference swap);
 - ``anti-curriculum``: the same pairs hard -> easy, (R1,R2) first, SFT reference, one LR
-  schedule (single-pass in reverse: isolates the easy -> hard ordering).
+  schedule (single-pass in reverse: isolates the easy -> hard ordering);
+- ``iterative-best-stage``: the iterative arm with ``run.final_model: best`` (the evaluated
+  model is the stage with the best held-out reward accuracy: stage-level early stopping).
 
 Nothing in the world knows which arm is running; the table reports what comes out.
 """
@@ -45,6 +47,8 @@ ABLATIONS = {
     "iterative-fixed-ref": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True,
                                            "reference": "initial"}},
     "anti-curriculum": {"curriculum": {"schedule": "anti", "stages": 3}},
+    "iterative-best-stage": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True},
+                             "run": {"final_model": "best"}},
 }
 
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and
