@@ -238,7 +238,6 @@ def arm_check(args, records, stages) -> dict:
             out["max_rel_diff" + tag] = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()
             out["max_abs_diff" + tag] = (ours - theirs).abs().max().item()
             out["max_abs_logp" + tag] = lp.abs().max().item()
-    out["max_rel_diff"] = out["max_rel_diff_fp64"]
     return out
 
 

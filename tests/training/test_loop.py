@@ -146,7 +146,7 @@ def test_final_model_best_is_the_stage_with_the_best_held_out_metric(tiny_model_
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_final_model_best_reloads_an_earlier_stage(tiny_model_dir, tmp_path, monkeypatch, lora):
-    monkeypatch.setattr(loop, "best_stage", lambda *a: 1)  # whatever the metrics say: stage 1
+    monkeypatch.setattr(loop, "best_stage", lambda *a: (1, 0.0))  # whatever the metrics say: stage 1
     out = tmp_path / "run"
     cfg = tiny_config(tiny_model_dir, out, curriculum={"schedule": "iterative", "stages": 3},
                       data={"eval_fraction": 0.25}, run={"final_model": "best"},

@@ -329,10 +329,8 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
             ckpt.save_model(os.path.join(out, f"stage-{k + 1}"), acc.unwrap_model(run.model), run.tokenizer, cfg,
                             info=info)
             ckpt.test_pause("stage-end")
-        if o.across_stages == "restart":  # the next stage starts a fresh optimiser: do not write the old one
-            save_position(run, None, None, k + 1, 0, global_step, [])
-        else:
-            save_position(run, optimizer, scheduler, k + 1, 0, global_step, [])
+        keep = o.across_stages == "continue"  # restart: the next stage builds a fresh optimiser, do not write this one
+        save_position(run, optimizer if keep else None, scheduler if keep else None, k + 1, 0, global_step, [])
     return finish(run, stage_info, mode)
 
 
@@ -353,14 +351,15 @@ def evaluate_held_out(run: Run, ref_key: str) -> dict:
     return {f"eval/{k}": v for k, v in m.items()}
 
 
-def best_stage(output_dir: str, n_stages: int, metric: str) -> int:
-    """The stage whose held-out ``metric`` (saved in ``stage-K/``, so a resumed run sees every stage) is
-    highest; the earliest on ties."""
+def best_stage(output_dir: str, n_stages: int, metric: str) -> tuple[int, float]:
+    """(stage, value): the stage whose held-out ``metric`` (saved in ``stage-K/``, so a resumed run sees
+    every stage) is highest; the earliest on ties."""
     scores = [ckpt.stage_info(output_dir, k).get(metric) for k in range(1, n_stages + 1)]
     if any(v is None for v in scores):
         raise CurryError(f"run.final_model best: no held-out '{metric}' in {output_dir}/stage-K (no held-out "
                          f"pairs: raise data.eval_fraction); final/ was not written, every stage-K/ is complete")
-    return 1 + max(range(n_stages), key=lambda j: (scores[j], -j))
+    j = max(range(n_stages), key=lambda j: (scores[j], -j))
+    return j + 1, scores[j]
 
 
 def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
@@ -379,9 +378,8 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
     if acc.is_main_process:
         model = acc.unwrap_model(run.model)
         if cfg.run.final_model == "best":  # stage-level early stopping, like HF's load_best_model_at_end
-            k = best_stage(cfg.run.output_dir, len(run.stages), cfg.run.best_metric)
-            summary["final_model"] = {"stage": k, cfg.run.best_metric: ckpt.stage_info(cfg.run.output_dir, k)[
-                cfg.run.best_metric]}
+            k, value = best_stage(cfg.run.output_dir, len(run.stages), cfg.run.best_metric)
+            summary["final_model"] = {"stage": k, cfg.run.best_metric: value}
             if k != len(run.stages):
                 ckpt.load_stage_weights(model, os.path.join(cfg.run.output_dir, f"stage-{k}"))
         ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True)

@@ -34,21 +34,20 @@ import os
 from ..evaluation.compare import CompareSpec, run_compare
 from .build import build_world
 
+ITERATIVE = {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True}
 ARMS = {
     "single-pair": {"curriculum": {"schedule": "single-pair", "single_pair_strategy": "best-vs-random"}},
     "multi-pair-random": {"curriculum": {"schedule": "random"}},
-    "curry-iterative": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True}},
+    "curry-iterative": {"curriculum": ITERATIVE},
     "curry-single-pass": {"curriculum": {"schedule": "single-pass"}},
 }
 
 ABLATIONS = {
-    "iterative-restart": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True},
-                          "optim": {"across_stages": "restart"}},
-    "iterative-fixed-ref": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True,
-                                           "reference": "initial"}},
+    # each the curry-iterative arm with one change
+    "iterative-restart": {"curriculum": ITERATIVE, "optim": {"across_stages": "restart"}},
+    "iterative-fixed-ref": {"curriculum": {**ITERATIVE, "reference": "initial"}},
     "anti-curriculum": {"curriculum": {"schedule": "anti", "stages": 3}},
-    "iterative-best-stage": {"curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True},
-                             "run": {"final_model": "best"}},
+    "iterative-best-stage": {"curriculum": ITERATIVE, "run": {"final_model": "best"}},
 }
 
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and
