@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from currydpo.config import help_table, load_config
-from currydpo.evaluation.compare import load_spec
+from currydpo.experiments.compare import load_spec
 
 ROOT = Path(__file__).parents[1]
 

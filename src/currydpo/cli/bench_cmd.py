@@ -1,10 +1,10 @@
-"""`currydpo bench`: currydpo vs TRL's DPOTrainer, same machine, model and data (see currydpo.bench)."""
+"""`currydpo bench`: currydpo vs TRL's DPOTrainer, same machine, model and data (see currydpo.experiments.bench)."""
 
 from __future__ import annotations
 
 
 def add_parser(sub):
-    from .. import bench
+    from ..experiments import bench
 
     p = sub.add_parser("bench", help="benchmark currydpo against TRL's DPOTrainer",
                        description=bench.__doc__.split("\n\n")[0])
@@ -13,6 +13,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .. import bench
+    from ..experiments import bench
 
     return bench.run_args(args)

@@ -26,7 +26,7 @@ def print_report(report: dict, output_dir: str) -> None:
 
 
 def run(args) -> int:
-    from ..evaluation.compare import load_spec, run_compare
+    from ..experiments.compare import load_spec, run_compare
 
     spec = load_spec(args.spec, args.out)
     if args.seeds:

@@ -29,7 +29,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..errors import CurryError
-    from ..world.demo import run_demo
+    from ..experiments.demo import run_demo
     from .compare_cmd import print_report
 
     try:

@@ -29,8 +29,8 @@ def test_ablation_arms_change_one_thing_each(tmp_path):
     from types import SimpleNamespace
 
     from currydpo.config import reference_mode
-    from currydpo.evaluation.compare import arm_config
-    from currydpo.world.demo import ARMS, demo_spec
+    from currydpo.experiments.compare import arm_config
+    from currydpo.experiments.demo import ARMS, demo_spec
 
     world = SimpleNamespace(sft_model=tmp_path / "sft", train_data=tmp_path / "train.jsonl",
                             eval_prompts=tmp_path / "prompts.jsonl")

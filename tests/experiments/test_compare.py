@@ -8,7 +8,7 @@ import yaml
 
 from currydpo.cli import main
 from currydpo.errors import CurryError
-from currydpo.evaluation.compare import load_spec
+from currydpo.experiments.compare import load_spec
 
 from conftest import make_records
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from currydpo.bench import make_records, markdown
 from currydpo.cli import main
+from currydpo.experiments.bench import make_records, markdown
 
 pytest.importorskip("trl")
 
@@ -47,3 +47,13 @@ def test_bench_check_arm_agrees_with_trl_in_float64(tmp_path):
     assert check["max_rel_diff_fp64"] < 1e-5 and check["max_rel_diff_fp64_padded"] < 1e-5  # the criterion
     assert check["max_rel_diff_fp32"] < 1e-3  # fp32: summation order only
     assert "in float64 (target 1e-5)" in (out / "bench.md").read_text()
+
+
+def test_bench_without_trl_is_a_one_line_error(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    assert main(["bench", "--quick", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'currydpo[dev]'" in err[0]

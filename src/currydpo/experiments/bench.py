@@ -62,7 +62,7 @@ def make_records(n_prompts: int, seed: int = 0, quick: bool = False):
     Prompt lengths ~ 40 words (median, 6..120), responses ~ 60 words (4..240): the spread
     of real preference data, where padding to the longest sequence of a batch is costly.
     """
-    from .data.records import Record, Response
+    from ..data.records import Record, Response
 
     rng = random.Random(seed)
     vocab = _words(3000, seed)
@@ -83,7 +83,7 @@ def make_records(n_prompts: int, seed: int = 0, quick: bool = False):
 
 def build_model(size: str, path: str, seed: int = 0) -> dict:
     """Random-init Llama of ``size`` + a BPE tokenizer trained on the benchmark's words; saved to ``path``."""
-    from .world.tiny import make_llama, make_tokenizer
+    from ..world.tiny import make_llama, make_tokenizer
 
     spec = SIZES[size]
     corpus = [" ".join(_words(3000, seed)[i:i + 50]) for i in range(0, 3000, 50)] * 2
@@ -116,7 +116,7 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -
 # ---------------------------------------------------------------- arms (run in a child process)
 
 def _cfg(args, schedule: str, out: str):
-    from .config import from_dict, validate
+    from ..config import from_dict, validate
 
     return validate(from_dict({
         "model": {"path": args.model, "precision": args.dtype},
@@ -131,7 +131,7 @@ def _cfg(args, schedule: str, out: str):
 
 def _stages(args, records):
     """Pair lists per stage, exactly as our iterative schedule splits them."""
-    from .pipeline import prepare, stage_plan
+    from ..pipeline import prepare, stage_plan
 
     cfg = _cfg(args, "iterative", os.path.join(args.work, "plan"))
     data = prepare(cfg, records)
@@ -186,7 +186,7 @@ def arm_trl(args, records, stages) -> dict:
 
 
 def arm_ours(args, records, schedule: str) -> dict:
-    from .training.loop import train
+    from ..training.loop import train
 
     t = time.perf_counter()
     summary = train(_cfg(args, schedule, os.path.join(args.work, args.arm)), records)
@@ -204,9 +204,9 @@ def arm_check(args, records, stages) -> dict:
     """
     import trl
 
-    from .training.logprobs import response_logps
-    from .training.losses import PairLogps, pair_loss
-    from .training.tokenize import encode
+    from ..training.logprobs import response_logps
+    from ..training.losses import PairLogps, pair_loss
+    from ..training.tokenize import encode
 
     pairs = [p for s in stages for p in s][:BATCH]
     out = {}
@@ -252,7 +252,7 @@ def child(args) -> None:
     import psutil
     import trl  # noqa: F401  same import footprint in every arm
 
-    from .training import loop  # noqa: F401
+    from ..training import loop  # noqa: F401
 
     torch.manual_seed(0)
     records = make_records(args.prompts, seed=0, quick=args.quick)
@@ -279,8 +279,8 @@ def pair_tokens(model_dir: str, records) -> tuple[int, int]:
     """(pairs, tokens) of one pass over the best-vs-rest pairs: prompt+chosen+prompt+rejected per pair."""
     from transformers import AutoTokenizer
 
-    from .data.pairs import build_pairs
-    from .training.tokenize import encode_records
+    from ..data.pairs import build_pairs
+    from ..training.tokenize import encode_records
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     enc = encode_records(records, tok, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT, progress=False)
@@ -289,7 +289,7 @@ def pair_tokens(model_dir: str, records) -> tuple[int, int]:
 
 
 def run_arm(args, size: str, model_dir: str, arm: str, work: str) -> dict:
-    cmd = [sys.executable, "-m", "currydpo.bench", "--child", arm, "--model", model_dir, "--work", work,
+    cmd = [sys.executable, "-m", "currydpo.experiments.bench", "--child", arm, "--model", model_dir, "--work", work,
            "--prompts", str(args.prompts), "--device", args.device, "--dtype", args.dtype] + (
         ["--quick"] if args.quick else [])
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -396,8 +396,19 @@ def main(argv=None) -> int:
     return run_args(args)
 
 
+def require_trl() -> None:
+    """TRL is the baseline and a dev extra, not a runtime dependency: say how to get it."""
+    import importlib.util
+
+    from ..errors import CurryError
+
+    if importlib.util.find_spec("trl") is None:
+        raise CurryError("currydpo bench compares against TRL, which is not installed; "
+                         "pip install 'currydpo[dev]' (or pip install 'trl>=1.16')")
+
+
 def run_args(args) -> int:
-    from .errors import CurryError
+    from ..errors import CurryError
 
     args.sizes = [s.strip() for s in (args.sizes if isinstance(args.sizes, str) else ",".join(args.sizes)).split(",")]
     if args.quick:
@@ -412,6 +423,7 @@ def run_args(args) -> int:
         raise CurryError("--device cuda but no CUDA device is available; use --device cpu")
     if args.dtype == "bf16" and args.device == "cpu":
         raise CurryError("--dtype bf16 is for GPU runs; on CPU use --dtype fp32 (TRL and ours both in fp32)")
+    require_trl()
     benchmark(args)
     return 0
 

@@ -6,8 +6,8 @@ import json
 import os
 from collections import defaultdict
 
+from ..evaluation.winrate import mean_ci
 from ..io import atomic_path, write_json, write_text
-from .winrate import mean_ci
 
 # (key in the table, label, getter on one result's metrics)
 METRICS = [

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig, from_dict, reference_mode, validate
 from ..errors import CurryError
+from ..evaluation.generation import GenerationConfig, load_prompts
 from ..io import write_json
-from .generation import GenerationConfig, load_prompts
 
 BASELINE = "sft"
 
@@ -117,10 +117,10 @@ def _read(path: str):
 
 def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bool) -> dict:
     """Train (unless baseline) and evaluate one (arm, seed); result.json is written last."""
+    from ..evaluation.evaluate import evaluate_model
     from ..pipeline import prepare
     from ..training.loop import train
     from ..training.model import load_model, load_tokenizer
-    from .evaluate import evaluate_model
 
     path = _result_path(spec, arm, seed)
     if os.path.exists(path):
@@ -146,7 +146,7 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     if arm == BASELINE and prompts:
         metrics["kl"] = 0.0 if "kl" in metrics else None
         if judge is not None:  # against its own answers: all ties, 0.5 by construction
-            from .winrate import win_rate_report
+            from ..evaluation.winrate import win_rate_report
 
             metrics["win_rate"] = win_rate_report(judge, prompts, answers, answers, seed=seed)
         write_json(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"), answers)
@@ -189,7 +189,7 @@ def check_same_spec(spec: CompareSpec) -> None:
 
 def run_compare(spec: CompareSpec, progress: bool = True) -> dict:
     """Run every (arm, seed) not yet done — the baseline first — then write the report."""
-    from .judges import make_judge
+    from ..evaluation.judges import make_judge
     from .report import write_report
 
     os.makedirs(spec.output_dir, exist_ok=True)

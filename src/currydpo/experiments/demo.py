@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import os
 
-from ..evaluation.compare import CompareSpec, run_compare
-from .build import build_world
+from ..world.build import build_world
+from .compare import CompareSpec, run_compare
 
 ITERATIVE = {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True}
 ARMS = {
