@@ -10,7 +10,7 @@ from .curriculum.difficulty import STATIC, measure_from_response_values, measure
 from .curriculum.schedules import Stage, plan
 from .data.loading import load_records
 from .data.pairs import Pair, build_pairs
-from .data.records import Record, as_chat, text_of
+from .data.records import Record, text_of
 from .errors import CurryError
 
 
@@ -36,8 +36,7 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
     order = list(range(len(records)))
     random.Random(cfg.run.seed).shuffle(order)
     held_out = set(order[: int(round(d.eval_fraction * len(records)))])
-    strategy = c.single_pair_strategy if c.schedule == "single-pair" else d.strategy
-    train = [p for p in build_pairs(records, strategy, d.min_gap, d.allow_ties, cfg.run.seed)
+    train = [p for p in build_pairs(records, pair_strategy(cfg), d.min_gap, d.allow_ties, cfg.run.seed)
              if p.record not in held_out]
     evals = [p for p in build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
              if p.record in held_out]
@@ -51,6 +50,13 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
     return Prepared(records, train, evals, rows_read, bad)
 
 
+def pair_strategy(cfg: TrainConfig) -> str:
+    """The training pairs' builder: the single-pair baseline swaps in its own builder; held-out pairs
+    always use ``data.strategy``."""
+    c = cfg.curriculum
+    return c.single_pair_strategy if c.schedule == "single-pair" else cfg.data.strategy
+
+
 def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     """The schedule's stages. Self-paced orders its candidates by score-gap until it measures the policy."""
     c = cfg.curriculum
@@ -58,17 +64,6 @@ def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     return plan(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
                 seed=cfg.run.seed, shuffle_within_stage=c.shuffle_within_stage,
                 cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)
-
-
-def encode_for(tokenizer, records: list[Record], chat_template: str, max_length: int, max_prompt_length: int,
-               progress: bool = True):
-    """Tokenise every response once. Plain-text prompts get the chat template when the
-    tokenizer has one (``chat_template: auto``), exactly as generation formats them."""
-    from .training.tokenize import encode_records
-
-    chat = chat_template == "always" or (chat_template == "auto" and getattr(tokenizer, "chat_template", None))
-    return encode_records(as_chat(records) if chat else records, tokenizer, max_length=max_length,
-                          max_prompt_length=max_prompt_length, progress=progress)
 
 
 def model_difficulty(pairs: list[Pair], records: list[Record], keys: list[tuple[int, int]],

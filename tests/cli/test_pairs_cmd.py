@@ -123,3 +123,30 @@ def test_pairs_ref_logratio_uses_the_model(tmp_path, tiny_model_dir, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     values = [r["difficulty"]["ref-logratio"] for r in rows]
     assert len(set(values)) > 1 and all(isinstance(v, float) for v in values)
+
+
+def test_pairs_schedule_shows_the_stages_train_runs(tmp_path, capsys):
+    """`pairs` plans through pipeline.stage_plan: the single-pair builder swap and config keys apply."""
+    from currydpo.config import from_dict, validate
+    from currydpo.data.loading import load_records
+    from currydpo.pipeline import prepare, stage_plan
+
+    src = Path(__file__).parents[2] / "examples" / "ultrafeedback_tiny.jsonl"
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", str(src), "--out", str(out), "--schedule", "single-pair", "--seed", "3"]) == 0
+    rows = read(out)
+    records = load_records(str(src), "auto").records
+    cfg = validate(from_dict({"data": {"path": str(src)}, "curriculum": {"schedule": "single-pair"},
+                              "run": {"seed": 3}}))
+    trained = prepare(cfg, records).train_pairs
+    assert len(rows) == len(records) == len(trained)  # one pair per prompt, as train builds them
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [
+        (records[p.record].responses[p.chosen].text, records[p.record].responses[p.rejected].text) for p in trained]
+    # a config key without a flag reaches the plan: quantile split of best-vs-rest pairs into 2 stages
+    config = tmp_path / "run.yaml"
+    config.write_text("curriculum:\n  schedule: iterative\n  split_by: quantile\n  stages: 2\n")
+    assert main(["pairs", str(src), "--out", str(out), "--config", str(config)]) == 0
+    cfg = validate(from_dict({"curriculum": {"split_by": "quantile", "stages": 2}}))
+    plan = stage_plan(cfg, prepare(cfg, records).train_pairs)
+    assert sorted(r["stage"] for r in read(out)) == sorted(s.index + 1 for s in plan for _ in s.pairs)
+    assert "stage 2:" in capsys.readouterr().out

@@ -25,16 +25,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from currydpo.config import ModelConfig, from_dict, validate
+from currydpo.config import DataConfig, ModelConfig, from_dict, validate
 from currydpo.data.loading import load_records
 from currydpo.data.records import Record, Response
 from currydpo.io import atomic_dir
-from currydpo.pipeline import encode_for
 from currydpo.training import loop
 from currydpo.training.logprobs import packing_supported, response_logps
 from currydpo.training.losses import PairLogps, pair_loss
 from currydpo.training.model import load_model, load_tokenizer
-from currydpo.training.tokenize import encode
+from currydpo.training.tokenize import encode, encode_for
 
 from conftest import SHARED_DATA
 
@@ -125,7 +124,8 @@ def test_chat_template_boundary(tok):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert tok.eos_token_id == im_end and tok.pad_token_id == im_end
     for mode in ("auto", "always"):
-        for rec, encoded in zip(RECORDS, encode_for(tok, RECORDS, mode, progress=False, **BIG)):
+        encoded_records = encode_for(tok, RECORDS, DataConfig(chat_template=mode, **BIG), progress=False)
+        for rec, encoded in zip(RECORDS, encoded_records):
             prompt = [user(rec.prompt)]
             for resp, e in zip(rec.responses, encoded):
                 assert list(e.prompt_ids) == template_ids(tok, prompt, add_generation_prompt=True)
@@ -138,7 +138,8 @@ def test_chat_template_boundary(tok):
                 assert tok.decode(r[:-2]) == resp.text
                 assert tok.decode(r) == resp.text + "<|im_end|>\n"
     # chat_template: never keeps the plain-text rules: no template, the response ends with EOS
-    for rec, encoded in zip(RECORDS, encode_for(tok, RECORDS, "never", progress=False, **BIG)):
+    plain = encode_for(tok, RECORDS, DataConfig(chat_template="never", **BIG), progress=False)
+    for rec, encoded in zip(RECORDS, plain):
         for resp, e in zip(rec.responses, encoded):
             assert list(e.prompt_ids) == tok(rec.prompt)["input_ids"]
             assert list(e.response_ids) == tok(resp.text, add_special_tokens=False)["input_ids"] + [im_end]
@@ -164,7 +165,7 @@ def test_packed_equals_padded_on_the_real_model(smollm2_dir, tok):
     """The packed, prompt-sharing path gives the padded path's log-probs on a real model."""
     model = load(smollm2_dir).eval()
     assert packing_supported(model)  # a Llama with sdpa attention: the packed path is really taken
-    enc = encode_for(tok, RECORDS, "auto", progress=False, **BIG)
+    enc = encode_for(tok, RECORDS, DataConfig(**BIG), progress=False)
     batch = [e for rec in enc for e in rec[::-1]] + [enc[0][0]]  # a response twice, prompts shared
     assert len(set(batch)) == 6 and len({e.prompt_ids for e in batch}) == 3
     with torch.no_grad():

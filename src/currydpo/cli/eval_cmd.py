@@ -19,7 +19,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference model (default: none; needed for KL and reward metrics)")
     p.add_argument("--data", help="ranked/pairwise preference data for preference metrics (any loader format)")
     p.add_argument("--format", default="auto", help="format of --data (default auto)")
-    p.add_argument("--strategy", default="best-vs-rest", help="pair builder for --data (default best-vs-rest)")
+    p.add_argument("--strategy", default=None, help="pair builder for --data (default: data.strategy, best-vs-rest)")
+    p.add_argument("--config", help="the run's YAML config: its data section (chat template, length limits, pair "
+                                    "builder) decides how --data is paired and tokenised, as in training")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="override a data key, e.g. --set data.chat_template=never (repeatable)")
     p.add_argument("--limit", type=int, help="use at most this many records of --data")
     p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward (default 0.1)")
     p.add_argument("--prompts", help="JSONL of prompts (prompt / messages / MT-bench turns)")
@@ -39,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     import torch
 
-    from ..config import ModelConfig
+    from ..config import ModelConfig, load_config
     from ..data.loading import load_records
     from ..errors import CurryError
     from ..evaluation.evaluate import evaluate_model
@@ -48,6 +52,13 @@ def run(args) -> int:
     from ..io import write_json, write_text
     from ..training.model import load_model, load_tokenizer
 
+    overrides = list(args.overrides)
+    if [o for o in overrides if not o.startswith("data.")]:
+        raise CurryError(f"eval --set takes data.* keys only (how responses are tokenised and paired), got "
+                         f"{[o for o in overrides if not o.startswith('data.')][0]!r}")
+    if args.strategy:
+        overrides.append(f"data.strategy={args.strategy}")
+    data_cfg = load_config(args.config, overrides).data
     if not (args.data or args.prompts):
         raise CurryError("nothing to evaluate: give --data (preference metrics) and/or --prompts (generation)")
     if args.data and not args.reference:
@@ -74,7 +85,8 @@ def run(args) -> int:
             del base
     metrics, answers = evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge,
                                       baseline_answers=baseline_answers, reference=reference, heldout=heldout,
-                                      beta=args.beta, seed=args.seed, progress=not args.no_progress)
+                                      beta=args.beta, seed=args.seed, data=data_cfg,
+                                      progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
     if prompts:
         name = os.path.basename(os.path.normpath(args.model))

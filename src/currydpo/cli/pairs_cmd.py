@@ -11,14 +11,16 @@ import statistics
 import sys
 from typing import Iterator
 
+from ..config import TrainConfig, load_config
 from ..curriculum.difficulty import check_measure, measure_static
-from ..curriculum.schedules import SCHEDULES, Stage, plan
+from ..curriculum.schedules import SCHEDULES, Stage
 from ..data.formats import FORMATS, SCORES
 from ..data.loading import ON_BAD_ROW, LoadResult, load_records
 from ..data.pairs import BUILDERS, Pair, build_pairs
 from ..data.records import Record, Text
 from ..errors import CurryError
 from ..io import write_jsonl
+from ..pipeline import pair_strategy, stage_plan
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,19 +30,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "build (chosen, rejected) pairs per prompt and write them as JSON lines.")
     p.add_argument("data", metavar="DATA", help="local .jsonl/.json/.parquet/.csv file, directory or glob; "
                                                 "or a Hugging Face Hub dataset name")
-    p.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
+    p.add_argument("--format", default=None, choices=("auto",) + FORMATS,
                    help="source layout (default: auto-detect from the first row's keys)")
-    p.add_argument("--split", default="train", help="Hub split to read (default: train)")
+    p.add_argument("--split", default=None, help="Hub split to read (default: train)")
     p.add_argument("--subset", default=None, help="Hub dataset configuration / subset name")
-    p.add_argument("--score", default="mean-aspects", choices=SCORES,
+    p.add_argument("--score", default=None, choices=SCORES,
                    help="UltraFeedback score: mean of the aspect ratings (1..5, the paper's) or overall_score")
-    p.add_argument("--strategy", default="best-vs-rest", choices=tuple(BUILDERS),
+    p.add_argument("--strategy", default=None, choices=tuple(BUILDERS),
                    help="pair builder (default: best-vs-rest, the Curry-DPO pairs)")
-    p.add_argument("--min-gap", type=float, default=0.0,
+    p.add_argument("--min-gap", type=float, default=None,
                    help="drop pairs whose score gap is below this (default: 0, keep all)")
     p.add_argument("--allow-ties", action="store_true", help="also pair responses with equal scores")
-    p.add_argument("--seed", type=int, default=0, help="random seed for best-vs-random (default: 0)")
-    p.add_argument("--on-bad-row", default="error", choices=ON_BAD_ROW,
+    p.add_argument("--seed", type=int, default=None, help="random seed for best-vs-random (default: 0)")
+    p.add_argument("--on-bad-row", default=None, choices=ON_BAD_ROW,
                    help="stop at the first bad row (error, default) or count and skip it (skip)")
     p.add_argument("--limit", type=int, default=None, help="read at most this many prompts")
     p.add_argument("--out", required=True, help="output JSON lines file, written atomically")
@@ -52,7 +54,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(needs --model) | reward-margin (needs --reward-model) | column:NAME | function:MODULE:FN")
     g.add_argument("--schedule", default=None, choices=tuple(SCHEDULES),
                    help="print the stage plan of this schedule and plot difficulty by stage")
-    g.add_argument("--stages", type=int, default=3, help="number of stages for --schedule (default 3)")
+    g.add_argument("--stages", type=int, default=None, help="number of stages for --schedule (default 3)")
+    g.add_argument("--config", default=None,
+                   help="a training YAML config: its data and curriculum sections give the pairs and the stage "
+                        "plan exactly as `currydpo train` builds them (flags given here override it)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key, e.g. --set curriculum.split_by=quantile (repeatable)")
     g.add_argument("--model", default=None, help="reference model for --difficulty ref-logratio")
     g.add_argument("--reward-model", default=None, help="sequence-classification model for reward-margin")
     g.add_argument("--plot", default=None,
@@ -63,13 +70,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- steps
 
-def load(args: argparse.Namespace) -> LoadResult:
-    return load_records(args.data, args.format, split=args.split, subset=args.subset, score=args.score,
-                        on_bad_row=args.on_bad_row, limit=args.limit)
+# flag -> config key: the flags are shortcuts for keys of the training config, so `pairs` builds
+# the pairs and the stage plan with the same code and settings as `train`
+FLAG_KEYS = {"format": "data.format", "split": "data.split", "subset": "data.subset", "score": "data.score",
+             "strategy": "data.strategy", "min_gap": "data.min_gap", "on_bad_row": "data.on_bad_row",
+             "limit": "data.limit", "seed": "run.seed", "difficulty": "curriculum.difficulty",
+             "schedule": "curriculum.schedule", "stages": "curriculum.stages", "model": "model.path",
+             "reward_model": "curriculum.reward_model"}
 
 
-def make_pairs(records: list[Record], args: argparse.Namespace) -> list[Pair]:
-    return build_pairs(records, args.strategy, min_gap=args.min_gap, allow_ties=args.allow_ties, seed=args.seed)
+def pairs_config(args: argparse.Namespace) -> TrainConfig:
+    """--config, then --set, then the flags given on the command line."""
+    overrides = list(args.overrides) + [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items()
+                                        if getattr(args, flag, None) is not None]
+    overrides += ["data.allow_ties=true"] if args.allow_ties else []
+    overrides += ["model.trust_remote_code=true"] if args.trust_remote_code else []
+    return load_config(args.config, overrides)
+
+
+def load(cfg: TrainConfig, path: str) -> LoadResult:
+    d = cfg.data
+    return load_records(path, d.format, split=d.split, subset=d.subset, score=d.score, on_bad_row=d.on_bad_row,
+                        limit=d.limit)
+
+
+def make_pairs(records: list[Record], cfg: TrainConfig) -> list[Pair]:
+    """The training pairs (`pipeline.pair_strategy`: the single-pair schedule swaps in its builder)."""
+    d = cfg.data
+    return build_pairs(records, pair_strategy(cfg), min_gap=d.min_gap, allow_ties=d.allow_ties, seed=cfg.run.seed)
 
 
 def _as_messages(t: Text, role: str) -> list[dict]:
@@ -154,9 +182,9 @@ def summary(result: LoadResult, pairs: list[Pair], out: str) -> str:
 
 # ------------------------------------------------------------------ curriculum inspection
 
-def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace) -> str:
-    """Compute ``--difficulty`` (default score-gap) on every pair; returns the measure's name."""
-    name = check_measure(args.difficulty or "score-gap")
+def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace, cfg: TrainConfig) -> str:
+    """Compute ``curriculum.difficulty`` (default score-gap) on every pair; returns the measure's name."""
+    name = check_measure(cfg.curriculum.difficulty)
     if name == "dynamic":
         raise CurryError("difficulty 'dynamic' is measured by the policy during training; use `currydpo train`")
     if name in ("ref-logratio", "reward-margin"):
@@ -177,15 +205,14 @@ def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace) 
 def reference_logps(records, pairs, args):
     import torch
 
-    from ..config import ModelConfig
-    from ..pipeline import encode_for
     from ..training.model import load_model, load_tokenizer
     from ..training.responses import ResponseTable, logps_for_rows
+    from ..training.tokenize import encode_for
 
+    cfg = pairs_config(args)
     tok = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, ModelConfig(path=args.model, trust_remote_code=args.trust_remote_code),
-                       torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    table = ResponseTable.from_pairs(pairs, encode_for(tok, records, "auto", 1024, 512))
+    model = load_model(args.model, cfg.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    table = ResponseTable.from_pairs(pairs, encode_for(tok, records, cfg.data))
     lp, _ = logps_for_rows(model, table, list(range(len(table.keys))), tok.pad_token_id, 16,
                            desc="reference log-probs")
     return table.keys, lp.tolist()
@@ -223,13 +250,15 @@ def plot_stages(path: str, pairs: list[Pair], stages: list[Stage], name: str) ->
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CurryError(f"--limit must be >= 1, got {args.limit}")
-    if args.stages < 1:
+    if args.stages is not None and args.stages < 1:
         raise CurryError(f"--stages must be >= 1, got {args.stages}")
-    result = load(args)
-    pairs = make_pairs(result.records, args)
-    name = measure(result.records, pairs, args) if (args.difficulty or args.schedule) else None
-    stages = plan(pairs, args.schedule, name, stages=args.stages, strategy=args.strategy, seed=args.seed) \
-        if args.schedule and pairs else None
+    cfg = pairs_config(args)
+    show_plan = args.schedule is not None or args.config is not None or any(
+        o.startswith("curriculum.") for o in args.overrides)
+    result = load(cfg, args.data)
+    pairs = make_pairs(result.records, cfg)
+    name = measure(result.records, pairs, args, cfg) if (args.difficulty or show_plan) else None
+    stages = stage_plan(cfg, pairs) if show_plan and pairs else None
     rows = list(pair_rows(result.records, pairs, args.trl))
     if name and not args.trl:
         stage_of = {i: s.index + 1 for s in stages or [] for i in s.pairs}

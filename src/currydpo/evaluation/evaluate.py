@@ -13,34 +13,23 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..config import DataConfig
 from ..data.pairs import build_pairs
-from ..data.records import Record, Response, as_chat
+from ..data.records import Record, Response
 from ..training.responses import ResponseTable, logps_for_rows
-from ..training.tokenize import encode_records
+from ..training.tokenize import encode_for
 from .generation import GenerationConfig, Prompt, generate
 from .preference import preference_metrics
 from .winrate import bootstrap_ci, win_rate_report
 
 
-def _records_for(tokenizer, records: list[Record]) -> list[Record]:
-    # Same rule as training (data.chat_template: auto): plain prompts become a user turn.
-    return as_chat(records) if getattr(tokenizer, "chat_template", None) else records
-
-
-def _table(tokenizer, records: list[Record], pairs, max_length: int, max_prompt_length: int) -> ResponseTable:
-    enc = encode_records(_records_for(tokenizer, records), tokenizer, max_length=max_length,
-                         max_prompt_length=max_prompt_length, progress=False)
-    return ResponseTable.from_pairs(pairs, enc)
-
-
 def sample_logratio(policy, reference, tokenizer, prompts: Sequence[Prompt | str], answers: Sequence[str], *,
-                    max_length: int = 1024, max_prompt_length: int = 512, batch_size: int = 16) -> list[float]:
-    """Per-answer log pi(y|x) - log ref(y|x) (summed over tokens)."""
+                    data: DataConfig | None = None, batch_size: int = 16) -> list[float]:
+    """Per-answer log pi(y|x) - log ref(y|x) (summed over tokens), tokenised by the run's rule (``data``)."""
     recs = [Record(str(j), p.messages if isinstance(p, Prompt) and p.messages else
                    (p.text if isinstance(p, Prompt) else p), [Response(a)])
             for j, (p, a) in enumerate(zip(prompts, answers))]
-    enc = encode_records(_records_for(tokenizer, recs), tokenizer, max_length=max_length,
-                         max_prompt_length=max_prompt_length, progress=False)
+    enc = encode_for(tokenizer, recs, data or DataConfig(), progress=False)
     table = ResponseTable([(j, 0) for j in range(len(recs))], [e[0] for e in enc], {})
     rows = list(range(len(recs)))
     lp, _ = logps_for_rows(policy, table, rows, tokenizer.pad_token_id, batch_size, desc="KL policy", progress=False)
@@ -49,13 +38,16 @@ def sample_logratio(policy, reference, tokenizer, prompts: Sequence[Prompt | str
 
 
 def heldout_preference(policy, reference, tokenizer, records: list[Record], *, beta: float,
-                       strategy: str = "best-vs-rest", max_length: int = 1024, max_prompt_length: int = 512,
-                       batch_size: int = 16) -> dict[str, float]:
-    """Reward/ranking accuracy on held-out ranked records, overall and per rejected rank."""
-    pairs = build_pairs(records, strategy)
+                       data: DataConfig | None = None, seed: int = 0, batch_size: int = 16) -> dict[str, float]:
+    """Reward/ranking accuracy on held-out ranked records, overall and per rejected rank.
+
+    Pairs and tokens follow the run's data config (``data``: strategy, min_gap, allow_ties, chat
+    template, length limits), so the numbers equal the held-out metrics training logs."""
+    data = data or DataConfig()
+    pairs = build_pairs(records, data.strategy, data.min_gap, data.allow_ties, seed)
     if not pairs:
         return {}
-    table = _table(tokenizer, records, pairs, max_length, max_prompt_length)
+    table = ResponseTable.from_pairs(pairs, encode_for(tokenizer, records, data, progress=False))
     rows, ci, ri = table.rows(pairs)
     lp, n = logps_for_rows(policy, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
     lr, _ = logps_for_rows(reference, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
@@ -66,8 +58,9 @@ def heldout_preference(policy, reference, tokenizer, records: list[Record], *, b
 def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), gen: GenerationConfig | None = None,
                    judge=None, baseline_answers: Sequence[str] | None = None, reference=None,
                    heldout: list[Record] | None = None, beta: float = 0.1, seed: int = 0,
-                   progress: bool = True) -> tuple[dict, list[str]]:
-    """All metrics that the given inputs allow; returns (metrics, sampled answers)."""
+                   data: DataConfig | None = None, progress: bool = True) -> tuple[dict, list[str]]:
+    """All metrics that the given inputs allow; returns (metrics, sampled answers). ``data`` is the
+    run's data config: how responses are paired and tokenised (default: the config defaults)."""
     gen = gen or GenerationConfig(seed=seed)
     out: dict = {}
     answers: list[str] = []
@@ -82,10 +75,12 @@ def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), g
             out["win_rate"] = win_rate_report(judge, prompts, answers, baseline_answers, seed=seed)
         exact = gen.do_sample and gen.temperature == 1.0 and gen.top_p == 1.0
         if reference is not None and exact:
-            kl = sample_logratio(policy, reference, tokenizer, prompts, answers, batch_size=gen.batch_size)
+            kl = sample_logratio(policy, reference, tokenizer, prompts, answers, data=data,
+                                  batch_size=gen.batch_size)
             out["kl"] = sum(kl) / len(kl)
         elif reference is not None:
             out["kl"] = None  # samples at temperature != 1 do not estimate KL(pi || ref)
     if heldout and reference is not None:
-        out["preference"] = heldout_preference(policy, reference, tokenizer, heldout, beta=beta)
+        out["preference"] = heldout_preference(policy, reference, tokenizer, heldout, beta=beta, data=data,
+                                               seed=seed)
     return out, answers

@@ -142,7 +142,7 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     gen = GenerationConfig(**{**spec.generation, "seed": seed})
     metrics, answers = evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge,
                                       baseline_answers=baseline_answers, reference=reference, heldout=heldout,
-                                      beta=cfg.loss.beta, seed=seed, progress=progress)
+                                      beta=cfg.loss.beta, seed=seed, data=cfg.data, progress=progress)
     if arm == BASELINE and prompts:
         metrics["kl"] = 0.0 if "kl" in metrics else None
         if judge is not None:  # against its own answers: all ties, 0.5 by construction

@@ -28,12 +28,13 @@ from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json, write_text
-from ..pipeline import Prepared, encode_for, model_difficulty, prepare, stage_plan
+from ..pipeline import Prepared, model_difficulty, prepare, stage_plan
 from . import checkpoint as ckpt
 from .logprobs import response_logps
 from .losses import REFERENCE_FREE, PairLogps, pair_loss
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
+from .tokenize import encode_for
 
 
 @dataclass
@@ -239,8 +240,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
     data = prepare(cfg, records)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     model = load_model(cfg.model.path, cfg.model, acc.device)
-    enc = encode_for(tokenizer, data.records, cfg.data.chat_template, cfg.data.max_length,
-                     cfg.data.max_prompt_length, progress=cfg.run.progress)
+    enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
     ref_rows = list(range(len(table.keys)))

@@ -28,6 +28,13 @@ Chat (prompt is a list of messages)
     the prompt where the ids diverge and trains on a prompt without its last token.)
     A string response is wrapped as one assistant message.
 
+Which records get the chat template (``data.chat_template``)
+    ``always``: plain-text prompts become one user turn; ``never``: plain text stays plain;
+    ``auto``: as ``always`` when the tokenizer has a chat template. Chat records (message
+    lists) always use the template. `encode_for` applies this rule with the run's data
+    config; train, eval, compare and pairs all call it, so a response is scored on the
+    same tokens everywhere.
+
 Truncation (in this order)
     1. the prompt is cut from the LEFT to ``max_prompt_length`` tokens (the end of
        the prompt, next to the response, is kept);
@@ -43,7 +50,7 @@ from typing import Any, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..data.records import Record, Text
+from ..data.records import Record, Text, as_chat
 from ..errors import CurryError
 
 
@@ -157,3 +164,16 @@ def encode_records(records: Iterable[Record], tokenizer, *, max_length: int, max
                 raise CurryError(f"record {rec.id!r} response {i}: {e}") from e
         out.append(encoded)
     return out
+
+
+def uses_chat_template(tokenizer, mode: str) -> bool:
+    """Whether plain-text prompts are wrapped as a user turn (``data.chat_template``, module doc)."""
+    return mode == "always" or (mode == "auto" and _has_chat_template(tokenizer))
+
+
+def encode_for(tokenizer, records: list[Record], data, progress: bool = True) -> list[list[Encoded]]:
+    """The one tokenisation rule of a run: ``data`` (a `DataConfig`) gives the chat-template mode and
+    the length limits. Used by training, held-out metrics, `eval`, `compare` and `pairs`."""
+    chat = uses_chat_template(tokenizer, data.chat_template)
+    return encode_records(as_chat(records) if chat else records, tokenizer, max_length=data.max_length,
+                          max_prompt_length=data.max_prompt_length, progress=progress)
