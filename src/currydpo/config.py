@@ -321,6 +321,12 @@ def reference_mode(cfg: TrainConfig) -> str:
     return "previous-stage" if cfg.curriculum.schedule == "iterative" else "initial"
 
 
+def changed_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """``section.key`` of every value that differs between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
 def to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 
@@ -79,3 +81,12 @@ def model_difficulty(pairs: list[Pair], records: list[Record], keys: list[tuple[
         rewards = judge.score([text_of(records[r].prompt) for r, _ in keys],
                               [text_of(records[r].responses[i].text) for r, i in keys])
         measure_from_response_values("reward-margin", pairs, dict(zip(keys, rewards)), sign=-1.0)
+
+
+def data_fingerprint(records: list[Record]) -> str:
+    """A content hash of the records (prompts, response texts, scores, ranks), so `--resume` can tell
+    that the data file was edited between the kill and the resume."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.prompt, [[x.text, x.score, x.rank] for x in r.responses]]).encode())
+    return h.hexdigest()

@@ -50,7 +50,9 @@ def env(**extra) -> dict:
 
 
 def train_cmd(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "currydpo", "train", "--config", str(config), "--no-progress", *args]
+    """The train CLI, run through `paused_train.py` so `run_until_paused` can stop it at a named point."""
+    return [sys.executable, str(Path(__file__).with_name("paused_train.py")), "train", "--config", str(config),
+            "--no-progress", *args]
 
 
 def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120) -> None:

@@ -4,7 +4,7 @@ reach the same weights as an uninterrupted run.
 The runs are on CPU in fp32 with one thread, so "the same" is bitwise: a resumed run
 replays exactly the updates an uninterrupted one does (weights, optimiser, scheduler, RNG
 and curriculum position all come from `state/`). The process is paused at a named point
-by the test hook `CURRYDPO_TEST_PAUSE_AT` (training/checkpoint.py: `test_pause`) and killed
+by `CURRYDPO_TEST_PAUSE_AT`, installed from the test side (paused_train.py), and killed
 there with SIGKILL, so no cleanup code runs.
 """
 

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import time
 
 import numpy as np
 import torch
@@ -27,29 +26,6 @@ from ..io import atomic_dir
 STATE_DIR = "state"
 
 
-def test_pause(point: str) -> None:
-    """Test hook: with ``CURRYDPO_TEST_PAUSE_AT=POINT:N`` the N-th time ``point`` is reached,
-    print ``currydpo-paused POINT N`` to stderr and sleep, so a test can SIGKILL the process
-    exactly there (tests/reliability/test_kill_resume.py). Points: ``update`` (an update is
-    logged, not yet checkpointed), ``state-write`` (inside a ``state/`` write: weights written,
-    position not yet), ``stage-end`` (``stage-K/`` saved, ``state/`` not yet advanced).
-    A no-op when the variable is unset.
-    """
-    spec = os.environ.get("CURRYDPO_TEST_PAUSE_AT")
-    if not spec or spec.rsplit(":", 1)[0] != point:
-        return
-    _PAUSE_HITS[point] = _PAUSE_HITS.get(point, 0) + 1
-    if _PAUSE_HITS[point] == int(spec.rsplit(":", 1)[1]):
-        import sys
-
-        print(f"currydpo-paused {point} {_PAUSE_HITS[point]}", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(60)
-
-
-_PAUSE_HITS: dict[str, int] = {}
-
-
 def _trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -58,7 +34,6 @@ def save_state(output_dir: str, model, optimizer, scheduler, position: dict, cfg
     """Write ``OUTPUT/state`` atomically. ``position`` is JSON: stage, update, global_step, ..."""
     with atomic_dir(os.path.join(output_dir, STATE_DIR)) as tmp:
         save_file(_trainable(model), os.path.join(tmp, "trainable.safetensors"))
-        test_pause("state-write")
         torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None},
                    os.path.join(tmp, "optim.pt"))

@@ -3,12 +3,19 @@
 Read top to bottom: `train` sets up (data, model, reference log-probs, stage plan)
 and walks the stages; `run_stage` is the update loop of one stage; `train_step` is one
 optimiser update. Curry-DPO (Pattnaik et al. 2024, Sec. 3.3): stage k starts from the
-policy of stage k-1 and, in ``previous-stage`` mode, uses that policy as its reference.
+policy of stage k-1 and, in ``previous-stage`` mode, uses that policy as its reference
+(`reference_for`).
+
+Stage numbers: 0-based in code (``k``, ``Position.stage``), 1-based wherever a user sees
+them — ``stage-K/`` directories, the ``stage`` field of logs and summaries, progress bars
+and reference keys (``stage-K`` = the policy at the end of stage K). `stage_name` is the
+one crossing point.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -17,18 +24,19 @@ import shutil
 from dataclasses import dataclass, field
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..config import TrainConfig, reference_mode, to_yaml
+from ..config import TrainConfig, changed_keys, reference_mode, to_yaml
 from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json, write_text
-from ..pipeline import Prepared, model_difficulty, prepare, stage_plan
+from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, stage_plan
 from . import checkpoint as ckpt
 from .logprobs import response_logps
 from .losses import REFERENCE_FREE, PairLogps, pair_loss
@@ -50,6 +58,7 @@ class Run:
     refs: RefCache
     stages: list[Stage]
     stage_updates: list[int]
+    fingerprint: str = ""  # content hash of the records (pipeline.data_fingerprint)
     log: list[dict] = field(default_factory=list)
 
     @property
@@ -58,8 +67,46 @@ class Run:
         return o.batch_size * o.grad_accum * self.accelerator.num_processes
 
 
-def reference_key(mode: str, stage: int) -> str:
-    return "initial" if mode == "initial" or stage == 0 else f"stage-{stage}"  # stage-k = end of stage k
+def stage_name(k: int) -> str:
+    """The user-facing name of 0-based stage ``k``: its directory and, as a reference, its final policy."""
+    return f"stage-{k + 1}"
+
+
+def reference_for(run: Run, k: int) -> str:
+    """The reference of stage ``k``: the RefCache key of the model whose log-probs it uses.
+
+    Curry-DPO (Pattnaik et al. 2024, Sec. 3.3): in iterative training each stage after the
+    first uses the policy at the end of the previous stage as its reference — the reference
+    swap. Every other schedule (and ``curriculum.reference: initial``) keeps the initial model.
+    """
+    if reference_mode(run.cfg) == "initial" or k == 0:
+        return "initial"
+    return stage_name(k - 1)
+
+
+@dataclass
+class Position:
+    """Where a run stands; saved in ``state/position.json`` and loaded once by ``--resume``.
+
+    ``stage``/``update``: the next update to run (0-based). ``order``: the stage's pair order,
+    fixed when the stage starts (self-paced admits pairs then), None before. ``log_lines``:
+    metric lines logged up to here. ``stages_done``: the summaries (held-out metrics included)
+    of the completed stages, so a resumed run reports them as an uninterrupted one does.
+    ``fingerprint``: the data's content hash, so a resume cannot continue on other data.
+    """
+
+    stage: int = 0
+    update: int = 0
+    global_step: int = 0
+    order: list[int] | None = None
+    log_lines: int = 0
+    stages_done: list[dict] = field(default_factory=list)
+    fingerprint: str = ""
+
+    @classmethod
+    def load(cls, output_dir: str) -> "Position | None":
+        saved = ckpt.read_position(output_dir)
+        return None if saved is None else cls(**saved)
 
 
 def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
@@ -97,14 +144,16 @@ def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list
     """
     P, B = run.pairs_per_update, run.cfg.optim.batch_size
     start = update * P
+    passes: dict[int, list[int]] = {}  # one permutation per pass touched by this update
     picked = []
     for pos in range(start, start + P):
         epoch, k = divmod(pos, len(order))
-        seq = order
-        if epoch > 0 and run.cfg.curriculum.shuffle_within_stage:
-            seq = order[:]
-            random.Random(run.cfg.run.seed * 7919 + stage.index * 131 + epoch).shuffle(seq)
-        picked.append(seq[k])
+        if epoch not in passes:
+            passes[epoch] = order
+            if epoch > 0 and run.cfg.curriculum.shuffle_within_stage:
+                passes[epoch] = order[:]
+                random.Random(run.cfg.run.seed * 7919 + stage.index * 131 + epoch).shuffle(passes[epoch])
+        picked.append(passes[epoch][k])
     micro = [picked[j:j + B] for j in range(0, P, B)]
     W, p = run.accelerator.num_processes, run.accelerator.process_index
     return micro[p::W]
@@ -177,35 +226,31 @@ def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor | None) -> l
     return loss_for(run, x, pairs)[2].tolist()
 
 
-def run_stage(run: Run, k: int, optimizer, scheduler, first_update: int, ref: torch.Tensor | None,
-              order: list[int], global_step: int) -> int:
-    """The update loop of stage ``k``; returns the global step at its end."""
+def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, pos: Position) -> None:
+    """The update loop of stage ``k``, from update ``pos.update``; advances ``pos`` as it goes."""
     cfg, acc = run.cfg, run.accelerator
     n_updates = run.stage_updates[k]
-    bar = tqdm(range(first_update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=first_update,
+    bar = tqdm(range(pos.update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=pos.update,
                total=n_updates, disable=not (cfg.run.progress and acc.is_main_process))
     for u in bar:
-        micro = stage_batches(run, run.stages[k], order, u)
-        where = f"stage {k + 1}, update {u + 1}, step {global_step + 1}"
+        micro = stage_batches(run, run.stages[k], pos.order, u)
+        where = f"stage {k + 1}, update {u + 1}, step {pos.global_step + 1}"
         try:
             metrics = train_step(run, optimizer, scheduler, micro, ref, where)
         except FloatingPointError as e:
             optimizer.zero_grad(set_to_none=True)
             if all(torch.isfinite(p).all() for p in run.model.parameters()):
-                save_position(run, optimizer, scheduler, k, u, global_step, order)
+                save_position(run, optimizer, scheduler, pos)
                 saved = "the last good state is saved in"
             else:  # the weights themselves went non-finite: keep the previous checkpoint
                 saved = "the weights are non-finite, so state/ was not overwritten; the last checkpoint is in"
             raise CurryError(f"non-finite values: {e}; {saved} {cfg.run.output_dir}/state "
                              f"(lower optim.lr or check the data)") from None
-        global_step += 1
-        entry = {"step": global_step, "stage": k + 1, "stage_update": u + 1, **metrics}
-        log_metrics(run, entry)
-        ckpt.test_pause("update")
+        pos.update, pos.global_step = u + 1, pos.global_step + 1
+        log_metrics(run, {"step": pos.global_step, "stage": k + 1, "stage_update": u + 1, **metrics})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
         if cfg.run.save_every and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates:
-            save_position(run, optimizer, scheduler, k, u + 1, global_step, order)
-    return global_step
+            save_position(run, optimizer, scheduler, pos)
 
 
 def log_metrics(run: Run, entry: dict) -> None:
@@ -216,17 +261,17 @@ def log_metrics(run: Run, entry: dict) -> None:
     run.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 
 
-def save_position(run: Run, optimizer, scheduler, stage: int, update: int, global_step: int, order) -> None:
+def save_position(run: Run, optimizer, scheduler, pos: Position) -> None:
+    """Checkpoint ``state/``: weights, optimiser and scheduler (None: not saved), RNG, ``pos``."""
+    pos.log_lines = len(run.log)
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
-        pos = {"stage": stage, "update": update, "global_step": global_step, "order": order,
-               "log_lines": len(run.log)}
         ckpt.save_state(run.cfg.run.output_dir, run.accelerator.unwrap_model(run.model), optimizer, scheduler,
-                        pos, run.cfg)
+                        dataclasses.asdict(pos), run.cfg)
     run.accelerator.wait_for_everyone()
 
 
-def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
+def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position | None = None) -> Run:
     """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan."""
     c, o = cfg.curriculum, cfg.optim
     trackers = [t.strip() for t in cfg.run.report_to.split(",") if t.strip()]
@@ -238,6 +283,11 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
                          f"set ACCELERATE_USE_CPU=true (see docs/multi-gpu.md)")
     set_seed(cfg.run.seed)
     data = prepare(cfg, records)
+    fingerprint = data_fingerprint(data.records)
+    if resume_from is not None and resume_from.fingerprint not in ("", fingerprint):
+        raise CurryError(f"--resume: the data changed since {cfg.run.output_dir} was checkpointed (content hash "
+                         f"{fingerprint[:12]}, was {resume_from.fingerprint[:12]}); resume with the same data, or "
+                         f"start a new run.output_dir")
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     model = load_model(cfg.model.path, cfg.model, acc.device)
     enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
@@ -261,7 +311,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None) -> Run:
     sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))
              for s in stages]
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
-    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates)
+    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint)
 
 
 def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False) -> dict:
@@ -269,69 +319,94 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     out = cfg.run.output_dir
     created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
-    position = ckpt.read_position(out) if resume else None
-    if not resume and os.path.exists(os.path.join(out, ckpt.STATE_DIR)):
+    resumed = Position.load(out) if resume else None
+    if resumed is not None:
+        check_same_run(out, cfg)
+    elif os.path.exists(os.path.join(out, ckpt.STATE_DIR)):
         raise CurryError(f"{out} already holds a run; pass --resume to continue it or choose another run.output_dir")
     try:
-        run = setup(cfg, records)
+        run = setup(cfg, records, resumed)
     except BaseException:
         if created:  # bad data or model: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
-    if run.accelerator.is_main_process:
-        write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
-    acc, o, mode = run.accelerator, cfg.optim, reference_mode(cfg)
-    acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    first_stage, first_update, global_step, saved_order = 0, 0, 0, None
-    if position:
-        ckpt.load_weights(out, acc.unwrap_model(run.model))
-        first_stage, first_update, global_step = position["stage"], position["update"], position["global_step"]
-        saved_order = position["order"] if first_update > 0 else None
-        with open(metrics_path) as f:  # drop lines logged after the checkpoint (the last may be cut by a kill)
-            run.log = [json.loads(line) for line, _ in zip(f, range(position["log_lines"]))]
+    acc, o = run.accelerator, cfg.optim
     if acc.is_main_process:
-        with open(metrics_path, "w") as f:
+        write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
+    acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
+    pos = resumed or Position(fingerprint=run.fingerprint)
+    if resumed is not None:
+        ckpt.load_weights(out, acc.unwrap_model(run.model))
+        with open(os.path.join(out, "metrics.jsonl")) as f:  # drop lines logged after the checkpoint
+            run.log = [json.loads(line) for line, _ in zip(f, range(pos.log_lines))]  # (a kill may cut the last)
+    if acc.is_main_process:
+        with open(os.path.join(out, "metrics.jsonl"), "w") as f:
             f.writelines(json.dumps(e) + "\n" for e in run.log)
     run.model = acc.prepare(run.model)
     run.model.train()
     optimizer = scheduler = None
     if o.across_stages == "continue":
         optimizer, scheduler = make_optimizer(run, sum(run.stage_updates))
-    stage_info = []
-    for k, stage in enumerate(run.stages):
-        ref_key = reference_key(mode, k)
-        if k < first_stage:
-            stage_info.append({"stage": k + 1, "reference": ref_key, "updates": run.stage_updates[k]})
-            continue
+    for k in range(pos.stage, len(run.stages)):
         if o.across_stages == "restart":
             optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
-        if position and k == first_stage:
-            if o.across_stages == "continue" or first_update > 0:  # a restarted stage starts fresh
+        if resumed is not None and k == resumed.stage:
+            if o.across_stages == "continue" or pos.update > 0:  # a restarted stage starts fresh
                 ckpt.load_optim(out, optimizer, scheduler)
             ckpt.load_rng(out)
-        ref = None
-        if run.cfg.loss.name not in REFERENCE_FREE:
-            rows = run.table.rows([run.data.train_pairs[i] for i in stage.pairs])[0]
-            ref = run.refs.ensure(ref_key, acc.unwrap_model(run.model), run.table, rows, run.tokenizer.pad_token_id,
-                                  o.batch_size * 2, cfg.run.progress and acc.is_main_process, acc)
-        order = saved_order if (saved_order is not None and k == first_stage) else stage.pairs
-        if stage.admit_fraction is not None and order is stage.pairs:
-            measure_dynamic([run.data.train_pairs[i] for i in stage.pairs], dynamic_losses(run, stage.pairs, ref))
-            order = admit(stage, run.data.train_pairs, cfg.run.seed, cfg.curriculum.shuffle_within_stage)
-        global_step = run_stage(run, k, optimizer, scheduler, first_update if k == first_stage else 0, ref,
-                                list(order), global_step)
-        info = {"stage": k + 1, "label": stage.label, "reference": ref_key, "pairs": len(order),
-                "updates": run.stage_updates[k], "end_step": global_step}
-        info.update(evaluate_held_out(run, ref_key="initial"))
-        stage_info.append(info)
+        ref = stage_reference_logps(run, k)
+        if pos.order is None:
+            pos.order = stage_order(run, k, ref)
+        run_stage(run, k, optimizer, scheduler, ref, pos)
+        info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_for(run, k),
+                "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
+                **evaluate_held_out(run, ref_key="initial")}
         if acc.is_main_process:
-            ckpt.save_model(os.path.join(out, f"stage-{k + 1}"), acc.unwrap_model(run.model), run.tokenizer, cfg,
+            ckpt.save_model(os.path.join(out, stage_name(k)), acc.unwrap_model(run.model), run.tokenizer, cfg,
                             info=info)
-            ckpt.test_pause("stage-end")
+        pos.stage, pos.update, pos.order = k + 1, 0, None
+        pos.stages_done.append(info)
         keep = o.across_stages == "continue"  # restart: the next stage builds a fresh optimiser, do not write this one
-        save_position(run, optimizer if keep else None, scheduler if keep else None, k + 1, 0, global_step, [])
-    return finish(run, stage_info, mode)
+        save_position(run, optimizer if keep else None, scheduler if keep else None, pos)
+    return finish(run, pos.stages_done, reference_mode(cfg))
+
+
+# Keys that may change between a kill and --resume: they do not change what is trained.
+RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir")
+
+
+def check_same_run(output_dir: str, cfg: TrainConfig) -> None:
+    """--resume continues the run in ``output_dir`` only with the config it was started with."""
+    from ..config import from_dict
+
+    with open(os.path.join(output_dir, ckpt.STATE_DIR, "config.yaml")) as f:
+        saved = from_dict(yaml.safe_load(f) or {})
+    changed = [k for k in changed_keys(saved, cfg) if k not in RESUME_HARMLESS]
+    if changed:
+        raise CurryError(f"--resume: {output_dir} was trained with a different config ({', '.join(changed)} "
+                         f"changed); resume with the same config, or start a new run.output_dir")
+
+
+def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
+    """Reference log-probs of stage ``k``'s responses (None for reference-free losses). When the
+    reference is the previous stage's policy, the model being trained *is* that policy now, so
+    it scores the responses before its first update of the stage: no second copy in memory."""
+    if run.cfg.loss.name in REFERENCE_FREE:
+        return None
+    rows = run.table.rows([run.data.train_pairs[i] for i in run.stages[k].pairs])[0]
+    acc = run.accelerator
+    return run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, rows,
+                           run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
+                           run.cfg.run.progress and acc.is_main_process, acc)
+
+
+def stage_order(run: Run, k: int, ref: torch.Tensor | None) -> list[int]:
+    """The pair order of stage ``k``: the plan's, or (self-paced) the pairs admitted by the current loss."""
+    stage = run.stages[k]
+    if stage.admit_fraction is None:
+        return list(stage.pairs)
+    measure_dynamic([run.data.train_pairs[i] for i in stage.pairs], dynamic_losses(run, stage.pairs, ref))
+    return list(admit(stage, run.data.train_pairs, run.cfg.run.seed, run.cfg.curriculum.shuffle_within_stage))
 
 
 def evaluate_held_out(run: Run, ref_key: str) -> dict:

@@ -1,0 +1,57 @@
+"""`python paused_train.py ARGS...` runs the currydpo CLI with a pause point installed from the test side.
+
+With ``CURRYDPO_TEST_PAUSE_AT=POINT:N`` the N-th time ``POINT`` is reached the process prints
+``currydpo-paused POINT N`` to stderr and sleeps, so a test can SIGKILL it exactly there
+(`_reliability.run_until_paused`). Points, each wrapped around a library function:
+``update`` (an update is logged, not yet checkpointed: after `loop.log_metrics`),
+``state-write`` (inside a ``state/`` write: weights written, position not yet: after the
+weights' `save_file` in `checkpoint.save_state`), ``stage-end`` (``stage-K/`` saved,
+``state/`` not yet advanced: after `checkpoint.save_model` of a stage directory).
+Production code carries no test hook.
+"""
+
+import os
+import sys
+import time
+
+
+def install(spec: str) -> None:
+    from currydpo.training import checkpoint, loop
+
+    point, n = spec.rsplit(":", 1)
+    hits = [0]
+
+    def hit():
+        hits[0] += 1
+        if hits[0] == int(n):
+            print(f"currydpo-paused {point} {hits[0]}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(60)
+
+    def after(module, name, when=lambda *a, **k: True):
+        original = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            if when(*args, **kwargs):
+                hit()
+            return result
+
+        setattr(module, name, wrapped)
+
+    if point == "update":
+        after(loop, "log_metrics")
+    elif point == "state-write":
+        after(checkpoint, "save_file")
+    elif point == "stage-end":
+        after(checkpoint, "save_model", when=lambda path, *a, **k: os.path.basename(path).startswith("stage-"))
+    else:
+        raise SystemExit(f"unknown pause point {point!r}")
+
+
+if __name__ == "__main__":
+    if os.environ.get("CURRYDPO_TEST_PAUSE_AT"):
+        install(os.environ["CURRYDPO_TEST_PAUSE_AT"])
+    from currydpo.cli import main
+
+    sys.exit(main(sys.argv[1:]))
