@@ -75,11 +75,12 @@ def model_difficulty(pairs: list[Pair], records: list[Record], keys: list[tuple[
     (aligned with ``keys``), and ``reward-margin`` when a reward model path is given."""
     measure_from_response_values("ref-logratio", pairs, dict(zip(keys, reference_logps)), sign=-1.0)
     if reward_model:
-        from .evaluation.judges import make_judge
+        from .curriculum.reward_model import RewardModel
 
-        judge = make_judge(f"reward-model:{reward_model}", trust_remote_code=trust_remote_code)
-        rewards = judge.score([text_of(records[r].prompt) for r, _ in keys],
-                              [text_of(records[r].responses[i].text) for r, i in keys])
+        rm = RewardModel(reward_model, trust_remote_code=trust_remote_code,
+                         what=f"curriculum.reward_model {reward_model}")
+        rewards = rm.score([text_of(records[r].prompt) for r, _ in keys],
+                           [text_of(records[r].responses[i].text) for r, i in keys])
         measure_from_response_values("reward-margin", pairs, dict(zip(keys, rewards)), sign=-1.0)
 
 

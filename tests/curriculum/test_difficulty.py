@@ -76,3 +76,17 @@ def test_column_difficulty_from_a_data_file(tmp_path):
     pairs = build_pairs(recs, "best-vs-rest")
     measure_static("column:hardness", pairs, recs)
     assert [p.difficulty["column:hardness"] for p in pairs] == [0.9, 0.1]
+
+
+def test_function_difficulty_from_a_file(tmp_path):
+    from currydpo.data.pairs import build_pairs
+    from currydpo.data.records import Record, Response
+
+    f = tmp_path / "mydifficulty.py"
+    f.write_text("def chosen_length(pair):\n    return float(len(pair['chosen']))\n")
+    recs = [Record("0", "p", [Response("long answer", score=3.0), Response("b", score=1.0), Response("c", 2.0)])]
+    pairs = build_pairs(recs, "best-vs-rest")
+    measure_static(f"function:{f}:chosen_length", pairs, recs)
+    assert [p.difficulty[f"function:{f}:chosen_length"] for p in pairs] == [11.0, 11.0]
+    with pytest.raises(CurryError, match="no function 'nope'"):
+        measure_static(f"function:{f}:nope", pairs, recs)

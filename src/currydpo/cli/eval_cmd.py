@@ -41,10 +41,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import torch
-
     from ..config import ModelConfig, load_config
     from ..data.loading import load_records
+    from ..device import default_device
     from ..errors import CurryError
     from ..evaluation.evaluate import evaluate_model
     from ..evaluation.generation import GenerationConfig, export_alpaca_eval, export_mt_bench, generate, load_prompts
@@ -63,7 +62,7 @@ def run(args) -> int:
         raise CurryError("nothing to evaluate: give --data (preference metrics) and/or --prompts (generation)")
     if args.data and not args.reference:
         raise CurryError("--data needs --reference (the implicit reward is relative to a reference model)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     mcfg = ModelConfig(path=args.model, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
     policy = load_model(args.model, mcfg, device)

@@ -203,15 +203,14 @@ def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace, 
 
 
 def reference_logps(records, pairs, args):
-    import torch
-
+    from ..device import default_device
     from ..training.model import load_model, load_tokenizer
     from ..training.responses import ResponseTable, logps_for_rows
     from ..training.tokenize import encode_for
 
     cfg = pairs_config(args)
     tok = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, cfg.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.model, cfg.model, default_device())
     table = ResponseTable.from_pairs(pairs, encode_for(tok, records, cfg.data))
     lp, _ = logps_for_rows(model, table, list(range(len(table.keys))), tok.pad_token_id, 16,
                            desc="reference log-probs")

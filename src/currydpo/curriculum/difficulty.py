@@ -15,20 +15,21 @@ inspectable; the schedule reads the one the config names.
 - ``length-gap``: -|len(y_w) - len(y_l)| in characters (a big length difference is an
   easy cue; near-equal lengths are harder).
 - ``column:NAME``: a numeric field of the record (``record.meta[NAME]``), as given.
-- ``function:MODULE:FN``: a user function ``fn(pair_dict) -> float`` (the user's own code).
+- ``function:MODULE:FN`` or ``function:FILE.py:FN``: a user function ``fn(pair_dict) -> float``
+  (the user's own code, imported by `userfn.load_function`).
 - ``dynamic``: the current policy's DPO loss on the pair, measured by the trainer
   between stages (self-paced learning).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ..data.pairs import Pair
 from ..data.records import Record, text_of
 from ..errors import CurryError
+from ..userfn import load_function
 
 STATIC = ("score-gap", "rank-gap", "length-gap")
 NEEDS_MODEL = ("ref-logratio", "reward-margin", "dynamic")
@@ -56,14 +57,6 @@ def pair_dict(p: Pair, rec: Record) -> dict:
     }
 
 
-def _load_function(spec: str) -> Callable[[dict], float]:
-    _, module, fn = spec.split(":")
-    try:
-        return getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as e:
-        raise CurryError(f"difficulty {spec!r}: cannot import {module}:{fn} ({e})") from None
-
-
 def _finite(name: str, value, rec: Record) -> float:
     try:
         v = float(value)
@@ -78,7 +71,7 @@ def _finite(name: str, value, rec: Record) -> float:
 def measure_static(name: str, pairs: Sequence[Pair], records: Sequence[Record]) -> None:
     """Compute a measure that needs no model, storing it in ``pair.difficulty[name]``."""
     check_measure(name)
-    fn = _load_function(name) if name.startswith("function:") else None
+    fn = load_function(name[len("function:"):], f"difficulty {name!r}") if name.startswith("function:") else None
     for p in pairs:
         rec = records[p.record]
         if name == "score-gap":

@@ -6,7 +6,7 @@
 - KL to the reference: mean over prompts of log pi(y|x) - log ref(y|x) on the sampled
   answers y ~ pi (a Monte-Carlo estimate of KL(pi || ref), valid when answers are sampled
   at temperature 1 without top-p; otherwise reported as None);
-- preference metrics on held-out ranked records (see `preference.py`).
+- preference metrics on held-out ranked records (see `training/preference.py`, shared with training).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Sequence
 from ..config import DataConfig
 from ..data.pairs import build_pairs
 from ..data.records import Record, Response
+from ..training.preference import preference_metrics
 from ..training.responses import ResponseTable, logps_for_rows
 from ..training.tokenize import encode_for
 from .generation import GenerationConfig, Prompt, generate
-from .preference import preference_metrics
 from .winrate import bootstrap_ci, win_rate_report
 
 

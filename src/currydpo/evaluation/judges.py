@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib
-import importlib.util
 import json
 import os
 import threading
@@ -33,7 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from ..curriculum.reward_model import RewardModel
 from ..errors import CurryError
+from ..userfn import load_function
 
 VALID_SPECS = "gold:MODULE:FUNCTION, gold:FILE.py:FUNCTION, reward-model:PATH, openai:URL[#MODEL]"
 
@@ -99,85 +99,19 @@ class GoldJudge(PointwiseJudge):
         return [float(self.fn(p, r)) for p, r in zip(prompt_texts(prompts), responses)]
 
 
-def _load_function(target: str, spec: str) -> Callable:
-    module_name, sep, fn_name = target.rpartition(":")
-    if not sep or not module_name or not fn_name:
-        raise CurryError(f"judge spec {spec!r}: expected gold:MODULE:FUNCTION or gold:FILE.py:FUNCTION")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise CurryError(f"judge spec {spec!r}: file {module_name} not found")
-            mspec = importlib.util.spec_from_file_location(f"_currydpo_gold_{path.stem}", path)
-            module = importlib.util.module_from_spec(mspec)
-            mspec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise CurryError(f"judge spec {spec!r}: cannot import {module_name} ({e}); check the module path") from e
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise CurryError(f"judge spec {spec!r}: {module_name} has no function {fn_name!r}")
-    return fn
-
-
 # -------------------------------------------------------------------- reward model
 
 
-class RewardModelJudge(PointwiseJudge):
-    """Scores (prompt, response) with a sequence-classification reward model (one logit).
+class RewardModelJudge(RewardModel, PointwiseJudge):
+    """A reward model (`curriculum.reward_model.RewardModel`) as a pointwise judge."""
 
-    With a chat template the pair is rendered as a user turn + assistant turn; without
-    one it is tokenised as a text pair (the convention of e.g. OpenAssistant's reward
-    models). Batched, right-padded, under ``torch.no_grad``.
-    """
+    def __init__(self, path: str, *, spec: str | None = None, tie_tolerance: float = 0.0, **kwargs):
+        self.spec, self.tie_tolerance = spec or f"reward-model:{path}", tie_tolerance
+        super().__init__(path, what=f"judge spec {self.spec!r}", **kwargs)
 
-    def __init__(self, path: str, *, spec: str | None = None, batch_size: int = 8, device: str | None = None,
-                 max_length: int | None = None, trust_remote_code: bool = False, tie_tolerance: float = 0.0):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.spec, self.batch_size, self.max_length, self.tie_tolerance = (
-            spec or f"reward-model:{path}", batch_size, max_length, tie_tolerance)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise CurryError(f"judge spec {self.spec!r}: cannot load a sequence-classification model from "
-                             f"{path} ({str(e).splitlines()[0]})") from e
-        if self.model.config.num_labels != 1:
-            raise CurryError(f"judge spec {self.spec!r}: the model has {self.model.config.num_labels} labels; a "
-                             "reward model needs exactly one output (num_labels=1)")
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.tokenizer.padding_side = "right"
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device).eval()
-
-    def _encode(self, prompt: str, response: str) -> dict:
-        kw = {"truncation": self.max_length is not None, "max_length": self.max_length}
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False, **kw)
-        return self.tokenizer(prompt, response, **kw)
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        import torch
-
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
         _check_lengths(prompts, responses)
-        texts = prompt_texts(prompts)
-        scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = [self._encode(p, r) for p, r in zip(texts[start:start + self.batch_size],
-                                                      responses[start:start + self.batch_size])]
-            batch = self.tokenizer.pad(enc, return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            scores.extend(logits[:, 0].float().cpu().tolist())  # (B, 1) -> (B,)
-        return scores
+        return super().score(prompt_texts(prompts), responses)
 
 
 # ------------------------------------------------------------ OpenAI-compatible LLM
@@ -420,7 +354,7 @@ def make_judge(spec: str, *, cache_dir: str | os.PathLike | None = None, trust_r
     if not sep or not rest:
         kind = ""
     if kind == "gold":
-        return GoldJudge(_load_function(rest, spec), spec, tie_tolerance)
+        return GoldJudge(load_function(rest, f"judge spec {spec!r}"), spec, tie_tolerance)
     if kind == "reward-model":
         return RewardModelJudge(rest, spec=spec, batch_size=batch_size, device=device,
                                 trust_remote_code=trust_remote_code, tie_tolerance=tie_tolerance)

@@ -25,6 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig, from_dict, reference_mode, validate
+from ..device import default_device
 from ..errors import CurryError
 from ..evaluation.generation import GenerationConfig, load_prompts
 from ..io import write_json
@@ -131,9 +132,9 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
         state = os.path.join(cfg.run.output_dir, "state")
         summary = train(cfg, resume=os.path.exists(state))
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    reference = load_model(cfg.model.ref_model or cfg.model.path, cfg.model, _device())
+    reference = load_model(cfg.model.ref_model or cfg.model.path, cfg.model, default_device())
     policy = reference if arm == BASELINE else load_model(os.path.join(cfg.run.output_dir, "final"), cfg.model,
-                                                          _device())
+                                                          default_device())
     data = prepare(cfg)
     heldout = [data.records[r] for r in sorted({p.record for p in data.eval_pairs})]
     baseline_answers = None
@@ -166,12 +167,6 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
             "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {o.across_stages}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": summary["pairs_per_update"],
             "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.name} (beta {cfg.loss.beta:g})"}
-
-
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_same_spec(spec: CompareSpec) -> None:

@@ -413,7 +413,7 @@ def evaluate_held_out(run: Run, ref_key: str) -> dict:
     """Preference metrics on held-out pairs against the initial reference (empty without eval_fraction)."""
     if not run.data.eval_pairs:
         return {}
-    from ..evaluation.preference import preference_metrics
+    from .preference import preference_metrics
 
     pairs = run.data.eval_pairs
     rows, ci, ri = run.table.rows(pairs)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from currydpo.evaluation.preference import preference_metrics
+from currydpo.training.preference import preference_metrics
 
 
 def t(*v):

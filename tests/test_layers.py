@@ -1,0 +1,42 @@
+"""The package is layered: data -> curriculum -> training -> evaluation -> world -> experiments -> cli.
+
+No module imports from a layer above its own (lazy imports inside functions included), so each
+layer can be read, tested and reused without the ones above it. The one exception is named.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "currydpo"
+LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "config": 0, "data": 1, "curriculum": 2, "pipeline": 3,
+         "training": 4, "evaluation": 5, "world": 6, "experiments": 7, "cli": 8, "__init__": 0, "__main__": 9}
+# config.validate asks the registries (losses, schedules, measures, builders, formats) for the valid names,
+# lazily, so an unknown value fails before any model loads; the registries never import config's callers.
+ALLOWED = {("config", "curriculum"), ("config", "data"), ("config", "training")}
+
+
+def upward_imports():
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        mine = parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                base = list(parts[:-1])[: len(parts) - node.level] if node.level > 1 else list(parts[:-1])
+                target = (base + (node.module.split(".") if node.module else [node.names[0].name]))[0]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("currydpo."):
+                target = node.module.split(".")[1]
+            else:
+                continue
+            if LAYER.get(target, 0) > LAYER[mine] and (mine, target) not in ALLOWED:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports from {target}")
+    return found
+
+
+def test_no_module_imports_from_a_higher_layer():
+    assert upward_imports() == []
+
+
+def test_every_top_level_module_has_a_layer():
+    assert {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+            if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())} <= set(LAYER)
