@@ -24,7 +24,10 @@ class ModelConfig:
     ref_model: str | None = field(default=None, metadata={
         "help": "a separate reference model for stage 1 / single pass (default: the policy's initial weights)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow code shipped with the model to run"})
-    precision: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 weights on GPU) | fp32 | bf16"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 on a CUDA GPU with bf16, else fp32) | fp32 | bf16 (fp32 master weights and AdamW "
+                "state, bf16 autocast compute) | bf16-pure (bf16 weights: half the memory, but updates below "
+                "bf16's resolution round away; see docs/multi-gpu.md)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -123,6 +126,8 @@ class RunConfig:
     best_metric: str = field(default="eval/rewards/accuracies", metadata={
         "help": "held-out metric for final_model best, higher is better: eval/rewards/accuracies | "
                 "eval/rewards/margins | eval/ranking_accuracy | eval/ranking_accuracy_normalised"})
+    save_dtype: str = field(default="auto", metadata={
+        "help": "dtype of stage-K/ and final/: auto (the dtype the model.path checkpoint was saved in) | fp32 | bf16"})
 
 
 @dataclass
@@ -251,7 +256,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if m.precision == "fp16":  # fp16 weights or autocast without a GradScaler would train wrongly, not fail
         raise CurryError("model.precision fp16 is not supported: fp16 training needs dynamic loss scaling, which "
                          "this trainer does not do; use bf16 (GPUs since Ampere) or fp32")
-    _choice("model.precision", m.precision, ["auto", "fp32", "bf16"])
+    _choice("model.precision", m.precision, ["auto", "fp32", "bf16", "bf16-pure"])
     _positive("model.lora_r", m.lora_r)
     _choice("data.score", d.score, ["mean-aspects", "overall"])
     _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])
@@ -308,6 +313,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("optim.max_grad_norm", o.max_grad_norm, allow_zero=True)
     _positive("run.save_every", r.save_every, allow_zero=True)
     _choice("run.final_model", r.final_model, ["last", "best"])
+    _choice("run.save_dtype", r.save_dtype, ["auto", "fp32", "bf16"])
     _choice("run.best_metric", r.best_metric, list(BEST_METRICS))
     if r.final_model == "best" and d.eval_fraction <= 0:
         raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0")

@@ -102,19 +102,26 @@ def load_rng(output_dir: str) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool = False, info: dict | None = None):
+def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool = False, info: dict | None = None,
+               dtype: torch.dtype | None = None):
     """``save_pretrained`` (safetensors) + tokenizer + resolved config, atomically.
 
-    With LoRA, stage dirs hold the adapter (peft format); ``merge_lora`` writes merged
-    full weights instead, so plain ``AutoModelForCausalLM.from_pretrained`` loads it.
+    With LoRA, stage dirs hold the adapter (peft format, in its training dtype); ``merge_lora``
+    writes merged full weights instead, so plain ``AutoModelForCausalLM.from_pretrained`` loads it.
+    A full model is written in ``dtype`` (``run.save_dtype``; default: as it is in memory).
     """
+    from .precision import cast_state_dict, set_config_dtype
+
     with atomic_dir(path) as tmp:
         if merge_lora and hasattr(model, "merge_and_unload"):
             import copy
 
-            copy.deepcopy(model).merge_and_unload().save_pretrained(tmp, safe_serialization=True)
-        else:
+            model = copy.deepcopy(model).merge_and_unload()
+        if hasattr(model, "peft_config") or dtype is None:
             model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=cast_state_dict(model, dtype))
+            set_config_dtype(tmp, dtype)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "currydpo_config.yaml"), "w") as f:
             f.write(to_yaml(cfg))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -38,6 +38,7 @@ from ..errors import CurryError
 from ..io import write_json, write_text
 from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, stage_plan
 from . import checkpoint as ckpt
+from . import precision as prec
 from .logprobs import response_logps
 from .losses import REFERENCE_FREE, PairLogps, pair_loss
 from .model import add_lora, load_model, load_tokenizer
@@ -60,6 +61,7 @@ class Run:
     stage_updates: list[int]
     fingerprint: str = ""  # content hash of the records (pipeline.data_fingerprint)
     log: list[dict] = field(default_factory=list)
+    save_dtype: torch.dtype | None = None  # run.save_dtype resolved: stage-K/ and final/ are written in it
 
     @property
     def pairs_per_update(self) -> int:
@@ -112,7 +114,8 @@ class Position:
 def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
     """Policy log-probs for a micro-batch: each unique response in it is run once."""
     rows, ci, ri = run.table.rows(pairs)
-    lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id)
+    with run.accelerator.autocast():  # bf16 mixed precision: the same context as the reference pass
+        lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id)
     ci, ri = torch.tensor(ci, device=lp.device), torch.tensor(ri, device=lp.device)
     rows_t = torch.tensor(rows)
     gaps = [p.score_gap for p in pairs]
@@ -275,8 +278,9 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan."""
     c, o = cfg.curriculum, cfg.optim
     trackers = [t.strip() for t in cfg.run.report_to.split(",") if t.strip()]
-    acc = Accelerator(log_with=trackers or None, project_dir=cfg.run.output_dir,
-                      mixed_precision="no" if cfg.model.precision in ("auto", "fp32") else cfg.model.precision)
+    precision = prec.resolve_precision(cfg.model.precision, PartialState().device,
+                                       os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    acc = prec.make_accelerator(precision, log_with=trackers or None, project_dir=cfg.run.output_dir)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != acc.num_processes:  # else every process would train alone and all write the same files
         raise CurryError(f"{launched} processes were launched but accelerate sees {acc.num_processes}; on CPUs "
@@ -289,14 +293,14 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                          f"{fingerprint[:12]}, was {resume_from.fingerprint[:12]}); resume with the same data, or "
                          f"start a new run.output_dir")
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    model = load_model(cfg.model.path, cfg.model, acc.device)
+    model = load_model(cfg.model.path, cfg.model, acc.device, dtype=prec.master_dtype(precision))
     enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
     ref_rows = list(range(len(table.keys)))
     progress = cfg.run.progress and acc.is_main_process
     if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
-        ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device)
+        ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device, dtype=prec.master_dtype(precision))
         refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc)
         del ref_model
     else:
@@ -306,12 +310,14 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
     if cfg.model.lora:
         model = add_lora(model, cfg.model)
+    prec.warn_if_updates_round_away(model, o.lr)
     stages = stage_plan(cfg, data.train_pairs)
     P = o.batch_size * o.grad_accum * acc.num_processes
     sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))
              for s in stages]
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
-    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint)
+    save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
+    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, save_dtype=save_dtype)
 
 
 def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False) -> dict:
@@ -363,7 +369,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
                 **evaluate_held_out(run, ref_key="initial")}
         if acc.is_main_process:
             ckpt.save_model(os.path.join(out, stage_name(k)), acc.unwrap_model(run.model), run.tokenizer, cfg,
-                            info=info)
+                            info=info, dtype=run.save_dtype)
         pos.stage, pos.update, pos.order = k + 1, 0, None
         pos.stages_done.append(info)
         keep = o.across_stages == "continue"  # restart: the next stage builds a fresh optimiser, do not write this one
@@ -457,7 +463,8 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
             summary["final_model"] = {"stage": k, cfg.run.best_metric: value}
             if k != len(run.stages):
                 ckpt.load_stage_weights(model, os.path.join(cfg.run.output_dir, f"stage-{k}"))
-        ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True)
+        ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True,
+                        dtype=run.save_dtype)
         write_json(os.path.join(cfg.run.output_dir, "summary.json"), summary)
     acc.end_training()
     return summary

@@ -27,10 +27,11 @@ def _check_path(path: str, what: str) -> None:
 
 
 def dtype_for(precision: str, device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 autocast is ~20x slower there), bf16 on GPU, unless asked otherwise."""
+    """Weights for inference (eval, difficulty, compare): fp32 on CPU (bf16 is ~20x slower there), bf16 on
+    GPU, unless asked otherwise. Training keeps fp32 master weights for ``bf16`` (`precision.master_dtype`)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-pure": torch.bfloat16}[precision]
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -48,12 +49,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: str, cfg: ModelConfig, device: torch.device):
-    """A causal LM on ``device`` in the configured precision (no LoRA applied here)."""
+def load_model(path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None):
+    """A causal LM on ``device`` in ``dtype`` (default: `dtype_for` the configured precision); no LoRA here."""
     _check_path(path, "model")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            os.path.expanduser(path), dtype=dtype_for(cfg.precision, device),
+            os.path.expanduser(path), dtype=dtype or dtype_for(cfg.precision, device),
             trust_remote_code=cfg.trust_remote_code,
         )
     except (OSError, ValueError) as e:

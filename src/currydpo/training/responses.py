@@ -12,6 +12,7 @@ the model is held in memory during training.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -100,15 +101,18 @@ def logps_for_rows_shared(accelerator, model, table: ResponseTable, rows: Sequen
     """`logps_for_rows` with the work split over the processes and the results gathered on every one.
 
     ``model`` must be the unwrapped module: the processes run different numbers of forwards,
-    so none may take part in a collective (DDP's buffer broadcast would).
+    so none may take part in a collective (DDP's buffer broadcast would). The forwards run under
+    ``accelerator.autocast()``, as the policy's do in training (`training/precision.py`).
     """
     W = 1 if accelerator is None else accelerator.num_processes
     if W == 1:
-        return logps_for_rows(model, table, rows, pad_token_id, batch_size, desc=desc, progress=progress)
+        with contextlib.nullcontext() if accelerator is None else accelerator.autocast():
+            return logps_for_rows(model, table, rows, pad_token_id, batch_size, desc=desc, progress=progress)
     from accelerate.utils import gather_object
 
     mine = shard_rows(table, rows, W)[accelerator.process_index]
-    lp, n = logps_for_rows(model, table, mine, pad_token_id, batch_size, desc=desc, progress=progress)
+    with accelerator.autocast():
+        lp, n = logps_for_rows(model, table, mine, pad_token_id, batch_size, desc=desc, progress=progress)
     got = {r: (v, c) for r, v, c in gather_object(list(zip(mine, lp.tolist(), n.tolist())))}
     return (torch.tensor([got[r][0] for r in rows], dtype=torch.float64),
             torch.tensor([got[r][1] for r in rows], dtype=torch.long))
