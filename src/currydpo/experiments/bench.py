@@ -11,7 +11,9 @@ Arms (each in a fresh subprocess, so peak RSS is per arm):
 - ``ours-iterative``: schedule iterative, 3 stages, reference previous-stage, optimiser
   restarted per stage (like three TRL runs).
 
-TRL is configured fairly for the device: fp32 on CPU (bf16 on GPU with ``--dtype bf16``),
+TRL is configured fairly for the device: fp32 on CPU; with ``--dtype bf16`` (for a GPU) both run
+bf16 mixed precision — fp32 weights and AdamW state, bf16 autocast: TRL's ``bf16=True`` and
+our ``model.precision: bf16``;
 no gradient checkpointing, ``precompute_ref_log_probs=True``, the same batch size,
 max_length, learning rate and schedule, ``report_to="none"``, no intermediate saves; each
 arm saves its final (per-stage) model like ours does. Every arm's time is the whole run
@@ -20,7 +22,9 @@ A ``check`` arm compares per-pair losses of a first batch with TRL's (policy per
 away from the reference so the losses are not all log 2).
 
 Run: ``currydpo bench --sizes 3m,30m --prompts 48 --out bench-out``; ``--quick`` is a
-seconds-long configuration for tests. On a GPU: ``--device cuda --sizes 0.5b --dtype bf16``.
+seconds-long configuration for tests. On a GPU: ``--device cuda --sizes 0.5b --dtype bf16``
+(peak GPU memory, ``torch.cuda.max_memory_allocated``, is recorded per arm), or
+``benchmarks/gpu_check.sh``, which runs that and the other GPU checks.
 """
 
 from __future__ import annotations
@@ -142,13 +146,14 @@ def _trl_args(args, out: str, **kw):
     import trl
 
     cuda = args.device == "cuda"
-    return trl.DPOConfig(
+    settings = dict(
         output_dir=out, report_to="none", use_cpu=not cuda, bf16=args.dtype == "bf16", fp16=False,
         beta=0.1, loss_type=["sigmoid"], per_device_train_batch_size=BATCH, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, num_train_epochs=1,
         max_length=MAX_LENGTH, precompute_ref_log_probs=True, precompute_ref_batch_size=2 * BATCH,
         gradient_checkpointing=False, save_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, seed=0,
-        dataloader_num_workers=0, **kw)
+        dataloader_num_workers=0)
+    return trl.DPOConfig(**{**settings, **kw})
 
 
 def _trl_dataset(records, pairs):
@@ -160,18 +165,26 @@ def _trl_dataset(records, pairs):
         "rejected": [records[p.record].responses[p.rejected].text for p in pairs]})
 
 
-def _load(args, dtype: str | None = None):
+def _load(args, dtype: str = "fp32"):
+    """The benchmark model in ``dtype`` weights; bf16 mixed precision also loads fp32 weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype or args.dtype]
+    dtype = {"bf16": torch.float32, "fp32": torch.float32, "fp64": torch.float64}[dtype]
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
     return model, AutoTokenizer.from_pretrained(args.model)
+
+
+def _compute(args, dtype: str):
+    """The forward-pass context of ``dtype``: bf16 autocast for bf16 mixed precision (as both trainers use)."""
+    import contextlib
+
+    return torch.autocast(args.device, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
 
 def arm_trl(args, records, stages) -> dict:
     import trl
 
-    model, tok = _load(args)
+    model, tok = _load(args, args.dtype)  # fp32 weights; bf16=True adds autocast
     out = os.path.join(args.work, args.arm)
     t = time.perf_counter()
     n_pairs = 0
@@ -197,7 +210,9 @@ def arm_ours(args, records, schedule: str) -> dict:
 def arm_check(args, records, stages) -> dict:
     """Per-pair DPO losses of one batch (policy perturbed from the reference): ours vs TRL's.
 
-    Run with both models in float64 and in the arm's dtype. Ours stays float64 in float64;
+    Run with both models in float64 and in the arm's dtype (with ``--dtype bf16`` also in fp32,
+    for ``max_rel_diff_bf16_vs_fp32``: our bf16 mixed-precision losses against our fp32 ones).
+    Ours stays float64 in float64;
     TRL's fused LM head computes log-probs in float32 whatever the model dtype, so even the
     float64 agreement is bounded by float32 rounding of the sequence log-probs (~2.4e-4 nats
     at |log p| ~ 2000): ~5e-7 relative on short sequences, ~1e-5 on the benchmark's long ones.
@@ -210,17 +225,17 @@ def arm_check(args, records, stages) -> dict:
 
     pairs = [p for s in stages for p in s][:BATCH]
     out = {}
-    for dtype in ("fp64", args.dtype):
+    for dtype in ("fp64", "fp32") + (("bf16",) if args.dtype == "bf16" else ()):
         policy, tok = _load(args, dtype)
         ref, _ = _load(args, dtype)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for p in policy.parameters():
                 p.add_((0.02 * torch.randn(p.shape, generator=g)).to(p))
-        trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=_trl_check_args(args),
+        trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=_trl_check_args(args, dtype),
                                  train_dataset=_trl_dataset(records, pairs), processing_class=tok)
         trl_losses = []
-        with torch.no_grad():
+        with torch.no_grad(), _compute(args, dtype):
             for row in trainer.train_dataset:
                 trl_losses.append(trainer.compute_loss(trainer.model, trainer.data_collator([row])).item())
         enc = [encode(tok, records[p.record].prompt, records[p.record].responses[i].text, max_length=MAX_LENGTH,
@@ -228,7 +243,7 @@ def arm_check(args, records, stages) -> dict:
         theirs = torch.tensor(trl_losses, dtype=torch.float64)
         out[f"trl_{dtype}"] = theirs.tolist()
         for packing in (True, False):
-            with torch.no_grad():
+            with torch.no_grad(), _compute(args, dtype):
                 lp, n = response_logps(policy.eval(), enc, tok.pad_token_id, packing=packing)
                 rlp, _ = response_logps(ref.eval(), enc, tok.pad_token_id, packing=packing)
             x = PairLogps(lp[0::2], lp[1::2], n[0::2], n[1::2], rlp[0::2], rlp[1::2])
@@ -238,13 +253,14 @@ def arm_check(args, records, stages) -> dict:
             out["max_rel_diff" + tag] = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()
             out["max_abs_diff" + tag] = (ours - theirs).abs().max().item()
             out["max_abs_logp" + tag] = lp.abs().max().item()
+    if "ours_bf16" in out:
+        b, f = torch.tensor(out["ours_bf16"]), torch.tensor(out["ours_fp32"])
+        out["max_rel_diff_bf16_vs_fp32"] = ((b - f).abs() / f.abs().clamp_min(1e-12)).max().item()
     return out
 
 
-def _trl_check_args(args):
-    a = _trl_args(args, os.path.join(args.work, "check"))
-    a.precompute_ref_log_probs = False
-    return a
+def _trl_check_args(args, dtype: str):
+    return _trl_args(args, os.path.join(args.work, "check"), precompute_ref_log_probs=False, bf16=dtype == "bf16")
 
 
 def child(args) -> None:
@@ -305,10 +321,12 @@ def benchmark(args) -> dict:
 
     os.makedirs(args.out, exist_ok=True)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    peak = matmul_peak(args.device, dtype, n=512 if args.quick else 2048)
+    peak = matmul_peak(args.device, dtype, n=512 if args.quick else 8192 if args.device == "cuda" else 2048)
     result = {"trl_version": trl.__version__, "torch_version": torch.__version__, "device": args.device,
               "dtype": args.dtype, "threads": torch.get_num_threads(), "prompts": args.prompts,
               "batch_size": BATCH, "matmul_peak_flops": peak, "sizes": {}}
+    if args.device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
     print(f"TRL {trl.__version__}, torch {torch.__version__}, {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads, matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
     for size in args.sizes:
@@ -334,6 +352,8 @@ def benchmark(args) -> dict:
             o, t = arms[f"ours-{kind}"], arms[f"trl-{kind}"]
             o["speedup_vs_trl"] = o["pairs_per_s"] / t["pairs_per_s"]
             o["rss_ratio_vs_trl"] = o["peak_rss_mb"] / t["peak_rss_mb"]
+            if "peak_gpu_mb" in o and "peak_gpu_mb" in t:
+                o["gpu_mem_ratio_vs_trl"] = o["peak_gpu_mb"] / t["peak_gpu_mb"]
         result["sizes"][size] = {"model": info, "arms": arms}
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -345,13 +365,15 @@ def benchmark(args) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"TRL {result['trl_version']}, torch {result['torch_version']}, {result['device']} {result['dtype']}, "
+    gpu = any("peak_gpu_mb" in a for s in result["sizes"].values() for a in s["arms"].values())
+    lines = [f"TRL {result['trl_version']}, torch {result['torch_version']}, {result['device']} {result['dtype']}"
+             f"{' (' + result['gpu'] + ')' if 'gpu' in result else ''}, "
              f"{result['threads']} threads, batch {result['batch_size']} pairs, {result['prompts']} prompts x 4 "
              f"responses (best-vs-rest: 3 pairs/prompt); measured matmul peak "
              f"{result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s.", "",
              "| size | params | arm | pairs | time s | pairs/s | tokens/s | vs TRL | peak RSS MB | RSS vs TRL "
-             "| nominal GFLOP/s | % peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| nominal GFLOP/s | % peak |" + (" peak GPU MB | GPU mem vs TRL |" if gpu else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if gpu else "")]
     for size, s in result["sizes"].items():
         for arm in [a for a in ARMS[1:] if a in s["arms"]]:
             a = s["arms"][arm]
@@ -360,7 +382,9 @@ def markdown(result: dict) -> str:
                 f"{a['pairs_per_s']:.2f} | {a['tokens_per_s']:.0f} | "
                 f"{a.get('speedup_vs_trl', 1.0):.2f}x | {a['peak_rss_mb']:.0f} | "
                 f"{a.get('rss_ratio_vs_trl', 1.0):.2f} | "
-                f"{a['nominal_flops_per_s'] / 1e9:.2f} | {100 * a['mfu']:.1f} |")
+                f"{a['nominal_flops_per_s'] / 1e9:.2f} | {100 * a['mfu']:.1f} |"
+                + (f" {a.get('peak_gpu_mb', math.nan):.0f} | {a.get('gpu_mem_ratio_vs_trl', 1.0):.2f} |"
+                   if gpu else ""))
     lines.append("")
     for size, s in result["sizes"].items():
         if "check" in s["arms"]:
@@ -368,6 +392,9 @@ def markdown(result: dict) -> str:
             lines.append(f"- {size}: first-batch per-pair DPO loss, max relative difference ours vs TRL: "
                          f"{c['max_rel_diff_fp64']:.1e} in float64 (target 1e-5), "
                          f"{c.get('max_rel_diff_' + result['dtype'], float('nan')):.1e} in {result['dtype']}")
+            if "max_rel_diff_bf16_vs_fp32" in c:
+                lines.append(f"- {size}: first-batch per-pair DPO loss, ours in bf16 mixed precision vs ours in "
+                             f"fp32: max relative difference {c['max_rel_diff_bf16_vs_fp32']:.1e} (target 1e-2)")
     return "\n".join(lines) + "\n"
 
 
@@ -378,7 +405,9 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="seconds-long tiny configuration (for tests)")
     p.add_argument("--out", default="bench-out", help="output directory (bench.json, bench.md, models)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 for a GPU run of 0.5b")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help=(
+        "bf16 = bf16 mixed precision for both trainers (fp32 weights, bf16 autocast; TRL bf16=True, ours "
+        "model.precision bf16): for a GPU run of 0.5b (works on CPU, slowly)"))
 
 
 def main(argv=None) -> int:
@@ -421,8 +450,6 @@ def run_args(args) -> int:
         raise CurryError(f"unknown benchmark size {bad[0]!r}; choose from: {', '.join(SIZES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CurryError("--device cuda but no CUDA device is available; use --device cpu")
-    if args.dtype == "bf16" and args.device == "cpu":
-        raise CurryError("--dtype bf16 is for GPU runs; on CPU use --dtype fp32 (TRL and ours both in fp32)")
     require_trl()
     benchmark(args)
     return 0
