@@ -57,3 +57,19 @@ def test_bench_without_trl_is_a_one_line_error(monkeypatch, capsys):
     assert main(["bench", "--quick", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'currydpo[dev]'" in err[0]
+
+
+def test_markdown_shows_peak_gpu_memory_when_measured():
+    arm = {"pairs": 24, "seconds": 2.0, "pairs_per_s": 12.0, "tokens_per_s": 900.0, "peak_rss_mb": 900.0,
+           "nominal_flops_per_s": 1e12, "mfu": 0.4, "peak_gpu_mb": 4096.0}
+    result = {"trl_version": "x", "torch_version": "y", "device": "cuda", "dtype": "bf16", "gpu": "H100",
+              "threads": 8, "prompts": 8, "batch_size": 8, "matmul_peak_flops": 2.5e12, "sizes": {"0.5b": {
+                  "model": {"params": 4.4e8}, "arms": {"trl-iterative": arm, "ours-iterative": dict(
+                      arm, speedup_vs_trl=2.0, rss_ratio_vs_trl=1.0, gpu_mem_ratio_vs_trl=0.5)}}}}
+    table = markdown(result)
+    assert "cuda bf16 (H100)" in table and "| peak GPU MB | GPU mem vs TRL |" in table
+    assert table.splitlines()[5].endswith("| 4096 | 0.50 |")
+    result["device"] = "cpu"
+    for a in result["sizes"]["0.5b"]["arms"].values():
+        del a["peak_gpu_mb"]
+    assert "peak GPU" not in markdown(result)

@@ -156,3 +156,21 @@ def test_bf16_on_a_gpu_without_bf16_is_a_one_line_error(monkeypatch):
             precision.resolve_precision(name, cuda, None)
         assert "Tesla V100-SXM2-16GB does not support" in str(e.value) and "set model.precision fp32" in str(e.value)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("launch, recipe, expected", [
+    ("ddp.yaml", "curry_dpo_ultrafeedback.yaml", "bf16"),
+    ("ddp.yaml", "lora_single_gpu.yaml", "bf16"),
+    ("cpu_2proc.yaml", None, "fp32"),
+])
+def test_example_configs_agree_on_precision(launch, recipe, expected, monkeypatch):
+    """The shipped accelerate configs and recipes mean what their comments say."""
+    import yaml
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+    with open(os.path.join(root, "accelerate", launch)) as f:
+        mixed = yaml.safe_load(f)["mixed_precision"]
+    asked = load_config(os.path.join(root, recipe)).model.precision if recipe else "auto"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    device = torch.device("cuda", 0) if expected == "bf16" else CPU
+    assert precision.resolve_precision(asked, device, mixed) == expected
