@@ -13,9 +13,9 @@ Arms (each in a fresh subprocess, so peak RSS is per arm):
 
 TRL is configured fairly for the device: fp32 on CPU; with ``--dtype bf16`` (for a GPU) both run
 bf16 mixed precision — fp32 weights and AdamW state, bf16 autocast: TRL's ``bf16=True`` and
-our ``model.precision: bf16``;
-no gradient checkpointing, ``precompute_ref_log_probs=True``, the same batch size,
-max_length, learning rate and schedule, ``report_to="none"``, no intermediate saves; each
+our ``model.precision: bf16``; no gradient checkpointing on CPU (on a GPU TRL keeps its default,
+on), ``precompute_ref_log_probs=True``, the same batch size, max_length, learning rate and
+schedule, ``report_to="none"``, no intermediate saves; each
 arm saves its final (per-stage) model like ours does. Every arm's time is the whole run
 from raw records to a saved model: tokenisation, reference log-probs, training, saving.
 A ``check`` arm compares per-pair losses of a first batch with TRL's (policy perturbed
@@ -151,8 +151,9 @@ def _trl_args(args, out: str, **kw):
         beta=0.1, loss_type=["sigmoid"], per_device_train_batch_size=BATCH, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, num_train_epochs=1,
         max_length=MAX_LENGTH, precompute_ref_log_probs=True, precompute_ref_batch_size=2 * BATCH,
-        gradient_checkpointing=False, save_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, seed=0,
-        dataloader_num_workers=0)
+        save_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    if not cuda:  # TRL turns gradient checkpointing on by default; on a GPU we keep its default, on CPU ours (off)
+        settings["gradient_checkpointing"] = False
     return trl.DPOConfig(**{**settings, **kw})
 
 

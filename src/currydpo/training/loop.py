@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 import yaml
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -278,7 +278,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan."""
     c, o = cfg.curriculum, cfg.optim
     trackers = [t.strip() for t in cfg.run.report_to.split(",") if t.strip()]
-    precision = prec.resolve_precision(cfg.model.precision, PartialState().device,
+    precision = prec.resolve_precision(cfg.model.precision, prec.training_device(),
                                        os.environ.get("ACCELERATE_MIXED_PRECISION"))
     acc = prec.make_accelerator(precision, log_with=trackers or None, project_dir=cfg.run.output_dir)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -310,7 +310,8 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
     if cfg.model.lora:
         model = add_lora(model, cfg.model)
-    prec.warn_if_updates_round_away(model, o.lr)
+    if acc.is_main_process:
+        prec.warn_if_updates_round_away(model, o.lr)
     stages = stage_plan(cfg, data.train_pairs)
     P = o.batch_size * o.grad_accum * acc.num_processes
     sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))

@@ -67,6 +67,15 @@ def resolve_precision(precision: str, device: torch.device, launcher: str | None
     return resolved
 
 
+def training_device() -> torch.device:
+    """The device accelerate's Accelerator will train on, known before it is built (its mixed precision
+    depends on the device). Like Accelerator, honour ACCELERATE_USE_CPU, which PartialState alone does not."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+
+
 def master_dtype(resolved: str) -> torch.dtype:
     """The dtype the trained weights (and so AdamW's state) live in."""
     return torch.bfloat16 if resolved == "bf16-pure" else torch.float32
