@@ -35,6 +35,11 @@ def test_yaml_and_overrides(tmp_path):
     ("model: [1, 2]\n", [], "section 'model' must be a mapping"),
     ("model: {path: x\n", [], "invalid YAML"),
     ("", ["model.precision=fp16"], "fp16 is not supported: fp16 training needs dynamic loss scaling"),
+    ("", ["loss.label_smoothing=0.1"], "loss.label_smoothing=0.1 is only used by the losses cdpo, robust, exo"),
+    ("", ["loss.name=dpo,sft", "loss.weights=1"], "'loss.weights' has 1 weights for 2 losses"),
+    ("", ["loss.name=dpo,dpo"], "lists a loss twice"),
+    ("loss:\n  name: [dpo, kto]\n", [], "unknown loss 'kto'"),
+    ("", ["loss.weights=a,b", "loss.name=dpo,sft"], "'loss.weights': expected float, got 'a'"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, overrides, match):
     with pytest.raises(CurryError, match=match.replace("(", r"\(").replace("[", r"\[")):
@@ -50,3 +55,12 @@ def test_help_table_lists_every_key():
     table = help_table()
     for key in ("model.path", "loss.beta", "curriculum.schedule", "optim.total_updates", "run.seed"):
         assert f"`{key}`" in table
+
+
+def test_loss_list_from_yaml_and_set(tmp_path):
+    path = write(tmp_path, "loss:\n  name: [dpo, bco-pair, sft]\n  weights: [0.8, 0.2, 1]\n")
+    cfg = load_config(path)
+    assert cfg.loss.name == ["dpo", "bco-pair", "sft"] and cfg.loss.weights == [0.8, 0.2, 1.0]
+    cfg = load_config(None, ["loss.name=dpo,sft", "loss.weights=0.5,1"])
+    assert cfg.loss.name == ["dpo", "sft"] and cfg.loss.weights == [0.5, 1.0]
+    assert load_config(None, ["loss.name=ipo"]).loss.name == "ipo"

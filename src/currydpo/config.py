@@ -86,15 +86,33 @@ class CurriculumConfig:
 
 @dataclass
 class LossConfig:
-    name: str = field(default="dpo", metadata={
-        "help": "dpo | cdpo | robust | ipo | hinge | simpo | orpo | mmpo"})
+    name: str | list[str] = field(default="dpo", metadata={
+        "help": "a loss, or a list of losses summed with loss.weights (e.g. [dpo, bco-pair, sft], MPO): dpo | cdpo | "
+                "robust | ipo | hinge | simpo | orpo | mmpo | discopop | exo | nca | bco-pair | apo-zero | apo-down | "
+                "sigmoid-norm | sft"})
     beta: float = field(default=0.1, metadata={"help": "inverse temperature of the implicit reward"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "cdpo/robust: label noise epsilon in [0, 0.5)"})
+    weights: list[float] | None = field(default=None, metadata={
+        "help": "one weight per loss of loss.name (default 1 each), as TRL's loss_weights"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "cdpo/robust: label noise epsilon in [0, 0.5); exo: its epsilon, > 0 (paper: 1e-3)"})
     gamma: float = field(default=0.5, metadata={
         "help": "simpo: target margin gamma/beta ratio; mmpo: score-gap scale"})
     ipo_length_normalise: bool = field(default=True, metadata={"help": "ipo on length-averaged log-ratios"})
+    discopop_tau: float = field(default=0.05, metadata={"help": "discopop: temperature tau of the modulation (paper)"})
     wpo: bool = field(default=False, metadata={"help": "weight each pair by the policy's probability of it (WPO)"})
     rpo_alpha: float | None = field(default=None, metadata={"help": "add alpha * NLL of the chosen response"})
+
+    def label(self) -> str:
+        """``dpo``, or ``0.8 dpo + 0.2 bco-pair + 1 sft`` for a weighted combination."""
+        if isinstance(self.name, str):
+            return self.name
+        return " + ".join(f"{w:g} {n}" for n, w in zip(self.name, self.weights or [1.0] * len(self.name)))
+
+    def options(self) -> dict[str, Any]:
+        """The per-loss options (`losses.OPTION_DEFAULTS`' keys), as `pair_loss` takes them."""
+        from .training.losses import OPTION_DEFAULTS
+
+        return {k: getattr(self, k) for k in OPTION_DEFAULTS}
 
 
 @dataclass
@@ -162,6 +180,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return None
         raise CurryError(f"config key '{key}' may not be null")
     base = text.replace(" | None", "").replace("typing.Optional[", "").rstrip("]")
+    if "list[" in text:  # a YAML list, or a comma-separated string from --set
+        items = value if isinstance(value, list) else str(value).split(",")
+        item_type = text.split("list[", 1)[1].split("]", 1)[0]
+        got = [_coerce(v.strip() if isinstance(v, str) else v, item_type, key) for v in items]
+        return got[0] if base.startswith("str | ") and len(got) == 1 and not isinstance(value, list) else got
     try:
         if base in ("bool", "<class 'bool'>"):
             if isinstance(value, bool):
@@ -250,7 +273,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from .curriculum.difficulty import check_measure
     from .curriculum.schedules import SCHEDULES
     from .data.pairs import check_strategy
-    from .training.losses import check_loss
+    from .training.losses import check_loss, check_options
 
     m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
     if m.precision == "fp16":  # fp16 weights or autocast without a GradScaler would train wrongly, not fail
@@ -266,7 +289,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("data.format", d.format, ["auto", *FORMATS])
     try:
         check_strategy(d.strategy)
-        check_loss(lo.name)
+        for name in [lo.name] if isinstance(lo.name, str) else lo.name:
+            check_loss(name)
         check_measure(c.difficulty)
     except CurryError as e:
         raise CurryError(f"config: {e}") from None
@@ -294,9 +318,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("loss.beta", lo.beta)
     if not 0 <= lo.label_smoothing < 0.5:
         raise CurryError(f"config key 'loss.label_smoothing' must be in [0, 0.5), got {lo.label_smoothing}")
-    if lo.label_smoothing and lo.name not in ("cdpo", "robust"):
-        raise CurryError(f"config key 'loss.label_smoothing' is only used by cdpo and robust, not {lo.name!r}; "
-                         f"set loss.name=cdpo or robust, or label_smoothing=0")
+    try:
+        check_options(lo.name, lo.options())
+    except CurryError as e:
+        raise CurryError(f"config key 'loss.{e}") from None
+    names = [lo.name] if isinstance(lo.name, str) else lo.name
+    if lo.weights is not None and len(lo.weights) != len(names):
+        raise CurryError(f"config key 'loss.weights' has {len(lo.weights)} weights for {len(names)} losses "
+                         f"({', '.join(names)}); give one weight per loss")
+    if len(set(names)) < len(names):
+        raise CurryError(f"config key 'loss.name' lists a loss twice ({', '.join(names)}); weight it instead")
+    _positive("loss.discopop_tau", lo.discopop_tau)
     if lo.rpo_alpha is not None:
         _positive("loss.rpo_alpha", lo.rpo_alpha, allow_zero=True)
     _positive("optim.lr", o.lr)

@@ -112,13 +112,17 @@ def test_resume_after_interruption_reaches_same_weights(tiny_model_dir, tmp_path
 
 
 @pytest.mark.parametrize("schedule,loss", [("single-pass", "ipo"), ("self-paced", "dpo"), ("cyclical", "simpo"),
-                                           ("single-pair", "orpo"), ("anti", "mmpo")])
+                                           ("single-pair", "orpo"), ("anti", "mmpo"),
+                                           ("random", ["dpo", "bco-pair", "sft"])])
 def test_every_schedule_trains_end_to_end(tiny_model_dir, tmp_path, schedule, loss):
     cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": schedule, "stages": 2},
                       loss={"name": loss}, optim={"total_updates": 6})
     s = loop.train(cfg, records=make_records(8))
     assert s["total_updates"] == 6 and s["final_loss"] is not None
     assert (tmp_path / "r" / "final" / "model.safetensors").exists()
+    if isinstance(loss, list):  # a weighted combination logs each component
+        entry = json.loads(open(tmp_path / "r" / "metrics.jsonl").readline())
+        assert {f"loss/{n}" for n in loss} <= set(entry)
 
 
 def test_lora_trains_adapters_and_final_is_merged(tiny_model_dir, tmp_path):

@@ -36,7 +36,7 @@ def h(i):
 
 
 def run(name, **kw):
-    losses, cr, rr = LOSSES[name](make(), beta=kw.pop("beta", BETA), **kw)
+    losses, cr, rr = LOSSES[name].fn(make(), beta=kw.pop("beta", BETA), **kw)
     return losses.tolist(), cr, rr
 
 
@@ -96,7 +96,7 @@ def test_hinge(i):
 def test_simpo_reference_free(i):
     beta, gamma = 2.0, 0.5
     x = make(ref=False)
-    losses, cr, rr = LOSSES["simpo"](x, beta=beta, gamma=gamma)
+    losses, cr, rr = LOSSES["simpo"].fn(x, beta=beta, gamma=gamma)
     aw, al = PC[i] / LC[i], PR[i] / LR[i]
     assert losses[i].item() == pytest.approx(-logsig(beta * aw - beta * al - gamma), rel=1e-12)
     assert cr[i].item() == pytest.approx(beta * aw) and rr[i].item() == pytest.approx(beta * al)
@@ -105,7 +105,7 @@ def test_simpo_reference_free(i):
 @pytest.mark.parametrize("i", [0, 1])
 def test_orpo_reference_free(i):
     lam = 0.1
-    losses, cr, _ = LOSSES["orpo"](make(ref=False), beta=lam)
+    losses, cr, _ = LOSSES["orpo"].fn(make(ref=False), beta=lam)
     aw, al = PC[i] / LC[i], PR[i] / LR[i]
     odds_w = math.exp(aw) / (1 - math.exp(aw))
     odds_l = math.exp(al) / (1 - math.exp(al))
@@ -124,10 +124,13 @@ def test_mmpo(i):
 
 def test_mmpo_needs_gaps_and_reference_losses_need_reference():
     with pytest.raises(CurryError, match="score gaps"):
-        LOSSES["mmpo"](make(gaps=False), beta=BETA, gamma=1.0)
-    for name in ("dpo", "cdpo", "robust", "ipo", "hinge", "mmpo"):
+        LOSSES["mmpo"].fn(make(gaps=False), beta=BETA, gamma=1.0)
+    needing = [n for n, spec in LOSSES.items() if spec.reference]
+    assert set(needing) >= {"dpo", "cdpo", "robust", "ipo", "hinge", "mmpo", "discopop", "exo", "nca", "bco-pair"}
+    for name in needing:
+        opts = {o: {"label_smoothing": 0.1, "ipo_length_normalise": True}.get(o, 1.0) for o in LOSSES[name].options}
         with pytest.raises(CurryError, match="reference"):
-            LOSSES[name](make(ref=False), beta=BETA, label_smoothing=0.0, gamma=1.0)
+            LOSSES[name].fn(make(ref=False), beta=BETA, **opts)
 
 
 def test_check_loss():
@@ -152,10 +155,8 @@ def test_pair_loss_mean_and_metrics():
     assert m["logps/chosen"] == pytest.approx(-15.0) and m["logps/rejected"] == pytest.approx(-13.5)
 
 
-def test_pair_loss_weights_wpo_rpo():
+def test_pair_loss_wpo_rpo():
     l0, l1 = -logsig(h(0)), -logsig(h(1))
-    loss, _, _ = pair_loss("dpo", make(), beta=BETA, weights=torch.tensor([3.0, 1.0]))
-    assert loss.item() == pytest.approx((3 * l0 + l1) / 4, rel=1e-12)
     # WPO: weight exp(mean logp_w + mean logp_l): pair 0 exp(-2 - 3), pair 1 exp(-2 - 2.5)
     w0, w1 = math.exp(-10 / 5 - 12 / 4), math.exp(-20 / 10 - 15 / 6)
     _, _, pp = pair_loss("dpo", make(), beta=BETA, wpo=True)
@@ -182,3 +183,57 @@ def test_label_smoothing_only_for_losses_that_use_it():
     pair_loss("cdpo", make(), beta=BETA, label_smoothing=0.1)
     with pytest.raises(CurryError, match="unknown loss"):
         pair_loss("nope", make(), beta=BETA)
+
+
+def sig(z):
+    return 1 / (1 + math.exp(-z))
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_trl_family_by_hand(i):
+    dw, dl = deltas(i)
+    rw, rl, hh = BETA * dw, BETA * dl, h(i)
+    m = sig(hh / 0.05)
+    eps = 1e-3
+    expected = {
+        "discopop": (1 - m) * -logsig(hh) + m * math.exp(-hh),
+        "exo": sig(hh) * (logsig(hh) - math.log(1 - eps)) + sig(-hh) * (logsig(-hh) - math.log(eps)),
+        "nca": -logsig(rw) - 0.5 * logsig(-rw) - 0.5 * logsig(-rl),
+        "bco-pair": -logsig(rw) + -logsig(-rl),
+        "apo-zero": 1 - sig(rw) + sig(rl),
+        "apo-down": sig(rw) + 1 - sig(hh),
+        "sigmoid-norm": -logsig(BETA * (dw / LC[i] - dl / LR[i])),
+        "sft": -PC[i] / LC[i],
+    }
+    opts = {"discopop": {"discopop_tau": 0.05}, "exo": {"label_smoothing": eps}}
+    for name, value in expected.items():
+        assert run(name, **opts.get(name, {}))[0][i] == pytest.approx(value, rel=1e-12), name
+
+
+def test_exo_needs_epsilon():
+    with pytest.raises(CurryError, match="exo.*label_smoothing"):
+        run("exo", label_smoothing=0.0)
+
+
+def test_weighted_combination_and_component_metrics():
+    l_dpo = [-logsig(h(i)) for i in (0, 1)]
+    l_sft = [-PC[i] / LC[i] for i in (0, 1)]
+    loss, m, pp = pair_loss(["dpo", "sft"], make(), beta=BETA, loss_weights=[0.8, 1.0])
+    assert pp.tolist() == pytest.approx([0.8 * a + b for a, b in zip(l_dpo, l_sft)], rel=1e-12)
+    assert m["loss/dpo"] == pytest.approx(sum(l_dpo) / 2) and m["loss/sft"] == pytest.approx(sum(l_sft) / 2)
+    assert m["rewards/chosen"] == pytest.approx(BETA * (deltas(0)[0] + deltas(1)[0]) / 2)  # the first loss's
+    assert "loss/dpo" not in pair_loss("dpo", make(), beta=BETA)[1]
+    with pytest.raises(CurryError, match="2 losses"):
+        pair_loss(["dpo", "sft"], make(), beta=BETA, loss_weights=[1.0])
+
+
+def test_options_must_be_taken_by_some_loss():
+    pair_loss(["dpo", "cdpo"], make(), beta=BETA, label_smoothing=0.1)  # cdpo takes it
+    with pytest.raises(CurryError, match="discopop_tau=0.1 is only used by the losses discopop"):
+        pair_loss("dpo", make(), beta=BETA, discopop_tau=0.1)
+    for name, spec in LOSSES.items():  # every option a spec names is a keyword of its function
+        import inspect
+
+        params = inspect.signature(spec.fn).parameters
+        assert set(spec.options) <= set(params), name
+        assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), name

@@ -2,8 +2,9 @@
 
 TRL builds its batches from its own tokenisation and computes log-probs with its fused
 LM head; we check (1) our `encode` gives the same prompt/chosen/rejected ids, (2) our
-per-pair losses and rewards equal TRL's for sigmoid/ipo/hinge/robust (and RPO's NLL term,
-TRL's loss_type "sft"), pair by pair, and (3) the batch loss and its gradients agree.
+per-pair losses and rewards equal TRL's for every loss_type we share (and RPO's NLL term,
+TRL's loss_type "sft", and weighted combinations: loss_type list + loss_weights), pair by pair,
+and (3) the batch loss and its gradients agree.
 TRL's `_compute_loss` returns only the batch mean, so per-pair values come from
 single-pair batches.
 """
@@ -26,8 +27,18 @@ CHOSEN = [" it is four.", " i am fine, thank you very much!", " the sea and the 
 REJECTED = [" five", " go away, bad answer.", " no.", " the dog ran in the park and the cat sat on the mat."]
 KEYS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
         "logps/rejected"]
-# TRL loss_type -> (our loss name, label_smoothing)
-CASES = {"sigmoid": ("dpo", 0.0), "ipo": ("ipo", 0.0), "hinge": ("hinge", 0.0), "robust": ("robust", 0.2)}
+# TRL loss_type -> (our loss name, label_smoothing); exo's epsilon is TRL's label_smoothing (EXO paper: 1e-3)
+CASES = {"sigmoid": ("dpo", 0.0), "ipo": ("ipo", 0.0), "hinge": ("hinge", 0.0), "robust": ("robust", 0.2),
+         "discopop": ("discopop", 0.0), "exo_pair": ("exo", 1e-3), "nca_pair": ("nca", 0.0),
+         "bco_pair": ("bco-pair", 0.0), "apo_zero": ("apo-zero", 0.0), "apo_down": ("apo-down", 0.0),
+         "sigmoid_norm": ("sigmoid-norm", 0.0)}
+# Float32 floor. TRL's fused LM head accumulates log-softmax in float32 whatever the model dtype
+# (trl/kernels/chunked_logprob.py), so a summed log-prob of magnitude M carries a rounding error of
+# order eps32 * M on each side (measured: at most 0.45 eps32 * M on these pairs). A quantity built
+# from the four summed log-probs of a pair (magnitudes adding to M_i) and scaled by s (β for rewards)
+# is compared with atol_i = s * eps32 * M_i on top of rtol 1e-5; M_i is 135..426 here, so the floor is
+# 2e-6..5e-6 on rewards/logps. Losses keep the fixed atol 1e-6.
+EPS32 = torch.finfo(torch.float32).eps
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +80,7 @@ def trl_per_pair(trainer):
                                                        for k, v in metrics.items()}
 
 
-def ours(path, tok, name, label_smoothing=0.0, rpo_alpha=None, per_pair_metrics=True):
+def ours(path, tok, name, label_smoothing=0.0, rpo_alpha=None, loss_weights=None):
     policy, ref = models(path)
     enc = lambda p, r: encode(tok, p, r, max_length=1024, max_prompt_length=512)  # noqa: E731
     batch = [enc(p, c) for p, c in zip(PROMPTS, CHOSEN)] + [enc(p, r) for p, r in zip(PROMPTS, REJECTED)]
@@ -78,17 +89,28 @@ def ours(path, tok, name, label_smoothing=0.0, rpo_alpha=None, per_pair_metrics=
     with torch.no_grad():
         ref_logps, _ = response_logps(ref, batch, tok.pad_token_id)
     x = PairLogps(logps[:B], logps[B:], n[:B], n[B:], ref_logps[:B], ref_logps[B:])
-    loss, metrics, per_pair = pair_loss(name, x, beta=BETA, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha)
+    loss, metrics, per_pair = pair_loss(name, x, beta=BETA, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
+                                        loss_weights=loss_weights)
     cr, rr = BETA * (x.policy_chosen_logps - x.reference_chosen_logps), BETA * (x.policy_rejected_logps
                                                                                   - x.reference_rejected_logps)
     per = {"rewards/chosen": cr, "rewards/rejected": rr, "rewards/margins": cr - rr,
            "rewards/accuracies": (cr > rr).float(), "logps/chosen": x.policy_chosen_logps,
            "logps/rejected": x.policy_rejected_logps}
-    return loss, metrics, per_pair, {k: v.detach().double() for k, v in per.items()}, policy
+    magnitude = sum(v.detach().double().abs() for v in (x.policy_chosen_logps, x.policy_rejected_logps,
+                                                        x.reference_chosen_logps, x.reference_rejected_logps))
+    return loss, metrics, per_pair, {k: v.detach().double() for k, v in per.items()}, policy, magnitude
 
 
-def close(a, b):
-    torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-6)
+def close(a, b, atol=1e-6):
+    torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=atol)
+
+
+def close_summed(a, b, scale, magnitude):
+    """``close`` with the float32 floor of a quantity built from summed log-probs (see EPS32)."""
+    a, b = a.double(), b.double()
+    atol = torch.clamp(scale * EPS32 * magnitude, min=1e-6)
+    bad = (a - b).abs() > atol + 1e-5 * b.abs()
+    assert not bad.any(), f"not close at {bad.nonzero().flatten().tolist()}: {a.tolist()} vs {b.tolist()}"
 
 
 def test_same_token_ids_as_trl(tiny_model_dir, tok, tmp_path):
@@ -106,10 +128,10 @@ def test_same_token_ids_as_trl(tiny_model_dir, tok, tmp_path):
 def test_per_pair_losses_and_rewards_match_trl(tiny_model_dir, tok, tmp_path, trl_loss):
     name, eps = CASES[trl_loss]
     trl_losses, trl_metrics = trl_per_pair(trl_trainer(tiny_model_dir, tok, tmp_path, [trl_loss], eps))
-    _, metrics, per_pair, per, _ = ours(tiny_model_dir, tok, name, eps)
+    _, metrics, per_pair, per, _, magnitude = ours(tiny_model_dir, tok, name, eps)
     close(per_pair.detach(), trl_losses)
     for k in KEYS:
-        close(per[k], trl_metrics[k])
+        close_summed(per[k], trl_metrics[k], BETA if k.startswith("rewards/") else 1.0, magnitude)
     assert 0 < per["rewards/accuracies"].mean() < 1  # the pairs are not all ranked the same way
     # batch metrics are the means of the per-pair ones
     for k in KEYS:
@@ -120,8 +142,19 @@ def test_rpo_matches_trl_sigmoid_plus_sft(tiny_model_dir, tok, tmp_path):
     alpha = 0.7
     trainer = trl_trainer(tiny_model_dir, tok, tmp_path, ["sigmoid", "sft"], loss_weights=[1.0, alpha])
     trl_losses, _ = trl_per_pair(trainer)
-    _, _, per_pair, _, _ = ours(tiny_model_dir, tok, "dpo", rpo_alpha=alpha)
+    _, _, per_pair, _, _, _ = ours(tiny_model_dir, tok, "dpo", rpo_alpha=alpha)
     close(per_pair.detach(), trl_losses)
+
+
+def test_weighted_combination_matches_trl_loss_weights(tiny_model_dir, tok, tmp_path):
+    """MPO's mix (TRL docs): loss_type [sigmoid, bco_pair, sft] with loss_weights [0.8, 0.2, 1.0]."""
+    weights = [0.8, 0.2, 1.0]
+    trainer = trl_trainer(tiny_model_dir, tok, tmp_path, ["sigmoid", "bco_pair", "sft"], loss_weights=weights)
+    trl_losses, _ = trl_per_pair(trainer)
+    _, metrics, per_pair, _, _, _ = ours(tiny_model_dir, tok, ["dpo", "bco-pair", "sft"], loss_weights=weights)
+    close(per_pair.detach(), trl_losses)
+    parts = [ours(tiny_model_dir, tok, n)[1]["loss"] for n in ("dpo", "bco-pair", "sft")]
+    assert [metrics[f"loss/{n}"] for n in ("dpo", "bco-pair", "sft")] == pytest.approx(parts, rel=1e-12)
 
 
 def test_batch_loss_and_gradients_match_trl(tiny_model_dir, tok, tmp_path):
@@ -129,7 +162,7 @@ def test_batch_loss_and_gradients_match_trl(tiny_model_dir, tok, tmp_path):
     rows = [trainer.train_dataset[i] for i in range(len(PROMPTS))]
     trl_loss = trainer.compute_loss(trainer.model, trainer.data_collator(rows))
     trl_loss.backward()
-    loss, metrics, _, _, policy = ours(tiny_model_dir, tok, "dpo")
+    loss, metrics, _, _, policy, _ = ours(tiny_model_dir, tok, "dpo")
     loss.backward()
     close(loss.detach(), trl_loss.detach())
     assert metrics["loss"] == pytest.approx(trl_loss.item(), rel=1e-5)

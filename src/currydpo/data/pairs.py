@@ -36,7 +36,6 @@ class Pair:
     score_gap: float | None
     rank_gap: int
     rejected_position: int
-    weight: float = 1.0
     difficulty: dict[str, float] = field(default_factory=dict)
 
 

@@ -166,7 +166,7 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
             "stages": len(summary["stages"]), "reference": reference_mode(cfg),
             "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {o.across_stages}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": summary["pairs_per_update"],
-            "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.name} (beta {cfg.loss.beta:g})"}
+            "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.label()} (beta {cfg.loss.beta:g})"}
 
 
 def check_same_spec(spec: CompareSpec) -> None:

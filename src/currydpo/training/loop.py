@@ -40,7 +40,7 @@ from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, st
 from . import checkpoint as ckpt
 from . import precision as prec
 from .logprobs import response_logps
-from .losses import REFERENCE_FREE, PairLogps, pair_loss
+from .losses import PairLogps, needs_reference, pair_loss
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .tokenize import encode_for
@@ -130,11 +130,8 @@ def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
 
 def loss_for(run: Run, x: PairLogps, pairs):
     lo = run.cfg.loss
-    weights = torch.tensor([p.weight for p in pairs], dtype=x.policy_chosen_logps.dtype,
-                           device=x.policy_chosen_logps.device)
-    return pair_loss(lo.name, x, beta=lo.beta, label_smoothing=lo.label_smoothing, gamma=lo.gamma,
-                     ipo_length_normalise=lo.ipo_length_normalise, wpo=lo.wpo, rpo_alpha=lo.rpo_alpha,
-                     weights=weights)
+    return pair_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, wpo=lo.wpo, rpo_alpha=lo.rpo_alpha,
+                     **lo.options())
 
 
 def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list[list[int]]:
@@ -398,7 +395,7 @@ def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
     """Reference log-probs of stage ``k``'s responses (None for reference-free losses). When the
     reference is the previous stage's policy, the model being trained *is* that policy now, so
     it scores the responses before its first update of the stage: no second copy in memory."""
-    if run.cfg.loss.name in REFERENCE_FREE:
+    if not needs_reference(run.cfg.loss.name):
         return None
     rows = run.table.rows([run.data.train_pairs[i] for i in run.stages[k].pairs])[0]
     acc = run.accelerator

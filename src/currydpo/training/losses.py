@@ -4,8 +4,9 @@ Every loss is a pure function of a `PairLogps` and floats and returns
 ``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))``; rewards are detached.
 Notation: Δ_w = log π(y_w) − log π_ref(y_w), Δ_l likewise (log-probs summed over the
 response tokens), h = β (Δ_w − Δ_l). Unless a loss says otherwise, its rewards are
-β Δ_w and β Δ_l. `pair_loss` adds the WPO weight, the RPO NLL term and the data weights
-and reduces to a scalar.
+β Δ_w and β Δ_l. `LOSSES` maps each name to its `LossSpec` (function, needs a reference,
+options it takes); `pair_loss` combines one or several of them, adds the WPO weight and the
+RPO NLL term, and reduces to a scalar.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ LossOut = tuple[Tensor, Tensor, Tensor]
 def _logratios(x: PairLogps, loss: str) -> tuple[Tensor, Tensor]:
     if x.reference_chosen_logps is None or x.reference_rejected_logps is None:
         raise CurryError(f"loss '{loss}' needs reference log-probs; compute them with the reference model, "
-                         f"or use a reference-free loss ({', '.join(REFERENCE_FREE)})")
+                         f"or use a reference-free loss ({', '.join(n for n, s in LOSSES.items() if not s.reference)})")
     return x.policy_chosen_logps - x.reference_chosen_logps, x.policy_rejected_logps - x.reference_rejected_logps
 
 
@@ -53,13 +54,13 @@ def _rewards(beta: float, dw: Tensor, dl: Tensor) -> tuple[Tensor, Tensor]:
     return beta * dw.detach(), beta * dl.detach()
 
 
-def dpo(x: PairLogps, *, beta: float, **_) -> LossOut:
+def dpo(x: PairLogps, *, beta: float) -> LossOut:
     """DPO, Rafailov et al. 2023 eq. 7: −log σ(h). Summed log-probs."""
     dw, dl = _logratios(x, "dpo")
     return -F.logsigmoid(beta * (dw - dl)), *_rewards(beta, dw, dl)
 
 
-def cdpo(x: PairLogps, *, beta: float, label_smoothing: float, **_) -> LossOut:
+def cdpo(x: PairLogps, *, beta: float, label_smoothing: float) -> LossOut:
     """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"): labels flipped with
     probability ε, so the target is soft: −(1−ε) log σ(h) − ε log σ(−h). Summed log-probs."""
     dw, dl = _logratios(x, "cdpo")
@@ -68,7 +69,7 @@ def cdpo(x: PairLogps, *, beta: float, label_smoothing: float, **_) -> LossOut:
     return -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h), *_rewards(beta, dw, dl)
 
 
-def robust(x: PairLogps, *, beta: float, label_smoothing: float, **_) -> LossOut:
+def robust(x: PairLogps, *, beta: float, label_smoothing: float) -> LossOut:
     """Robust DPO (rDPO), Chowdhury et al. 2024 §3: the unbiased loss under label-flip rate ε,
     [−(1−ε) log σ(h) + ε log σ(−h)] / (1 − 2ε), ε in [0, 0.5). Summed log-probs."""
     eps = label_smoothing
@@ -80,7 +81,7 @@ def robust(x: PairLogps, *, beta: float, label_smoothing: float, **_) -> LossOut
     return loss, *_rewards(beta, dw, dl)
 
 
-def ipo(x: PairLogps, *, beta: float, ipo_length_normalise: bool = True, **_) -> LossOut:
+def ipo(x: PairLogps, *, beta: float, ipo_length_normalise: bool = True) -> LossOut:
     """IPO, Azar et al. 2023 eq. 17: (Δ_w − Δ_l − 1/(2β))², β playing τ.
 
     ``ipo_length_normalise=True`` (default, as TRL, confirmed with the IPO authors): Δ_w and
@@ -95,21 +96,21 @@ def ipo(x: PairLogps, *, beta: float, ipo_length_normalise: bool = True, **_) ->
     return (gap - 1 / (2 * beta)) ** 2, *_rewards(beta, dw, dl)
 
 
-def hinge(x: PairLogps, *, beta: float, **_) -> LossOut:
+def hinge(x: PairLogps, *, beta: float) -> LossOut:
     """SLiC-HF calibration hinge, Zhao et al. 2023 eq. 1 with margin δ = 1/β, scaled by β:
     max(0, 1 − h). Summed log-probs."""
     dw, dl = _logratios(x, "hinge")
     return torch.relu(1 - beta * (dw - dl)), *_rewards(beta, dw, dl)
 
 
-def simpo(x: PairLogps, *, beta: float, gamma: float, **_) -> LossOut:
+def simpo(x: PairLogps, *, beta: float, gamma: float) -> LossOut:
     """SimPO, Meng et al. 2024 eq. 6: −log σ(β ā_w − β ā_l − γ), ā = log π(y)/|y| (length-mean),
     reference-free. Rewards are β ā."""
     rw, rl = beta * x.mean_chosen(), beta * x.mean_rejected()
     return -F.logsigmoid(rw - rl - gamma), rw.detach(), rl.detach()
 
 
-def orpo(x: PairLogps, *, beta: float, **_) -> LossOut:
+def orpo(x: PairLogps, *, beta: float) -> LossOut:
     """ORPO, Hong et al. 2024 eqs. 6–7: −ā_w − λ log σ(log odds(y_w) − log odds(y_l)),
     odds(y) = p/(1−p) with p = exp(ā), ā the length-mean log-prob; λ = β (as TRL's ORPO).
     The NLL is per pair on the length-mean chosen log-prob (the paper averages tokens over
@@ -120,7 +121,7 @@ def orpo(x: PairLogps, *, beta: float, **_) -> LossOut:
     return loss, beta * aw.detach(), beta * al.detach()
 
 
-def mmpo(x: PairLogps, *, beta: float, gamma: float, **_) -> LossOut:
+def mmpo(x: PairLogps, *, beta: float, gamma: float) -> LossOut:
     """Margin matching (MMPO, Kim et al. 2024 §3): soft label p* = σ(γ (s_w − s_l)) from the
     score gap; loss −p* log σ(h) − (1 − p*) log σ(−h). Summed log-probs."""
     if x.score_gaps is None:
@@ -131,12 +132,98 @@ def mmpo(x: PairLogps, *, beta: float, gamma: float, **_) -> LossOut:
     return -p * F.logsigmoid(h) - (1 - p) * F.logsigmoid(-h), *_rewards(beta, dw, dl)
 
 
-LOSSES: dict[str, Callable[..., LossOut]] = {
-    "dpo": dpo, "cdpo": cdpo, "robust": robust, "ipo": ipo, "hinge": hinge,
-    "simpo": simpo, "orpo": orpo, "mmpo": mmpo,
+def discopop(x: PairLogps, *, beta: float, discopop_tau: float = 0.05) -> LossOut:
+    """DiscoPOP's log-ratio modulated loss, Lu et al. 2024 ("Discovering Preference Optimization
+    Algorithms with and for LLMs") eq. 5: with m = σ(h/τ), (1 − m)·(−log σ(h)) + m·exp(−h). τ = 0.05
+    as the paper. Summed log-probs."""
+    dw, dl = _logratios(x, "discopop")
+    h = beta * (dw - dl)
+    m = torch.sigmoid(h / discopop_tau)
+    return (1 - m) * -F.logsigmoid(h) + m * torch.exp(-h), *_rewards(beta, dw, dl)
+
+
+def exo(x: PairLogps, *, beta: float, label_smoothing: float) -> LossOut:
+    """EXO-pref, Ji et al. 2024 ("Towards Efficient Exact Optimization of Language Model Alignment")
+    eq. 16 for K = 2: KL(q ‖ p) with q = (σ(h), σ(−h)) the policy's and p = (1 − ε, ε) the target
+    distribution over {chosen, rejected}; ε = label_smoothing > 0 (the paper suggests 1e-3). Summed log-probs."""
+    if not 0.0 < label_smoothing < 0.5:
+        raise CurryError(f"loss 'exo' needs label_smoothing (its epsilon) in (0, 0.5), got {label_smoothing}; "
+                         f"the EXO paper uses 1e-3")
+    dw, dl = _logratios(x, "exo")
+    h = beta * (dw - dl)
+    eps = torch.tensor(label_smoothing, dtype=h.dtype)
+    kl = torch.sigmoid(h) * (F.logsigmoid(h) - torch.log1p(-eps)) + torch.sigmoid(-h) * (F.logsigmoid(-h) - eps.log())
+    return kl, *_rewards(beta, dw, dl)
+
+
+def nca(x: PairLogps, *, beta: float) -> LossOut:
+    """NCA, Chen et al. 2024 ("Noise Contrastive Alignment of Language Models with Explicit Rewards")
+    eq. 11 for a pair: −log σ(βΔ_w) − ½ log σ(−βΔ_w) − ½ log σ(−βΔ_l) (absolute rewards, not their
+    difference). Summed log-probs."""
+    dw, dl = _logratios(x, "nca")
+    rw, rl = beta * dw, beta * dl
+    return -F.logsigmoid(rw) - 0.5 * F.logsigmoid(-rw) - 0.5 * F.logsigmoid(-rl), *_rewards(beta, dw, dl)
+
+
+def bco_pair(x: PairLogps, *, beta: float) -> LossOut:
+    """BCO on pairs, Jung et al. 2024 ("Binary Classifier Optimization") eq. 6 without the reward shift δ:
+    −log σ(βΔ_w) − log σ(−βΔ_l). The paper subtracts δ, a running mean of the rewards; TRL 1.16's
+    ``bco_pair`` (which we match) is stateless, so we are too. Summed log-probs."""
+    dw, dl = _logratios(x, "bco-pair")
+    return -F.logsigmoid(beta * dw) - F.logsigmoid(-beta * dl), *_rewards(beta, dw, dl)
+
+
+def apo_zero(x: PairLogps, *, beta: float) -> LossOut:
+    """APO-zero, D'Oosterlinck et al. 2024 ("Anchored Preference Optimization") eq. 7, for chosen answers
+    better than the model's own: (1 − σ(βΔ_w)) + σ(βΔ_l). Summed log-probs."""
+    dw, dl = _logratios(x, "apo-zero")
+    return 1 - torch.sigmoid(beta * dw) + torch.sigmoid(beta * dl), *_rewards(beta, dw, dl)
+
+
+def apo_down(x: PairLogps, *, beta: float) -> LossOut:
+    """APO-down, D'Oosterlinck et al. 2024 eq. 8, for chosen answers worse than the model's own:
+    σ(βΔ_w) + (1 − σ(h)). Summed log-probs."""
+    dw, dl = _logratios(x, "apo-down")
+    return torch.sigmoid(beta * dw) + 1 - torch.sigmoid(beta * (dw - dl)), *_rewards(beta, dw, dl)
+
+
+def sigmoid_norm(x: PairLogps, *, beta: float) -> LossOut:
+    """Length-normalised DPO (TRL's ``sigmoid_norm``; LN-DPO, Ahrabian et al. 2024): −log σ(β (Δ_w/|y_w| −
+    Δ_l/|y_l|)), per-token log-ratios. Rewards are β Δ (summed), as TRL logs them."""
+    dw, dl = _logratios(x, "sigmoid-norm")
+    gap = dw / x.chosen_lengths.clamp(min=1) - dl / x.rejected_lengths.clamp(min=1)
+    return -F.logsigmoid(beta * gap), *_rewards(beta, dw, dl)
+
+
+def sft(x: PairLogps, *, beta: float) -> LossOut:
+    """NLL of the chosen response, −ā_w (length-mean), reference-free: the SFT term of RPO (Pang et al. 2024)
+    and of MPO-style combinations. TRL's ``sft`` averages tokens over the whole batch instead; the two agree
+    for one pair and differ only in how pairs of unequal length are weighted. Rewards are β ā."""
+    aw, al = x.mean_chosen(), x.mean_rejected()
+    return -aw, beta * aw.detach(), beta * al.detach()
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registry entry: the function, whether it needs reference log-probs, and the ``loss.*`` options it
+    takes besides ``beta`` (the keyword arguments `pair_loss` passes it)."""
+
+    fn: Callable[..., LossOut]
+    reference: bool = True
+    options: tuple[str, ...] = ()
+
+
+LOSSES: dict[str, LossSpec] = {
+    "dpo": LossSpec(dpo), "cdpo": LossSpec(cdpo, options=("label_smoothing",)),
+    "robust": LossSpec(robust, options=("label_smoothing",)), "ipo": LossSpec(ipo, options=("ipo_length_normalise",)),
+    "hinge": LossSpec(hinge), "simpo": LossSpec(simpo, reference=False, options=("gamma",)),
+    "orpo": LossSpec(orpo, reference=False), "mmpo": LossSpec(mmpo, options=("gamma",)),
+    "discopop": LossSpec(discopop, options=("discopop_tau",)), "exo": LossSpec(exo, options=("label_smoothing",)),
+    "nca": LossSpec(nca), "bco-pair": LossSpec(bco_pair), "apo-zero": LossSpec(apo_zero),
+    "apo-down": LossSpec(apo_down), "sigmoid-norm": LossSpec(sigmoid_norm), "sft": LossSpec(sft, reference=False),
 }
-REFERENCE_FREE = ("simpo", "orpo")
-USES_LABEL_SMOOTHING = ("cdpo", "robust")
+# The default of every option; an option set away from it must be taken by some loss of the run.
+OPTION_DEFAULTS = {"label_smoothing": 0.0, "gamma": 0.5, "ipo_length_normalise": True, "discopop_tau": 0.05}
 
 
 def check_loss(name: str) -> str:
@@ -146,37 +233,59 @@ def check_loss(name: str) -> str:
     return name
 
 
-def pair_loss(name: str, x: PairLogps, *, beta: float, label_smoothing: float = 0.0, gamma: float = 0.5,
-              ipo_length_normalise: bool = True, wpo: bool = False, rpo_alpha: float | None = None,
-              weights: Tensor | None = None) -> tuple[Tensor, dict[str, float], Tensor]:
-    """Per-pair loss ``name`` plus options, reduced to a scalar.
+def needs_reference(names: str | list[str]) -> bool:
+    """Whether any loss of ``names`` reads reference log-probs (else the trainer skips computing them)."""
+    return any(LOSSES[check_loss(n)].reference for n in as_names(names))
 
-    Per pair: l = LOSSES[name] · w_wpo + α · NLL_w, where
+
+def as_names(names: str | list[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+def check_options(names: str | list[str], options: dict) -> None:
+    """Raise if an option is set (away from its default) but no loss of ``names`` takes it."""
+    names = as_names(names)
+    for key, value in options.items():
+        if value != OPTION_DEFAULTS[key] and not any(key in LOSSES[check_loss(n)].options for n in names):
+            users = [n for n, s in LOSSES.items() if key in s.options]
+            raise CurryError(f"{key}={value} is only used by the losses {', '.join(users)}, not "
+                             f"{', '.join(names)}; set it back to {OPTION_DEFAULTS[key]} or change the loss")
+
+
+def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights: list[float] | None = None,
+              wpo: bool = False, rpo_alpha: float | None = None, **options) -> tuple[Tensor, dict[str, float], Tensor]:
+    """Per-pair loss ``name`` (or a weighted sum of several, as TRL's loss_type list) plus options, reduced.
+
+    Per pair: l = Σ_k c_k · LOSSES[name_k] · w_wpo + α · NLL_w, c_k = ``loss_weights`` (default 1 each), where
       - ``wpo`` (WPO, Zhou et al. 2024 eq. 2): w_wpo = exp(ā_w + ā_l), ā the policy's
         length-mean log-prob of each response, detached (the plain form, without the
         "sampled alignment" normalisation by log Σ_v p(v)² that TRL's use_weighting adds);
       - ``rpo_alpha`` (RPO, Pang et al. 2024): NLL_w = −ā_w, the length-mean chosen NLL.
-    ``gamma``: SimPO target margin / MMPO score-gap scale. ``label_smoothing``: ε of cdpo/robust.
-    ``weights`` (B,): data/curriculum weights; scalar = Σ w l / Σ w (plain mean if None).
+    ``options``: the ``loss.*`` options of `OPTION_DEFAULTS`; each loss receives those its `LossSpec` names.
+    The scalar is the mean over pairs.
 
-    Returns ``(scalar, metrics, per_pair (B,))``; metrics use TRL's names and are means over
-    the batch (``loss`` is the scalar).
+    Returns ``(scalar, metrics, per_pair (B,))``; metrics use TRL's names and are means over the batch
+    (``loss`` is the scalar; rewards are those of the first loss; with several losses each one's mean is
+    logged as ``loss/NAME``, before its weight).
     """
-    fn = LOSSES[check_loss(name)]
-    if label_smoothing and name not in USES_LABEL_SMOOTHING:
-        raise CurryError(f"label_smoothing={label_smoothing} is only used by the losses "
-                         f"{', '.join(USES_LABEL_SMOOTHING)}, not '{name}'; set it to 0 or change the loss")
-    per_pair, chosen_rewards, rejected_rewards = fn(
-        x, beta=beta, label_smoothing=label_smoothing, gamma=gamma, ipo_length_normalise=ipo_length_normalise)
-    if wpo:
-        per_pair = per_pair * torch.exp(x.mean_chosen() + x.mean_rejected()).detach()
+    names = [check_loss(n) for n in as_names(name)]
+    weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
+    if len(weights) != len(names):
+        raise CurryError(f"{len(weights)} loss weights for {len(names)} losses ({', '.join(names)}); give one each")
+    opts = {**OPTION_DEFAULTS, **options}
+    check_options(names, {k: opts[k] for k in OPTION_DEFAULTS})
+    wpo_w = torch.exp(x.mean_chosen() + x.mean_rejected()).detach() if wpo else 1.0
+    per_pair, parts = 0.0, {}
+    for k, (n, c) in enumerate(zip(names, weights)):
+        spec = LOSSES[n]
+        losses, cr, rr = spec.fn(x, beta=beta, **{o: opts[o] for o in spec.options})
+        per_pair = per_pair + c * losses * wpo_w
+        parts[f"loss/{n}"] = losses.detach().mean().item()
+        if k == 0:
+            chosen_rewards, rejected_rewards = cr, rr
     if rpo_alpha:
         per_pair = per_pair + rpo_alpha * -x.mean_chosen()
-    if weights is None:
-        loss = per_pair.mean()
-    else:
-        w = weights.to(per_pair)
-        loss = (w * per_pair).sum() / w.sum()
+    loss = per_pair.mean()
     margins = chosen_rewards - rejected_rewards
     metrics = {
         "loss": loss.item(),
@@ -186,5 +295,6 @@ def pair_loss(name: str, x: PairLogps, *, beta: float, label_smoothing: float = 
         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
         "logps/chosen": x.policy_chosen_logps.detach().mean().item(),
         "logps/rejected": x.policy_rejected_logps.detach().mean().item(),
+        **(parts if len(names) > 1 else {}),
     }
     return loss, metrics, per_pair
