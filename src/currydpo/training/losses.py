@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import CurryError
+from .listwise import lipo, plackett_luce, pro
 
 
 @dataclass
@@ -211,6 +212,7 @@ class LossSpec:
     fn: Callable[..., LossOut]
     reference: bool = True
     options: tuple[str, ...] = ()
+    listwise: bool = False  # over a prompt's ranked list (`listwise.py`, reduced by `listwise.list_loss`)
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -221,9 +223,12 @@ LOSSES: dict[str, LossSpec] = {
     "discopop": LossSpec(discopop, options=("discopop_tau",)), "exo": LossSpec(exo, options=("label_smoothing",)),
     "nca": LossSpec(nca), "bco-pair": LossSpec(bco_pair), "apo-zero": LossSpec(apo_zero),
     "apo-down": LossSpec(apo_down), "sigmoid-norm": LossSpec(sigmoid_norm), "sft": LossSpec(sft, reference=False),
+    "plackett-luce": LossSpec(plackett_luce, listwise=True), "lipo": LossSpec(lipo, listwise=True),
+    "pro": LossSpec(pro, reference=False, options=("pro_sft_weight", "pro_score_temperature"), listwise=True),
 }
 # The default of every option; an option set away from it must be taken by some loss of the run.
-OPTION_DEFAULTS = {"label_smoothing": 0.0, "gamma": 0.5, "ipo_length_normalise": True, "discopop_tau": 0.05}
+OPTION_DEFAULTS = {"label_smoothing": 0.0, "gamma": 0.5, "ipo_length_normalise": True, "discopop_tau": 0.05,
+                   "pro_sft_weight": 0.05, "pro_score_temperature": False}
 
 
 def check_loss(name: str) -> str:
@@ -240,6 +245,15 @@ def needs_reference(names: str | list[str]) -> bool:
 
 def as_names(names: str | list[str]) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
+
+
+def is_listwise(names: str | list[str]) -> bool:
+    """True for a listwise loss; a combination may not mix listwise and pairwise losses."""
+    kinds = {LOSSES[check_loss(n)].listwise for n in as_names(names)}
+    if len(kinds) > 1:
+        raise CurryError(f"losses {', '.join(as_names(names))} mix listwise and pairwise losses; combine only "
+                         f"losses of one kind")
+    return kinds.pop()
 
 
 def check_options(names: str | list[str], options: dict) -> None:
@@ -269,6 +283,8 @@ def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights:
     logged as ``loss/NAME``, before its weight).
     """
     names = [check_loss(n) for n in as_names(name)]
+    if is_listwise(names):
+        raise CurryError(f"{', '.join(names)} is listwise: it takes whole ranked lists (listwise.list_loss)")
     weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
     if len(weights) != len(names):
         raise CurryError(f"{len(weights)} loss weights for {len(names)} losses ({', '.join(names)}); give one each")
