@@ -89,7 +89,7 @@ class LossConfig:
     name: str | list[str] = field(default="dpo", metadata={
         "help": "a loss, or a list of losses summed with loss.weights (e.g. [dpo, bco-pair, sft], MPO): dpo | cdpo | "
                 "robust | ipo | hinge | simpo | orpo | mmpo | discopop | exo | nca | bco-pair | apo-zero | apo-down | "
-                "sigmoid-norm | sft"})
+                "sigmoid-norm | sft; listwise (one loss per ranked list): plackett-luce | pro | lipo"})
     beta: float = field(default=0.1, metadata={"help": "inverse temperature of the implicit reward"})
     weights: list[float] | None = field(default=None, metadata={
         "help": "one weight per loss of loss.name (default 1 each), as TRL's loss_weights"})
@@ -99,6 +99,10 @@ class LossConfig:
         "help": "simpo: target margin gamma/beta ratio; mmpo: score-gap scale"})
     ipo_length_normalise: bool = field(default=True, metadata={"help": "ipo on length-averaged log-ratios"})
     discopop_tau: float = field(default=0.05, metadata={"help": "discopop: temperature tau of the modulation (paper)"})
+    pro_sft_weight: float = field(default=0.05, metadata={
+        "help": "pro: weight of the SFT term on the best response, times (list size - 1)^2 (the authors' code)"})
+    pro_score_temperature: bool = field(default=False, metadata={
+        "help": "pro: score-gap temperatures (PRO eq. 11; needs scores)"})
     wpo: bool = field(default=False, metadata={"help": "weight each pair by the policy's probability of it (WPO)"})
     rpo_alpha: float | None = field(default=None, metadata={"help": "add alpha * NLL of the chosen response"})
 
@@ -273,7 +277,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from .curriculum.difficulty import check_measure
     from .curriculum.schedules import SCHEDULES
     from .data.pairs import check_strategy
-    from .training.losses import check_loss, check_options
+    from .training.losses import check_loss, check_options, is_listwise
 
     m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
     if m.precision == "fp16":  # fp16 weights or autocast without a GradScaler would train wrongly, not fail
@@ -329,6 +333,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if len(set(names)) < len(names):
         raise CurryError(f"config key 'loss.name' lists a loss twice ({', '.join(names)}); weight it instead")
     _positive("loss.discopop_tau", lo.discopop_tau)
+    _positive("loss.pro_sft_weight", lo.pro_sft_weight, allow_zero=True)
+    try:
+        listwise = is_listwise(lo.name)
+    except CurryError as e:
+        raise CurryError(f"config key 'loss.name': {e}") from None
+    if listwise and (lo.wpo or lo.rpo_alpha):
+        raise CurryError("config keys 'loss.wpo' and 'loss.rpo_alpha' weight pairs; a listwise loss takes whole lists "
+                         "(pro has its own SFT term): unset them or use a pairwise loss")
+    if listwise and c.schedule == "self-paced":
+        raise CurryError("config: schedule 'self-paced' admits single pairs by their current loss; with a listwise "
+                         "loss use iterative, anti, single-pass, random, single-pair or cyclical")
     if lo.rpo_alpha is not None:
         _positive("loss.rpo_alpha", lo.rpo_alpha, allow_zero=True)
     _positive("optim.lr", o.lr)
