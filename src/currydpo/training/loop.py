@@ -32,6 +32,7 @@ from transformers import get_scheduler
 
 from ..config import TrainConfig, changed_keys, reference_mode, to_yaml
 from ..curriculum.difficulty import measure_dynamic
+from ..curriculum.lists import RankedList, stage_lists
 from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
@@ -39,8 +40,9 @@ from ..io import write_json, write_text
 from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, stage_plan
 from . import checkpoint as ckpt
 from . import precision as prec
+from .listwise import ListLogps, list_loss
 from .logprobs import response_logps
-from .losses import PairLogps, needs_reference, pair_loss
+from .losses import PairLogps, is_listwise, needs_reference, pair_loss
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .tokenize import encode_for
@@ -62,6 +64,17 @@ class Run:
     fingerprint: str = ""  # content hash of the records (pipeline.data_fingerprint)
     log: list[dict] = field(default_factory=list)
     save_dtype: torch.dtype | None = None  # run.save_dtype resolved: stage-K/ and final/ are written in it
+    lists: list[RankedList] | None = None  # listwise losses: stages index these instead of pairs
+
+    def items(self, idx: list[int]) -> list:
+        """The training items (pairs, or ranked lists for a listwise loss) at indices ``idx``."""
+        return [(self.data.train_pairs if self.lists is None else self.lists)[i] for i in idx]
+
+    def stage_rows(self, stage: Stage) -> list[int]:
+        """Response-table rows a stage uses (for its reference log-probs)."""
+        if self.lists is None:
+            return self.table.rows(self.items(stage.pairs))[0]
+        return self.table.list_rows(self.items(stage.pairs))[0]
 
     @property
     def pairs_per_update(self) -> int:
@@ -128,8 +141,25 @@ def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
     )
 
 
-def loss_for(run: Run, x: PairLogps, pairs):
+def batch_list_logps(run: Run, model, lists: list[RankedList], ref: torch.Tensor | None) -> ListLogps:
+    """Policy log-probs for a micro-batch of lists, padded to (L, N): each unique response run once."""
+    rows, where = run.table.list_rows(lists)
+    lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id)
+    N = max(len(w) for w in where)
+    pos = torch.tensor([w + [w[0]] * (N - len(w)) for w in where], device=lp.device)  # (L, N), padding repeats
+    mask = torch.tensor([[j < len(w) for j in range(N)] for w in where], device=lp.device)
+    pad = lambda v, fill: torch.tensor([x + [fill] * (N - len(x)) for x in v], device=lp.device)  # noqa: E731
+    return ListLogps(
+        policy_logps=lp[pos], lengths=n[pos].to(lp.dtype), ranks=pad([x.ranks for x in lists], 10**6), mask=mask,
+        reference_logps=None if ref is None else ref[torch.tensor(rows)][pos.cpu()].to(lp),
+        labels=pad([x.labels for x in lists], 0.0).to(lp.dtype),
+    )
+
+
+def loss_for(run: Run, x: PairLogps | ListLogps, pairs):
     lo = run.cfg.loss
+    if isinstance(x, ListLogps):
+        return list_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, **lo.options())
     return pair_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, wpo=lo.wpo, rpo_alpha=lo.rpo_alpha,
                      **lo.options())
 
@@ -179,17 +209,17 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
     acc, model = run.accelerator, run.model
     sums: dict[str, float] = {}
     for m, idx in enumerate(micro):
-        pairs = [run.data.train_pairs[i] for i in idx]
+        pairs = run.items(idx)
+        batch = batch_logps if run.lists is None else batch_list_logps
         sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(model)
         with sync:
-            loss, metrics, _ = loss_for(run, batch_logps(run, model, pairs, ref), pairs)
+            loss, metrics, _ = loss_for(run, batch(run, model, pairs, ref), pairs)
             check_finite_everywhere(acc, loss, where, idx)
             acc.backward(loss / len(micro))
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v / len(micro)
         sums["difficulty"] = sums.get("difficulty", 0.0) + sum(
-            run.data.train_pairs[i].difficulty.get(run.cfg.curriculum.difficulty, math.nan) for i in idx
-        ) / len(idx) / len(micro)
+            p.difficulty.get(run.cfg.curriculum.difficulty, math.nan) for p in pairs) / len(idx) / len(micro)
     grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.optim.max_grad_norm or float("inf"))
     if not torch.isfinite(torch.as_tensor(grad_norm)):
         raise FloatingPointError(f"gradient norm is {float(grad_norm)} at {where}")
@@ -307,15 +337,19 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
     if cfg.model.lora:
         model = add_lora(model, cfg.model)
+    stages, lists = stage_plan(cfg, data.train_pairs), None
+    if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
+        lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, c.difficulty,
+                                    c.shuffle_within_stage)
     if acc.is_main_process:
         prec.warn_if_updates_round_away(model, o.lr)
-    stages = stage_plan(cfg, data.train_pairs)
     P = o.batch_size * o.grad_accum * acc.num_processes
     sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))
              for s in stages]
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
     save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
-    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, save_dtype=save_dtype)
+    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, save_dtype=save_dtype,
+               lists=lists)
 
 
 def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False) -> dict:
@@ -365,6 +399,8 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_for(run, k),
                 "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
                 **evaluate_held_out(run, ref_key="initial")}
+        if run.lists is not None:  # "pairs" counts lists; the pairs they stand for, for fair comparisons
+            info["pairs_equivalent"] = sum(run.lists[i].n_pairs for i in pos.order)
         if acc.is_main_process:
             ckpt.save_model(os.path.join(out, stage_name(k)), acc.unwrap_model(run.model), run.tokenizer, cfg,
                             info=info, dtype=run.save_dtype)
@@ -397,9 +433,8 @@ def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
     it scores the responses before its first update of the stage: no second copy in memory."""
     if not needs_reference(run.cfg.loss.name):
         return None
-    rows = run.table.rows([run.data.train_pairs[i] for i in run.stages[k].pairs])[0]
     acc = run.accelerator
-    return run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, rows,
+    return run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, run.stage_rows(run.stages[k]),
                            run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
                            run.cfg.run.progress and acc.is_main_process, acc)
 
@@ -447,7 +482,8 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
     summary = {
         "schedule": cfg.curriculum.schedule, "difficulty": cfg.curriculum.difficulty, "loss": cfg.loss.name,
         "beta": cfg.loss.beta, "reference": mode, "total_updates": sum(run.stage_updates),
-        "pairs_per_update": run.pairs_per_update, "lr": o.lr, "lr_schedule": o.lr_schedule,
+        "pairs_per_update": run.pairs_per_update, "unit": "pair" if run.lists is None else "list",
+        "lr": o.lr, "lr_schedule": o.lr_schedule,
         "warmup_ratio": o.warmup_ratio, "across_stages": o.across_stages,
         "optimizer_resets": len(run.stages) - 1 if o.across_stages == "restart" else 0,
         "train_pairs": len(run.data.train_pairs), "eval_pairs": len(run.data.eval_pairs),

@@ -50,6 +50,12 @@ class ResponseTable:
         rejected = [where[self.index[(p.record, p.rejected)]] for p in pairs]
         return used, chosen, rejected
 
+    def list_rows(self, lists: Sequence) -> tuple[list[int], list[list[int]]]:
+        """Unique table rows used by ranked ``lists`` and, per list, the position of each response in that list."""
+        used = sorted({self.index[(x.record, i)] for x in lists for i in x.responses})
+        where = {row: j for j, row in enumerate(used)}
+        return used, [[where[self.index[(x.record, i)]] for i in x.responses] for x in lists]
+
 
 @torch.no_grad()
 def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_id: int, batch_size: int,
