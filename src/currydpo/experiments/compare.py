@@ -165,8 +165,17 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
     return {"updates": summary["total_updates"], "schedule": cfg.curriculum.schedule,
             "stages": len(summary["stages"]), "reference": reference_mode(cfg),
             "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {o.across_stages}",
-            "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": summary["pairs_per_update"],
+            "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": _per_update(summary),
             "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.label()} (beta {cfg.loss.beta:g})"}
+
+
+def _per_update(summary: dict):
+    """Pairs per update; for a listwise loss, lists per update and the pairs they stand for."""
+    if summary.get("unit", "pair") == "pair":
+        return summary["pairs_per_update"]
+    stages = summary["stages"]
+    per_list = sum(s.get("pairs_equivalent", 0) for s in stages) / max(1, sum(s.get("pairs", 0) for s in stages))
+    return f"{summary['pairs_per_update']} lists ≈ {summary['pairs_per_update'] * per_list:.1f} pairs"
 
 
 def check_same_spec(spec: CompareSpec) -> None:

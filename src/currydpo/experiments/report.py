@@ -64,12 +64,14 @@ def markdown(rows: list[dict]) -> str:
     lines.append("")
     lines.append("What was held equal (Weber et al. 2024: curriculum gains often come from optimiser side effects):")
     lines.append("")
-    lines.append("| arm | schedule | stages | updates | pairs/update | LR schedule | optimiser resets | loss |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("| arm | schedule | stages | updates | pairs/update | train pairs | LR schedule | optimiser resets "
+                 "| loss |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         f = row["fairness"]
         lines.append(f"| {row['arm']} | {f['schedule']} | {f.get('stages', '–')} | {f['updates']} | "
-                     f"{f.get('pairs_per_update', '–')} | {f['lr_schedule']} | {f['optimizer_resets']} | "
+                     f"{f.get('pairs_per_update', '–')} | {f.get('train_pairs', '–')} | {f['lr_schedule']} | "
+                     f"{f['optimizer_resets']} | "
                      f"{f.get('loss', '–')} |")
     return "\n".join(lines) + "\n"
 
