@@ -38,6 +38,11 @@ def test_yaml_and_overrides(tmp_path):
     ("", ["loss.label_smoothing=0.1"], "loss.label_smoothing=0.1 is only used by the losses cdpo, robust, exo"),
     ("", ["loss.name=dpo,sft", "loss.weights=1"], "'loss.weights' has 1 weights for 2 losses"),
     ("", ["loss.name=dpo,dpo"], "lists a loss twice"),
+    ("", ["data.select=best"], "'data.select': 'best' is not valid; choose one of: none, ref-margin"),
+    ("", ["data.select_fraction=0"], "'data.select_fraction' must be in (0, 1]"),
+    ("", ["loss.name=plackett-luce", "loss.wpo=true"], "a listwise loss takes whole lists"),
+    ("", ["loss.name=lipo", "curriculum.schedule=self-paced"], "with a listwise loss use iterative"),
+    ("", ["loss.name=pro,dpo"], "mix listwise and pairwise"),
     ("loss:\n  name: [dpo, kto]\n", [], "unknown loss 'kto'"),
     ("", ["loss.weights=a,b", "loss.name=dpo,sft"], "'loss.weights': expected float, got 'a'"),
 ])

@@ -56,6 +56,11 @@ class DataConfig:
                 "always | never"})
     max_length: int = field(default=512, metadata={"help": "max tokens of prompt + response (response cut right)"})
     max_prompt_length: int = field(default=256, metadata={"help": "max prompt tokens (prompt cut from the left)"})
+    select: str = field(default="none", metadata={
+        "help": "none | ref-margin: keep only the pairs whose reference log-prob margin is largest (\"Clear "
+                "Preferences Leave Traces\", 2024), computed from the reference cache"})
+    select_fraction: float = field(default=0.4, metadata={
+        "help": "ref-margin: fraction of training pairs kept (ours, inside the paper's 30-50%)"})
     eval_fraction: float = field(default=0.0, metadata={
         "help": "fraction of prompts held out for preference metrics after each stage"})
 
@@ -304,6 +309,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if d.max_prompt_length >= d.max_length:
         raise CurryError(f"config key 'data.max_prompt_length' ({d.max_prompt_length}) must be below "
                          f"'data.max_length' ({d.max_length}) to leave room for the response")
+    _choice("data.select", d.select, ["none", "ref-margin"])
+    if not 0 < d.select_fraction <= 1:
+        raise CurryError(f"config key 'data.select_fraction' must be in (0, 1], got {d.select_fraction}")
     if not 0 <= d.eval_fraction < 1:
         raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
     _choice("curriculum.schedule", c.schedule, list(SCHEDULES))

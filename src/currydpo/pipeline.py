@@ -59,6 +59,21 @@ def pair_strategy(cfg: TrainConfig) -> str:
     return c.single_pair_strategy if c.schedule == "single-pair" else cfg.data.strategy
 
 
+def select_pairs(pairs: list[Pair], select: str, fraction: float) -> list[Pair]:
+    """Reference-guided pair selection ("Clear Preferences Leave Traces", 2024): keep the ``fraction`` of
+    pairs whose reference log-prob margin log π_ref(y_w) − log π_ref(y_l) is largest, i.e. whose
+    preference the reference already sees most clearly (the paper trains on 30–50%). The margin is
+    −c, c the ``ref-logratio`` difficulty that `model_difficulty` computed from the reference cache,
+    so selection needs no extra forward pass. Kept pairs stay in their order; ties keep the earlier."""
+    if select == "none":
+        return pairs
+    if any("ref-logratio" not in p.difficulty for p in pairs):
+        raise CurryError("data.select ref-margin needs the reference log-probs of every pair (model_difficulty)")
+    keep = max(1, round(fraction * len(pairs)))
+    chosen = set(sorted(range(len(pairs)), key=lambda i: (pairs[i].difficulty["ref-logratio"], i))[:keep])
+    return [p for i, p in enumerate(pairs) if i in chosen]
+
+
 def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     """The schedule's stages. Self-paced orders its candidates by score-gap until it measures the policy."""
     c = cfg.curriculum

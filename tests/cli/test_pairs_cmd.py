@@ -150,3 +150,20 @@ def test_pairs_schedule_shows_the_stages_train_runs(tmp_path, capsys):
     plan = stage_plan(cfg, prepare(cfg, records).train_pairs)
     assert sorted(r["stage"] for r in read(out)) == sorted(s.index + 1 for s in plan for _ in s.pairs)
     assert "stage 2:" in capsys.readouterr().out
+
+
+def test_pairs_select_marks_kept_pairs_per_stage(tmp_path, tiny_model_dir, capsys):
+    src = EXAMPLES / "ultrafeedback_tiny.jsonl"
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", str(src), "--out", str(out), "--select"]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["pairs", str(src), "--out", str(out), "--select", "--model", tiny_model_dir, "--schedule",
+                 "iterative", "--difficulty", "ref-logratio", "--set", "data.select_fraction=0.5"]) == 0
+    text = capsys.readouterr().out
+    rows = read(out)
+    kept = [r for r in rows if r["selected"]]
+    assert len(kept) == round(0.5 * len(rows))
+    assert f"{len(kept)}/{len(rows)} pairs kept" in text and text.count(" kept (") == 3  # one line per stage
+    # the kept pairs are those with the largest reference margin (smallest c)
+    c = sorted(r["difficulty"]["ref-logratio"] for r in rows)
+    assert max(r["difficulty"]["ref-logratio"] for r in kept) <= c[len(kept) - 1]

@@ -211,3 +211,23 @@ def test_plackett_luce_on_pairs_trains_exactly_as_dpo(tiny_model_dir, tmp_path):
     for a, b in zip(logs["dpo"], logs["plackett-luce"]):
         for k in ("loss", "rewards/chosen", "rewards/margins", "grad_norm"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.parametrize("schedule", ["iterative", "single-pass", "cyclical"])
+def test_ref_margin_selection_keeps_the_clearest_pairs(tiny_model_dir, tmp_path, schedule, monkeypatch):
+    kept = []
+    real = loop.select_pairs
+
+    def spy(pairs, select, fraction):
+        out = real(pairs, select, fraction)
+        kept.append((pairs, out))
+        return out
+
+    monkeypatch.setattr(loop, "select_pairs", spy)
+    cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": schedule, "stages": 2},
+                      data={"select": "ref-margin", "select_fraction": 0.5}, optim={"total_updates": 4})
+    s = loop.train(cfg, records=make_records(8))
+    (all_pairs, chosen), = kept
+    assert s["train_pairs"] == len(chosen) == round(0.5 * len(all_pairs))
+    margin = lambda p: -p.difficulty["ref-logratio"]  # noqa: E731
+    assert min(map(margin, chosen)) >= max(margin(p) for p in all_pairs if p not in chosen)

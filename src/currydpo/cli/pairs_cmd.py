@@ -60,7 +60,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "plan exactly as `currydpo train` builds them (flags given here override it)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key, e.g. --set curriculum.split_by=quantile (repeatable)")
-    g.add_argument("--model", default=None, help="reference model for --difficulty ref-logratio")
+    g.add_argument("--select", action="store_true",
+                   help="reference-guided selection (data.select ref-margin, keeping data.select_fraction, "
+                        "default 0.4): mark the kept pairs and show the kept fraction per stage (needs --model)")
+    g.add_argument("--model", default=None, help="reference model for --difficulty ref-logratio and --select")
     g.add_argument("--reward-model", default=None, help="sequence-classification model for reward-margin")
     g.add_argument("--plot", default=None,
                    help="PNG path of the difficulty histogram by stage (default: OUT with .stages.png)")
@@ -84,6 +87,7 @@ def pairs_config(args: argparse.Namespace) -> TrainConfig:
     overrides = list(args.overrides) + [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items()
                                         if getattr(args, flag, None) is not None]
     overrides += ["data.allow_ties=true"] if args.allow_ties else []
+    overrides += ["data.select=ref-margin"] if getattr(args, "select", False) else []
     overrides += ["model.trust_remote_code=true"] if args.trust_remote_code else []
     return load_config(args.config, overrides)
 
@@ -187,6 +191,8 @@ def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace, 
     name = check_measure(cfg.curriculum.difficulty)
     if name == "dynamic":
         raise CurryError("difficulty 'dynamic' is measured by the policy during training; use `currydpo train`")
+    if name == "ref-logratio" and pairs and all(name in p.difficulty for p in pairs):
+        return name  # already measured for --select
     if name in ("ref-logratio", "reward-margin"):
         need = {"ref-logratio": ("--model", args.model), "reward-margin": ("--reward-model", args.reward_model)}
         flag, value = need[name]
@@ -215,6 +221,26 @@ def reference_logps(records, pairs, args):
     lp, _ = logps_for_rows(model, table, list(range(len(table.keys))), tok.pad_token_id, 16,
                            desc="reference log-probs")
     return table.keys, lp.tolist()
+
+
+def select(records: list[Record], pairs: list[Pair], args: argparse.Namespace, cfg: TrainConfig) -> set[int]:
+    """--select: indices of the pairs `train` keeps (`pipeline.select_pairs`, from one reference pass)."""
+    if not args.model:
+        raise CurryError("--select ranks pairs by their reference log-prob margin: it needs --model PATH")
+    from ..pipeline import model_difficulty, select_pairs
+
+    keys, ref = reference_logps(records, pairs, args)
+    model_difficulty(pairs, records, keys, ref)
+    kept = {id(p) for p in select_pairs(pairs, "ref-margin", cfg.data.select_fraction)}
+    return {i for i, p in enumerate(pairs) if id(p) in kept}
+
+
+def selection_report(kept: set[int], n: int, stages: list[Stage] | None, fraction: float) -> str:
+    lines = [f"selection (ref-margin, keep {fraction:.0%}): {len(kept)}/{n} pairs kept"]
+    for s in stages or []:
+        k = sum(1 for i in s.pairs if i in kept)
+        lines.append(f"  stage {s.index + 1}: {k:6d}/{len(s.pairs)} kept ({k / max(1, len(s.pairs)):.0%})  {s.label}")
+    return "\n".join(lines)
 
 
 def stage_report(pairs: list[Pair], stages: list[Stage], name: str) -> str:
@@ -256,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         o.startswith("curriculum.") for o in args.overrides)
     result = load(cfg, args.data)
     pairs = make_pairs(result.records, cfg)
+    kept = select(result.records, pairs, args, cfg) if args.select and pairs else None
     name = measure(result.records, pairs, args, cfg) if (args.difficulty or show_plan) else None
     stages = stage_plan(cfg, pairs) if show_plan and pairs else None
     rows = list(pair_rows(result.records, pairs, args.trl))
@@ -265,6 +292,9 @@ def run(args: argparse.Namespace) -> int:
             row["difficulty"] = dict(pair.difficulty)
             if stages:
                 row["stage"] = stage_of.get(i)
+    if kept is not None and not args.trl:
+        for i, row in enumerate(rows):
+            row["selected"] = i in kept
     write_jsonl(args.out, rows)
     print(summary(result, pairs, args.out))
     if not pairs:
@@ -275,4 +305,6 @@ def run(args: argparse.Namespace) -> int:
         plot = args.plot or str(args.out).rsplit(".", 1)[0] + ".stages.png"
         plot_stages(plot, pairs, stages, name)
         print(f"difficulty histogram by stage -> {plot}")
+    if kept is not None:
+        print(selection_report(kept, len(pairs), stages, cfg.data.select_fraction))
     return 0

@@ -37,7 +37,7 @@ from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json, write_text
-from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, stage_plan
+from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, select_pairs, stage_plan
 from . import checkpoint as ckpt
 from . import precision as prec
 from .listwise import ListLogps, list_loss
@@ -335,6 +335,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     model_difficulty(data.train_pairs + data.eval_pairs, data.records, table.keys,
                      refs.get("initial", len(table.keys)).tolist(),
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
+    data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)  # from the cache
     if cfg.model.lora:
         model = add_lora(model, cfg.model)
     stages, lists = stage_plan(cfg, data.train_pairs), None
