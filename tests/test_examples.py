@@ -45,3 +45,9 @@ def test_readme_python_api_snippet_runs(capsys, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert [line.split(" [")[0] for line in out] == ["rejected rank >=4", "rejected rank 3", "rejected rank 2"]
+
+
+def test_example_compare_losses_spec_validates():
+    spec = load_spec(str(ROOT / "examples" / "compare_losses.yaml"))
+    assert sorted(spec.arms) == ["discopop", "dpo", "dpo-select", "ipo", "lipo", "plackett-luce", "pro"]
+    assert spec.seeds == [1, 2, 3] and spec.base["curriculum"]["schedule"] == "iterative"
