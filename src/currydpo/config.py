@@ -74,7 +74,10 @@ class CurriculumConfig:
                 "function:MODULE:FN | dynamic"})
     stages: int = field(default=3, metadata={"help": "number of stages (iterative, cyclical, self-paced)"})
     reference: str = field(default="auto", metadata={
-        "help": "auto (previous-stage for iterative, else initial) | previous-stage | initial"})
+        "help": "auto (previous-stage for iterative, else initial) | previous-stage | initial | all-previous (MRPO: "
+                "the initial model and every earlier stage's policy combined, Le et al. 2024)"})
+    mrpo_eta: float = field(default=0.1, metadata={
+        "help": "all-previous: MRPO's clipping rate eta around the initial model's log-probs (ours)"})
     shuffle_within_stage: bool = field(default=False, metadata={
         "help": "shuffle pairs inside each stage (seeded); the stage order itself is kept"})
     split_by: str = field(default="auto", metadata={
@@ -317,7 +320,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("curriculum.schedule", c.schedule, list(SCHEDULES))
     if c.stages < 1:
         raise CurryError(f"config key 'curriculum.stages' must be >= 1, got {c.stages}")
-    _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial"])
+    _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous"])
+    if c.reference == "all-previous":
+        if c.schedule == "self-paced" or is_listwise(lo.name):
+            raise CurryError("config: curriculum.reference all-previous (MRPO) combines references per pair; it does "
+                             "not apply to self-paced or listwise losses")
+        if not 0 <= c.mrpo_eta < 1:
+            raise CurryError(f"config key 'curriculum.mrpo_eta' must be in [0, 1), got {c.mrpo_eta}")
     _choice("curriculum.split_by", c.split_by, ["auto", "rank", "quantile"])
     _choice("curriculum.single_pair_strategy", c.single_pair_strategy, ["best-vs-random", "best-vs-worst"])
     for key in ("cyclical_start", "cyclical_end", "self_paced_start"):

@@ -47,5 +47,7 @@ def test_ablation_arms_change_one_thing_each(tmp_path):
     assert (anti.curriculum.schedule, reference_mode(anti), anti.curriculum.stages) == ("anti", "initial", 3)
     best = cfg["iterative-best-stage"]
     assert (best.run.final_model, reference_mode(best), base.run.final_model) == ("best", "previous-stage", "last")
+    mrpo = cfg["iterative-mrpo"]
+    assert (mrpo.curriculum.schedule, reference_mode(mrpo)) == ("iterative", "all-previous")
     for c in cfg.values():  # the fairness controls are shared by every arm
         assert (c.optim.total_updates, c.optim.lr, c.loss.beta) == (base.optim.total_updates, base.optim.lr, 0.1)

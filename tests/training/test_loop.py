@@ -231,3 +231,25 @@ def test_ref_margin_selection_keeps_the_clearest_pairs(tiny_model_dir, tmp_path,
     assert s["train_pairs"] == len(chosen) == round(0.5 * len(all_pairs))
     margin = lambda p: -p.difficulty["ref-logratio"]  # noqa: E731
     assert min(map(margin, chosen)) >= max(margin(p) for p in all_pairs if p not in chosen)
+
+
+def test_all_previous_references_mrpo(tiny_model_dir, tmp_path):
+    """MRPO over the initial model and every earlier stage; with η = 0 it is the fixed initial reference."""
+    recs = make_records(6)
+    logs = {}
+    arms = {"mrpo": {"reference": "all-previous", "mrpo_eta": 0.0}, "initial": {"reference": "initial"}}
+    for name, curriculum in arms.items():
+        cfg = tiny_config(tiny_model_dir, tmp_path / name,
+                          curriculum={"schedule": "iterative", "stages": 3, **curriculum}, optim={"total_updates": 6})
+        s = loop.train(cfg, records=recs)
+        logs[name] = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+    assert s["reference"] == "initial"
+    for a, b in zip(logs["mrpo"], logs["initial"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+    # every earlier stage scored every training response when it was the policy (later stages combine them)
+    assert not torch.isnan(torch.load(tmp_path / "mrpo" / "refcache" / "stage-1.pt")).any()
+    cfg = tiny_config(tiny_model_dir, tmp_path / "eta", curriculum={"schedule": "iterative", "stages": 3,
+                                                                    "reference": "all-previous"},
+                      optim={"total_updates": 6})
+    s = loop.train(cfg, records=recs)
+    assert s["reference"] == "all-previous" and math.isfinite(s["final_loss"])

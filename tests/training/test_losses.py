@@ -237,3 +237,37 @@ def test_options_must_be_taken_by_some_loss():
         params = inspect.signature(spec.fn).parameters
         assert set(spec.options) <= set(params), name
         assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), name
+
+
+def authors_k2(l_other_w, l_other_l, l_p_w, l_p_l, eta):
+    """A literal transcription of MRPO's released K = 2 code (trainer_mref.py): ref1 = other, ref2 = primary."""
+    a1, a2 = l_other_w - l_other_l, l_p_w - l_p_l
+    alpha = abs(a1) / (abs(a1) + abs(a2))
+    b1, b2 = (l_p_w + l_other_w) / 2, (l_p_l + l_other_l) / 2
+    scale = abs(b1) / (abs(b1) + abs(b2))
+    out = []
+    for lo, lp, e in ((l_other_w, l_p_w, eta * scale), (l_other_l, l_p_l, eta * (1 - scale))):
+        lo = min(max(lo, lp * (1 + e)), lp * (1 - e))
+        c = max(lo, lp)
+        out.append(lo + lp - (c + math.log(alpha * math.exp(lo - c) + (1 - alpha) * math.exp(lp - c))))
+    return out
+
+
+def test_mrpo_reference_matches_the_authors_k2_code_and_reduces_to_one_reference():
+    from currydpo.training.losses import mrpo_reference
+
+    g = torch.Generator().manual_seed(0)
+    primary_w, primary_l = -20 - 10 * torch.rand(8, generator=g, dtype=torch.float64), -25 - 10 * torch.rand(
+        8, generator=g, dtype=torch.float64)
+    other_w = primary_w + 4 * torch.randn(8, generator=g, dtype=torch.float64)  # some clipped, some not
+    other_l = primary_l + 4 * torch.randn(8, generator=g, dtype=torch.float64)
+    w, l = mrpo_reference(torch.stack([primary_w, other_w]), torch.stack([primary_l, other_l]), eta=0.1)
+    for i in range(8):
+        expected = authors_k2(other_w[i].item(), other_l[i].item(), primary_w[i].item(), primary_l[i].item(), 0.1)
+        assert [w[i].item(), l[i].item()] == pytest.approx(expected, rel=1e-12)
+    one = mrpo_reference(primary_w[None], primary_l[None], eta=0.1)
+    assert torch.equal(one[0], primary_w) and torch.equal(one[1], primary_l)
+    # η = 0 clips every other reference onto the primary: three references collapse to it
+    three_w, three_l = torch.stack([primary_w, other_w, other_w - 1]), torch.stack([primary_l, other_l, other_l + 1])
+    w, l = mrpo_reference(three_w, three_l, eta=0.0)
+    torch.testing.assert_close(w, primary_w) and torch.testing.assert_close(l, primary_l)

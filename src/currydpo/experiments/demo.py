@@ -22,7 +22,9 @@ paths — with five arms that share the loss, beta, LR schedule and number of up
 - ``anti-curriculum``: the same pairs hard -> easy, (R1,R2) first, SFT reference, one LR
   schedule (single-pass in reverse: isolates the easy -> hard ordering);
 - ``iterative-best-stage``: the iterative arm with ``run.final_model: best`` (the evaluated
-  model is the stage with the best held-out reward accuracy: stage-level early stopping).
+  model is the stage with the best held-out reward accuracy: stage-level early stopping);
+- ``iterative-mrpo``: the iterative stages with ``curriculum.reference: all-previous``: each stage's
+  reference combines the SFT model and every earlier stage's policy (MRPO, Le et al. 2024).
 
 Nothing in the world knows which arm is running; the table reports what comes out.
 """
@@ -48,6 +50,7 @@ ABLATIONS = {
     "iterative-fixed-ref": {"curriculum": {**ITERATIVE, "reference": "initial"}},
     "anti-curriculum": {"curriculum": {"schedule": "anti", "stages": 3}},
     "iterative-best-stage": {"curriculum": ITERATIVE, "run": {"final_model": "best"}},
+    "iterative-mrpo": {"curriculum": {**ITERATIVE, "reference": "all-previous"}},
 }
 
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and

@@ -42,7 +42,7 @@ from . import checkpoint as ckpt
 from . import precision as prec
 from .listwise import ListLogps, list_loss
 from .logprobs import response_logps
-from .losses import PairLogps, is_listwise, needs_reference, pair_loss
+from .losses import PairLogps, is_listwise, mrpo_reference, needs_reference, pair_loss
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .tokenize import encode_for
@@ -99,6 +99,14 @@ def reference_for(run: Run, k: int) -> str:
     return stage_name(k - 1)
 
 
+def references_for(run: Run, k: int) -> list[str]:
+    """``curriculum.reference: all-previous`` (MRPO, Le et al. 2024): stage ``k`` combines the initial
+    model and every earlier stage's policy, primary first; otherwise the one `reference_for`."""
+    if reference_mode(run.cfg) != "all-previous":
+        return [reference_for(run, k)]
+    return ["initial"] + [stage_name(j) for j in range(k)]
+
+
 @dataclass
 class Position:
     """Where a run stands; saved in ``state/position.json`` and loaded once by ``--resume``.
@@ -132,11 +140,16 @@ def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
     ci, ri = torch.tensor(ci, device=lp.device), torch.tensor(ri, device=lp.device)
     rows_t = torch.tensor(rows)
     gaps = [p.score_gap for p in pairs]
+    ref_c = ref_r = None
+    if ref is not None:  # (T,), or (K, T) for several references (MRPO)
+        ref_c, ref_r = ref[..., rows_t][..., ci.cpu()], ref[..., rows_t][..., ri.cpu()]
+        if ref.dim() == 2:
+            ref_c, ref_r = mrpo_reference(ref_c, ref_r, eta=run.cfg.curriculum.mrpo_eta)
     return PairLogps(
         policy_chosen_logps=lp[ci], policy_rejected_logps=lp[ri],
         chosen_lengths=n[ci].to(lp.dtype), rejected_lengths=n[ri].to(lp.dtype),
-        reference_chosen_logps=None if ref is None else ref[rows_t][ci.cpu()].to(lp),
-        reference_rejected_logps=None if ref is None else ref[rows_t][ri.cpu()].to(lp),
+        reference_chosen_logps=None if ref_c is None else ref_c.to(lp),
+        reference_rejected_logps=None if ref_r is None else ref_r.to(lp),
         score_gaps=None if any(g is None for g in gaps) else torch.tensor(gaps, dtype=lp.dtype, device=lp.device),
     )
 
@@ -434,10 +447,16 @@ def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
     it scores the responses before its first update of the stage: no second copy in memory."""
     if not needs_reference(run.cfg.loss.name):
         return None
-    acc = run.accelerator
-    return run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, run.stage_rows(run.stages[k]),
-                           run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
-                           run.cfg.run.progress and acc.is_main_process, acc)
+    acc, rows = run.accelerator, run.stage_rows(run.stages[k])
+    several = reference_mode(run.cfg) == "all-previous"
+    if several:  # later stages combine this reference too: score every training response while it is in memory
+        rows = run.table.rows(run.data.train_pairs)[0]
+    ref = run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, rows,
+                          run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
+                          run.cfg.run.progress and acc.is_main_process, acc)
+    if not several:
+        return ref
+    return torch.stack([run.refs.get(key, len(run.table.keys)) for key in references_for(run, k)])  # (K, T)
 
 
 def stage_order(run: Run, k: int, ref: torch.Tensor | None) -> list[int]:

@@ -204,6 +204,34 @@ def sft(x: PairLogps, *, beta: float) -> LossOut:
     return -aw, beta * aw.detach(), beta * al.detach()
 
 
+def mrpo_reference(chosen: Tensor, rejected: Tensor, *, eta: float) -> tuple[Tensor, Tensor]:
+    """MRPO's virtual reference, Le et al. 2024 ("Multi-Reference Preference Optimization"), as the
+    authors' released code computes it (thaihungle/MRPO, trainer_mref.py, K = 2).
+
+    ``chosen``/``rejected``: (K, B) summed log-probs ℓ_k(y) under K references, row 0 the primary
+    (the SFT model). CTRO clipping: each other reference's ℓ_k(y) is clipped into
+    [(1 + η_y) ℓ_0(y), (1 − η_y) ℓ_0(y)], with η_w = η s and η_l = η (1 − s), s = |b_w| / (|b_w| + |b_l|),
+    b the references' mean log-prob of each answer. ARWC weights from each reference's confidence
+    a_k = |ℓ_k(y_w) − ℓ_k(y_l)|, S = Σ a_k: w_k = (S − a_k) / ((K − 1) S), which for K = 2 is the code's
+    α = a_1/S on the primary's term (our generalisation beyond K = 2). The virtual reference is the
+    weighted harmonic mean 1/π̃ = Σ_k w_k / π_k(y). All inputs are constants (no gradient)."""
+    K = chosen.shape[0]
+    if K == 1:
+        return chosen[0], rejected[0]
+    a = (chosen - rejected).abs()
+    S = a.sum(dim=0)
+    w = torch.where(S > 0, (S - a) / ((K - 1) * S).clamp(min=1e-30), torch.full_like(a, 1.0 / K))
+    b_w, b_l = chosen.mean(dim=0).abs(), rejected.mean(dim=0).abs()
+    s = b_w / (b_w + b_l)
+
+    def virtual(logps: Tensor, e: Tensor) -> Tensor:
+        primary = logps[0]
+        others = torch.minimum(torch.maximum(logps[1:], primary * (1 + e)), primary * (1 - e))
+        return -torch.logsumexp(torch.log(w) - torch.cat([primary[None], others]), dim=0)
+
+    return virtual(chosen, eta * s), virtual(rejected, eta * (1 - s))
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """A registry entry: the function, whether it needs reference log-probs, and the ``loss.*`` options it
