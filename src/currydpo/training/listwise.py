@@ -162,24 +162,12 @@ def list_loss(name: str | list[str], x: ListLogps, *, beta: float, loss_weights:
     ``options`` as `losses.pair_loss`. Returns ``(scalar, metrics, per_list (L,))``; rewards and
     metrics are those of the first loss; with several, each one's mean is logged as ``loss/NAME``.
     """
-    from .losses import LOSSES, OPTION_DEFAULTS, as_names, check_options, is_listwise
+    from .losses import as_names, combine, is_listwise
 
     names = as_names(name)
     if not is_listwise(names):
         raise CurryError(f"{', '.join(names)} is a pairwise loss; use losses.pair_loss")
-    weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
-    if len(weights) != len(names):
-        raise CurryError(f"{len(weights)} loss weights for {len(names)} losses ({', '.join(names)}); give one each")
-    opts = {**OPTION_DEFAULTS, **options}
-    check_options(names, {k: opts[k] for k in OPTION_DEFAULTS})
-    per_list, parts = 0.0, {}
-    for k, (n, c) in enumerate(zip(names, weights)):
-        spec = LOSSES[n]
-        losses, r = spec.fn(x, beta=beta, **{o: opts[o] for o in spec.options})
-        per_list = per_list + c * losses
-        parts[f"loss/{n}"] = losses.detach().mean().item()
-        if k == 0:
-            rewards = r
+    per_list, parts, (rewards,) = combine(names, x, beta, loss_weights, options)
     loss = per_list.mean()
     metrics = {"loss": loss.item(), **list_metrics(x, rewards), **(parts if len(names) > 1 else {})}
     return loss, metrics, per_list

@@ -294,6 +294,25 @@ def check_options(names: str | list[str], options: dict) -> None:
                              f"{', '.join(names)}; set it back to {OPTION_DEFAULTS[key]} or change the loss")
 
 
+def combine(names: list[str], x, beta: float, loss_weights: list[float] | None, options: dict,
+            scale: Tensor | float = 1.0) -> tuple[Tensor, dict[str, float], list[Tensor]]:
+    """Σ_k c_k · scale · LOSSES[names_k](x): the per-item total, each loss's mean (``loss/NAME``, before its
+    weight) and the first loss's rewards. Each loss receives the options its `LossSpec` names."""
+    weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
+    if len(weights) != len(names):
+        raise CurryError(f"{len(weights)} loss weights for {len(names)} losses ({', '.join(names)}); give one each")
+    opts = {**OPTION_DEFAULTS, **options}
+    check_options(names, {k: opts[k] for k in OPTION_DEFAULTS})
+    total, parts, first = 0.0, {}, []
+    for k, (n, c) in enumerate(zip(names, weights)):
+        spec = LOSSES[n]
+        losses, *rewards = spec.fn(x, beta=beta, **{o: opts[o] for o in spec.options})
+        total = total + c * losses * scale
+        parts[f"loss/{n}"] = losses.detach().mean().item()
+        first = rewards if k == 0 else first
+    return total, parts, first
+
+
 def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights: list[float] | None = None,
               wpo: bool = False, rpo_alpha: float | None = None, **options) -> tuple[Tensor, dict[str, float], Tensor]:
     """Per-pair loss ``name`` (or a weighted sum of several, as TRL's loss_type list) plus options, reduced.
@@ -313,20 +332,8 @@ def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights:
     names = [check_loss(n) for n in as_names(name)]
     if is_listwise(names):
         raise CurryError(f"{', '.join(names)} is listwise: it takes whole ranked lists (listwise.list_loss)")
-    weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
-    if len(weights) != len(names):
-        raise CurryError(f"{len(weights)} loss weights for {len(names)} losses ({', '.join(names)}); give one each")
-    opts = {**OPTION_DEFAULTS, **options}
-    check_options(names, {k: opts[k] for k in OPTION_DEFAULTS})
     wpo_w = torch.exp(x.mean_chosen() + x.mean_rejected()).detach() if wpo else 1.0
-    per_pair, parts = 0.0, {}
-    for k, (n, c) in enumerate(zip(names, weights)):
-        spec = LOSSES[n]
-        losses, cr, rr = spec.fn(x, beta=beta, **{o: opts[o] for o in spec.options})
-        per_pair = per_pair + c * losses * wpo_w
-        parts[f"loss/{n}"] = losses.detach().mean().item()
-        if k == 0:
-            chosen_rewards, rejected_rewards = cr, rr
+    per_pair, parts, (chosen_rewards, rejected_rewards) = combine(names, x, beta, loss_weights, options, wpo_w)
     if rpo_alpha:
         per_pair = per_pair + rpo_alpha * -x.mean_chosen()
     loss = per_pair.mean()
