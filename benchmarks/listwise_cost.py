@@ -12,10 +12,11 @@ import sys
 import time
 
 import torch
-from conftest import CORPUS, make_records, tiny_config
 
 from currydpo.training import loop
 from currydpo.world.tiny import save_tiny
+
+from conftest import CORPUS, make_records, tiny_config
 
 torch.set_num_threads(1)
 out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/listwise-cost"
