@@ -51,3 +51,4 @@ def test_example_compare_losses_spec_validates():
     spec = load_spec(str(ROOT / "examples" / "compare_losses.yaml"))
     assert sorted(spec.arms) == ["discopop", "dpo", "dpo-select", "ipo", "lipo", "plackett-luce", "pro"]
     assert spec.seeds == [1, 2, 3] and spec.base["curriculum"]["schedule"] == "iterative"
+    assert spec.arms["lipo"]["optim"]["batch_size"] == 4  # 4 lists ≈ 8 pairs-equivalent per update, as dpo's 8
