@@ -55,10 +55,12 @@ def train_cmd(config: Path, *args: str) -> list[str]:
             "--no-progress", *args]
 
 
-def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120) -> None:
-    """Start ``cmd`` with ``CURRYDPO_TEST_PAUSE_AT=point``, wait until it pauses there, SIGKILL it."""
+def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120, **extra_env) -> None:
+    """Start ``cmd`` with ``CURRYDPO_TEST_PAUSE_AT=point``, wait until it pauses there, SIGKILL it
+    (with every process it started: a launcher's workers too)."""
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, env=env(CURRYDPO_TEST_PAUSE_AT=point), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, env=env(CURRYDPO_TEST_PAUSE_AT=point, **extra_env), stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while "currydpo-paused" not in log.read_text():
@@ -68,7 +70,7 @@ def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120
                 raise AssertionError(f"did not pause at {point} within {timeout}s:\n{log.read_text()}")
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
@@ -85,7 +87,10 @@ def check_complete(out: Path) -> list[str]:
         if d.name == "state":
             pos = json.loads((d / "position.json").read_text())
             assert {"stage", "update", "global_step", "order", "log_lines"} <= set(pos)
-            assert load_file(d / "trainable.safetensors")
+            if (d / ".metadata").exists():  # sharded (FSDP2): a torch distributed checkpoint, a file per process
+                assert len(list(d.glob("*.distcp"))) >= 2
+            else:
+                assert load_file(d / "trainable.safetensors")
             assert set(torch.load(d / "optim.pt", weights_only=False)) == {"optimizer", "scheduler"}
             assert "torch" in torch.load(d / "rng.pt", weights_only=False)
             assert (d / "config.yaml").exists()
@@ -100,6 +105,15 @@ def check_complete(out: Path) -> list[str]:
             raise AssertionError(f"unexpected directory {d}")
         found.append(d.name)
     return found
+
+
+def launch_2proc(accelerate_config: str, *args: str, pausable: bool = False) -> list[str]:
+    """``accelerate launch`` of 2 processes on CPUs (run with ``env(ACCELERATE_USE_CPU="true")``) of the
+    currydpo CLI, or with ``pausable`` of `paused_train.py`, for `run_until_paused`."""
+    program = [str(Path(__file__).with_name("paused_train.py"))] if pausable else ["-m", "currydpo"]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO / "examples" / "accelerate" / accelerate_config), "--main_process_port", "0",
+            *program, *args]
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:

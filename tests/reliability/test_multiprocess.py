@@ -63,12 +63,18 @@ def test_example_accelerate_configs_load_and_are_documented():
 
     doc = (REPO / "docs" / "multi-gpu.md").read_text()
     kinds = {}
-    for name in ("ddp", "fsdp", "deepspeed_zero3", "cpu_2proc"):
-        path = REPO / "examples" / "accelerate" / f"{name}.yaml"
-        kinds[name] = str(load_config_from_file(str(path)).distributed_type).split(".")[-1]
+    shipped = sorted(p.stem for p in (REPO / "examples" / "accelerate").glob("*.yaml"))
+    assert shipped == ["cpu_2proc", "ddp", "fsdp2", "fsdp2_cpu_2proc"]  # each run by a test or documented here
+    for name in shipped:
+        config = load_config_from_file(str(REPO / "examples" / "accelerate" / f"{name}.yaml"))
+        kinds[name] = str(config.distributed_type).split(".")[-1]
+        if kinds[name] == "FSDP":
+            assert config.fsdp_config["fsdp_version"] == 2
         assert f"examples/accelerate/{name}.yaml" in doc or f"`{name}.yaml`" in doc
-    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED", "cpu_2proc": "MULTI_GPU"}
-    assert "accelerate launch --config_file examples/accelerate/ddp.yaml -m currydpo train --config run.yaml" in doc
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp2": "FSDP", "cpu_2proc": "MULTI_GPU", "fsdp2_cpu_2proc": "FSDP"}
+    for name in ("ddp", "fsdp2"):
+        assert f"accelerate launch --config_file examples/accelerate/{name}.yaml -m currydpo train --config run.yaml" \
+            in doc
 
 
 def test_nan_on_one_process_stops_every_process(tiny_model_dir, tmp_path):

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from currydpo.data.records import as_chat
+from currydpo.errors import CurryError
 from currydpo.training import loop
 from currydpo.training.responses import ResponseTable, logps_for_rows
 from currydpo.training.tokenize import encode_records
@@ -134,6 +135,15 @@ def test_lora_trains_adapters_and_final_is_merged(tiny_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [n for (n, p), (_, q) in zip(final.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
     assert changed and all("proj" in n for n in changed)
+
+
+def test_lora_target_modules_that_do_not_exist_are_a_one_line_error(tiny_model_dir, tmp_path):
+    # peft alone only warns when some of the listed names match nothing, and trains the rest
+    cfg = tiny_config(tiny_model_dir, tmp_path / "r", model={"lora": True, "lora_target_modules": "q_proj,qkv_proj"})
+    with pytest.raises(CurryError, match=r"^model.lora_target_modules: qkv_proj not found in .*\(its linear layers: "
+                                         r".*q_proj.*\); use those names or all-linear$"):
+        loop.train(cfg, records=make_records(8))
+    assert not (tmp_path / "r").exists()  # nothing half-written
 
 
 def test_final_model_best_is_the_stage_with_the_best_held_out_metric(tiny_model_dir, tmp_path):

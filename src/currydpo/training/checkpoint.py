@@ -5,6 +5,11 @@ the curriculum position (stage, update); ``OUTPUT/stage-K/`` and ``OUTPUT/final/
 models saved with ``save_pretrained``. Every directory is written to a temp dir and
 renamed into place, so a reader (or ``--resume`` after a kill) only ever sees complete
 checkpoints.
+
+Sharded (FSDP2) runs write the weights and optimiser of ``state/`` as a torch distributed
+checkpoint (every process writes its shards, ``.metadata`` + ``*.distcp``), and gather the
+whole model onto the main process for ``stage-K/`` and ``final/``, so those load with plain
+``from_pretrained``. Those calls are collective: every process makes them.
 """
 
 from __future__ import annotations
@@ -17,11 +22,20 @@ import shutil
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ..config import TrainConfig, to_yaml
 from ..errors import CurryError
 from ..io import atomic_dir
+from .sharding import is_sharded
 
 STATE_DIR = "state"
 
@@ -31,10 +45,21 @@ def _trainable(model) -> dict[str, torch.Tensor]:
 
 
 def save_state(output_dir: str, model, optimizer, scheduler, position: dict, cfg: TrainConfig) -> None:
-    """Write ``OUTPUT/state`` atomically. ``position`` is JSON: stage, update, global_step, ..."""
-    with atomic_dir(os.path.join(output_dir, STATE_DIR)) as tmp:
-        save_file(_trainable(model), os.path.join(tmp, "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
+    """Write ``OUTPUT/state`` atomically. ``position`` is JSON: stage, update, global_step, ...
+
+    Called by the main process only, or by every process for a sharded model.
+    """
+    sharded = is_sharded(model)
+    main = not sharded or torch.distributed.get_rank() == 0
+    with atomic_dir(os.path.join(output_dir, STATE_DIR)) if main else contextlib.nullcontext() as tmp:
+        if sharded:
+            tmp = _broadcast(tmp)  # every process writes its shards into the main process's temp dir
+            dcp.save(_sharded_state(model, optimizer), checkpoint_id=tmp)  # returns once all shards are written
+            if not main:
+                return
+        else:
+            save_file(_trainable(model), os.path.join(tmp, "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict() if optimizer is not None and not sharded else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None},
                    os.path.join(tmp, "optim.pt"))
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
@@ -76,7 +101,37 @@ def remove_leftover_temps(output_dir: str) -> None:
                         os.unlink(path)
 
 
+def _sharded_state(model, optimizer=None) -> dict:
+    """This process's shards of the trainable weights (and AdamW state), keyed as in the unsharded model."""
+    opts = StateDictOptions(ignore_frozen_params=True)
+    if optimizer is None:
+        return {"model": get_model_state_dict(model, options=opts)}
+    msd, osd = get_state_dict(model, optimizer, options=opts)
+    return {"model": msd, "optimizer": osd}
+
+
+def _broadcast(value):
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _check_state_kind(output_dir: str, sharded: bool) -> None:
+    """A state/ written by a sharded run resumes only sharded, and the other way round."""
+    written_sharded = os.path.exists(os.path.join(output_dir, STATE_DIR, ".metadata"))
+    if written_sharded != sharded:
+        how = ("a sharded (FSDP2) launch", "an unsharded launch")
+        raise CurryError(f"{output_dir}/state was written by {how[not written_sharded]} but this is "
+                         f"{how[not sharded]}; resume with the accelerate config the run was started with")
+
+
 def load_weights(output_dir: str, model) -> None:
+    _check_state_kind(output_dir, is_sharded(model))
+    if is_sharded(model):  # collective
+        state = _sharded_state(model)
+        dcp.load(state, checkpoint_id=os.path.join(output_dir, STATE_DIR))
+        set_model_state_dict(model, state["model"], options=StateDictOptions(ignore_frozen_params=True))
+        return
     weights = load_file(os.path.join(output_dir, STATE_DIR, "trainable.safetensors"))
     device = next(model.parameters()).device
     params = dict(model.named_parameters())
@@ -85,7 +140,13 @@ def load_weights(output_dir: str, model) -> None:
             params[name].copy_(value.to(device))
 
 
-def load_optim(output_dir: str, optimizer, scheduler) -> None:
+def load_optim(output_dir: str, optimizer, scheduler, model=None) -> None:
+    """Optimiser and scheduler from ``state/``; ``model`` is needed (on every process) when it is sharded."""
+    if optimizer is not None and model is not None and is_sharded(model):  # collective
+        state = _sharded_state(model, optimizer)
+        dcp.load(state, checkpoint_id=os.path.join(output_dir, STATE_DIR))
+        set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                 options=StateDictOptions(ignore_frozen_params=True))
     state = torch.load(os.path.join(output_dir, STATE_DIR, "optim.pt"), weights_only=False)
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -103,12 +164,13 @@ def load_rng(output_dir: str) -> None:
 
 
 def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool = False, info: dict | None = None,
-               dtype: torch.dtype | None = None):
+               dtype: torch.dtype | None = None, state_dict: dict | None = None):
     """``save_pretrained`` (safetensors) + tokenizer + resolved config, atomically.
 
     With LoRA, stage dirs hold the adapter (peft format, in its training dtype); ``merge_lora``
     writes merged full weights instead, so plain ``AutoModelForCausalLM.from_pretrained`` loads it.
     A full model is written in ``dtype`` (``run.save_dtype``; default: as it is in memory).
+    ``state_dict``: the weights to write instead of the model's own (`full_state_dict` of a sharded model).
     """
     from .precision import cast_state_dict, set_config_dtype
 
@@ -118,9 +180,11 @@ def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool =
 
             model = copy.deepcopy(model).merge_and_unload()
         if hasattr(model, "peft_config") or dtype is None:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         else:
-            model.save_pretrained(tmp, safe_serialization=True, state_dict=cast_state_dict(model, dtype))
+            weights = cast_state_dict(model, dtype) if state_dict is None else {
+                k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             set_config_dtype(tmp, dtype)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "currydpo_config.yaml"), "w") as f:
@@ -128,6 +192,30 @@ def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool =
         if info:
             with open(os.path.join(tmp, "currydpo_stage.json"), "w") as f:
                 json.dump(info, f, indent=2)
+
+
+def full_state_dict(model) -> dict | None:
+    """A sharded model's whole weights, gathered on the main process (None elsewhere). Collective."""
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:
+        return None
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    return {k: v for k, v in sd.items() if k not in tied}  # as save_pretrained writes them: one name per tied weight
+
+
+def load_saved(stage_dir: str, cfg: TrainConfig):
+    """The model saved in ``stage_dir`` by `save_model`, on the CPU: the weights, or for LoRA the base
+    model (``model.path``) with the adapter."""
+    from transformers import AutoModelForCausalLM
+
+    trust = cfg.model.trust_remote_code
+    if not cfg.model.lora:
+        return AutoModelForCausalLM.from_pretrained(stage_dir, dtype="auto", trust_remote_code=trust)
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(os.path.expanduser(cfg.model.path), dtype="auto",
+                                                trust_remote_code=trust)
+    return PeftModel.from_pretrained(base, stage_dir)
 
 
 def stage_info(output_dir: str, stage: int) -> dict:

@@ -11,8 +11,10 @@ only those go through the output embedding (N, V), so the (B, T, V) logits tenso
 exists. This is exact for models whose logits are ``lm_head(last_hidden_state)``; models
 that post-process logits (Gemma-2 ``final_logit_softcapping``, Cohere ``logit_scale``,
 Granite ``logits_scaling``, ...), models without ``get_output_embeddings``, prompt-learning
-PEFT adapters and distributed wrappers (DDP/FSDP, whose forward must be called for
-gradient synchronisation) use the full forward instead, with the same result.
+PEFT adapters and DDP wrappers (whose forward must be called for gradient synchronisation)
+use the full forward instead, with the same result. Under FSDP2 (training/sharding.py) the
+two pieces run together as a forward of the root module, so its hooks gather and release
+the root's parameter shards and reduce their gradients exactly as ``model(...)`` would.
 
 Packed path (``packing=True``, the default where the model allows it): no padding is
 computed and a prompt shared by several responses of the batch is computed once. The
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .sharding import is_sharded
 from .tokenize import Encoded
 
 # Config fields that mean "logits are not just lm_head(hidden)"; value that means "no-op".
@@ -65,6 +68,34 @@ def _split_model(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     if head is None or backbone is None or backbone is m:
         return None
     return backbone, head
+
+
+def _backbone_then_head(backbone, head, at: Tensor, **inputs) -> Tensor:
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+    return head(hidden.reshape(-1, hidden.size(-1))[at].to(head.weight.device))  # (N, V): only the used positions
+
+
+_ROOT_FORWARD = "currydpo_head_logits"
+
+
+def _head_logits(model, split, at: Tensor, **inputs) -> Tensor:
+    """Logits (N, V) at the flat positions ``at`` of the inputs, through the backbone and the LM head.
+
+    Under FSDP2 the two run inside one forward of the root module, registered with
+    ``register_fsdp_forward_method``: its pre-forward hook all-gathers the root's own shards
+    (embeddings, final norm, LM head), its post-forward hook frees them and hooks the backward
+    that reduce-scatters their gradients. Calling the pieces directly would see only this
+    process's shards.
+    """
+    if not is_sharded(model):
+        return _backbone_then_head(*split, at, **inputs)
+    if _ROOT_FORWARD not in vars(model):  # once per model
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        backbone, head = split
+        setattr(model, _ROOT_FORWARD, lambda at, **kw: _backbone_then_head(backbone, head, at, **kw))
+        register_fsdp_forward_method(model, _ROOT_FORWARD)
+    return getattr(model, _ROOT_FORWARD)(at, **inputs)
 
 
 # Model types whose decoder takes a custom 4D mask as-is (transformers' create_causal_mask
@@ -185,9 +216,7 @@ def _packed_logits(model, packed: Packed, split, device) -> Tensor:
         mask = allowed
     at = packed.predict_at.to(device)
     if split is not None:
-        backbone, head = split
-        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-        return head(hidden.reshape(-1, hidden.size(-1))[at].to(head.weight.device))  # (N, V)
+        return _head_logits(model, split, at, input_ids=ids, attention_mask=mask, position_ids=pos)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (R, L, V)
     return logits.reshape(-1, logits.size(-1))[at]
 
@@ -237,10 +266,8 @@ def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool
         return _sum_logps(logits, packed.targets, packed.owner, len(batch)), packed.n_tokens.to(logits.device)
     ids, attn, pred, n_tokens = _pad(batch, pad_token_id, device)
     if split is not None:
-        backbone, head = split
-        hidden = backbone(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, T, H)
-        picked = hidden[:, :-1][pred].to(head.weight.device)  # (N, H): positions predicting response tokens
-        logits = head(picked)  # (N, V)
+        at = torch.nn.functional.pad(pred, (0, 1)).flatten().nonzero().squeeze(1)  # flat (B*T) positions, row-major
+        logits = _head_logits(model, split, at, input_ids=ids, attention_mask=attn)  # (N, V)
     else:
         full = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
         full = full[:, -ids.size(1):]  # prompt-learning PEFT prepends virtual-token positions

@@ -40,11 +40,13 @@ from ..io import write_json, write_text
 from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, select_pairs, stage_plan
 from . import checkpoint as ckpt
 from . import precision as prec
+from . import sharding
 from .listwise import ListLogps, list_loss
 from .logprobs import response_logps
 from .losses import PairLogps, is_listwise, mrpo_reference, needs_reference, pair_loss
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
+from .sharding import is_sharded
 from .tokenize import encode_for
 
 
@@ -65,6 +67,8 @@ class Run:
     log: list[dict] = field(default_factory=list)
     save_dtype: torch.dtype | None = None  # run.save_dtype resolved: stage-K/ and final/ are written in it
     lists: list[RankedList] | None = None  # listwise losses: stages index these instead of pairs
+    resumed_from: dict | None = None  # where --resume picked the run up
+    updates_run: int = 0  # by this launch (fewer than the total after a resume)
 
     def items(self, idx: list[int]) -> list:
         """The training items (pairs, or ranked lists for a listwise loss) at indices ``idx``."""
@@ -224,7 +228,8 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
     for m, idx in enumerate(micro):
         pairs = run.items(idx)
         batch = batch_logps if run.lists is None else batch_list_logps
-        sync = contextlib.nullcontext() if m == len(micro) - 1 else acc.no_sync(model)
+        # FSDP2 reduce-scatters every micro-batch: its no_sync would hold a whole unsharded gradient per process
+        sync = contextlib.nullcontext() if m == len(micro) - 1 or is_sharded(model) else acc.no_sync(model)
         with sync:
             loss, metrics, _ = loss_for(run, batch(run, model, pairs, ref), pairs)
             check_finite_everywhere(acc, loss, where, idx)
@@ -234,6 +239,7 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
         sums["difficulty"] = sums.get("difficulty", 0.0) + sum(
             p.difficulty.get(run.cfg.curriculum.difficulty, math.nan) for p in pairs) / len(idx) / len(micro)
     grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.optim.max_grad_norm or float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
     if not torch.isfinite(torch.as_tensor(grad_norm)):
         raise FloatingPointError(f"gradient norm is {float(grad_norm)} at {where}")
     optimizer.step()
@@ -282,7 +288,7 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
             metrics = train_step(run, optimizer, scheduler, micro, ref, where)
         except FloatingPointError as e:
             optimizer.zero_grad(set_to_none=True)
-            if all(torch.isfinite(p).all() for p in run.model.parameters()):
+            if weights_finite(run):
                 save_position(run, optimizer, scheduler, pos)
                 saved = "the last good state is saved in"
             else:  # the weights themselves went non-finite: keep the previous checkpoint
@@ -290,6 +296,7 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
             raise CurryError(f"non-finite values: {e}; {saved} {cfg.run.output_dir}/state "
                              f"(lower optim.lr or check the data)") from None
         pos.update, pos.global_step = u + 1, pos.global_step + 1
+        run.updates_run += 1
         log_metrics(run, {"step": pos.global_step, "stage": k + 1, "stage_update": u + 1, **metrics})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
         if cfg.run.save_every and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates:
@@ -304,13 +311,21 @@ def log_metrics(run: Run, entry: dict) -> None:
     run.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 
 
+def weights_finite(run: Run) -> bool:
+    """Whether every weight is finite; with FSDP2 each process checks its shards and the verdict is all-reduced."""
+    bad = sum(int(not torch.isfinite(sharding.local(p)).all()) for p in run.model.parameters())
+    if is_sharded(run.model):
+        bad = run.accelerator.reduce(torch.tensor([bad], device=run.accelerator.device), "sum").item()
+    return bad == 0
+
+
 def save_position(run: Run, optimizer, scheduler, pos: Position) -> None:
     """Checkpoint ``state/``: weights, optimiser and scheduler (None: not saved), RNG, ``pos``."""
     pos.log_lines = len(run.log)
     run.accelerator.wait_for_everyone()
-    if run.accelerator.is_main_process:
-        ckpt.save_state(run.cfg.run.output_dir, run.accelerator.unwrap_model(run.model), optimizer, scheduler,
-                        dataclasses.asdict(pos), run.cfg)
+    model = run.accelerator.unwrap_model(run.model)
+    if run.accelerator.is_main_process or is_sharded(model):  # sharded: every process writes its shards
+        ckpt.save_state(run.cfg.run.output_dir, model, optimizer, scheduler, dataclasses.asdict(pos), run.cfg)
     run.accelerator.wait_for_everyone()
 
 
@@ -333,7 +348,10 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                          f"{fingerprint[:12]}, was {resume_from.fingerprint[:12]}); resume with the same data, or "
                          f"start a new run.output_dir")
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    fsdp = sharding.fsdp_plugin(acc)
     model = load_model(cfg.model.path, cfg.model, acc.device, dtype=prec.master_dtype(precision))
+    if fsdp:  # shard before the reference pass, which then runs sharded too; LoRA first, so its layers are sharded
+        model = sharding.shard(add_lora(model, cfg.model) if cfg.model.lora else model, fsdp, acc.device)
     enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
@@ -341,6 +359,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     progress = cfg.run.progress and acc.is_main_process
     if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
         ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device, dtype=prec.master_dtype(precision))
+        ref_model = sharding.shard(ref_model, fsdp, acc.device) if fsdp else ref_model
         refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc)
         del ref_model
     else:
@@ -349,7 +368,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                      refs.get("initial", len(table.keys)).tolist(),
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
     data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)  # from the cache
-    if cfg.model.lora:
+    if cfg.model.lora and not fsdp:
         model = add_lora(model, cfg.model)
     stages, lists = stage_plan(cfg, data.train_pairs), None
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
@@ -389,12 +408,14 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     pos = resumed or Position(fingerprint=run.fingerprint)
     if resumed is not None:
         ckpt.load_weights(out, acc.unwrap_model(run.model))
+        run.resumed_from = {"stage": pos.stage + 1, "update": pos.update, "global_step": pos.global_step}
         with open(os.path.join(out, "metrics.jsonl")) as f:  # drop lines logged after the checkpoint
             run.log = [json.loads(line) for line, _ in zip(f, range(pos.log_lines))]  # (a kill may cut the last)
     if acc.is_main_process:
         with open(os.path.join(out, "metrics.jsonl"), "w") as f:
             f.writelines(json.dumps(e) + "\n" for e in run.log)
-    run.model = acc.prepare(run.model)
+    if not is_sharded(run.model):  # a sharded model is placed already; prepare would wrap it in DDP
+        run.model = acc.prepare(run.model)
     run.model.train()
     optimizer = scheduler = None
     if o.across_stages == "continue":
@@ -404,7 +425,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
             optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
         if resumed is not None and k == resumed.stage:
             if o.across_stages == "continue" or pos.update > 0:  # a restarted stage starts fresh
-                ckpt.load_optim(out, optimizer, scheduler)
+                ckpt.load_optim(out, optimizer, scheduler, run.model)
             ckpt.load_rng(out)
         ref = stage_reference_logps(run, k)
         if pos.order is None:
@@ -415,9 +436,11 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
                 **evaluate_held_out(run, ref_key="initial")}
         if run.lists is not None:  # "pairs" counts lists; the pairs they stand for, for fair comparisons
             info["pairs_equivalent"] = sum(run.lists[i].n_pairs for i in pos.order)
+        model = acc.unwrap_model(run.model)
+        weights = ckpt.full_state_dict(model) if is_sharded(model) else None  # gathered whole on the main process
         if acc.is_main_process:
-            ckpt.save_model(os.path.join(out, stage_name(k)), acc.unwrap_model(run.model), run.tokenizer, cfg,
-                            info=info, dtype=run.save_dtype)
+            ckpt.save_model(os.path.join(out, stage_name(k)), model, run.tokenizer, cfg, info=info,
+                            dtype=run.save_dtype, state_dict=weights)
         pos.stage, pos.update, pos.order = k + 1, 0, None
         pos.stages_done.append(info)
         keep = o.across_stages == "continue"  # restart: the next stage builds a fresh optimiser, do not write this one
@@ -509,14 +532,17 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
         "train_pairs": len(run.data.train_pairs), "eval_pairs": len(run.data.eval_pairs),
         "unique_responses": len(run.table.keys), "stages": stage_info,
         "final_loss": run.log[-1]["loss"] if run.log else None,
+        "resumed_from": run.resumed_from, "updates_run": run.updates_run,
     }
     if acc.is_main_process:
-        model = acc.unwrap_model(run.model)
+        model, k = acc.unwrap_model(run.model), len(run.stages)
         if cfg.run.final_model == "best":  # stage-level early stopping, like HF's load_best_model_at_end
             k, value = best_stage(cfg.run.output_dir, len(run.stages), cfg.run.best_metric)
             summary["final_model"] = {"stage": k, cfg.run.best_metric: value}
-            if k != len(run.stages):
-                ckpt.load_stage_weights(model, os.path.join(cfg.run.output_dir, f"stage-{k}"))
+        if is_sharded(model):  # its weights are spread over the processes; stage-K/ holds them whole
+            model = ckpt.load_saved(os.path.join(cfg.run.output_dir, f"stage-{k}"), cfg)
+        elif k != len(run.stages):
+            ckpt.load_stage_weights(model, os.path.join(cfg.run.output_dir, f"stage-{k}"))
         ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True,
                         dtype=run.save_dtype)
         write_json(os.path.join(cfg.run.output_dir, "summary.json"), summary)

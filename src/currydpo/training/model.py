@@ -67,8 +67,14 @@ def add_lora(model, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model
 
     targets = cfg.lora_target_modules
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-    )
+    if targets != "all-linear":  # peft only warns when some of the names match nothing
+        targets = [t.strip() for t in targets.split(",")]
+        names = [n for n, _ in model.named_modules()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise CurryError(f"model.lora_target_modules: {', '.join(missing)} not found in {cfg.path} (its linear "
+                             f"layers: {', '.join(linear)}); use those names or all-linear")
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules=targets)
     return get_peft_model(model, lora)

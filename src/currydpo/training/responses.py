@@ -25,6 +25,7 @@ from ..data.pairs import Pair
 from ..errors import CurryError
 from ..io import atomic_path
 from .logprobs import response_logps
+from .sharding import is_sharded
 from .tokenize import Encoded
 
 Key = tuple[int, int]  # (record index, response index)
@@ -59,11 +60,13 @@ class ResponseTable:
 
 @torch.no_grad()
 def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_id: int, batch_size: int,
-                   desc: str = "log-probs", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   desc: str = "log-probs", progress: bool = True,
+                   min_forwards: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs and token counts for ``rows`` of the table, in eval mode.
 
     Rows are batched longest-first so each batch carries little padding; results come
-    back in the order of ``rows``.
+    back in the order of ``rows``. ``min_forwards``: run discarded forwards (on the last
+    batch again) up to that many, for sharded models whose every forward is collective.
     """
     was_training = model.training
     model.eval()
@@ -82,6 +85,8 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
         lp, n = response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id)
         logps[chunk] = lp.double().cpu()
         counts[chunk] = n.cpu()
+    for _ in range(min_forwards - math.ceil(len(order) / batch_size)):
+        response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id)
     model.train(was_training)
     return logps, counts
 
@@ -107,7 +112,9 @@ def logps_for_rows_shared(accelerator, model, table: ResponseTable, rows: Sequen
     """`logps_for_rows` with the work split over the processes and the results gathered on every one.
 
     ``model`` must be the unwrapped module: the processes run different numbers of forwards,
-    so none may take part in a collective (DDP's buffer broadcast would). The forwards run under
+    so none may take part in a collective (DDP's buffer broadcast would). A sharded (FSDP2)
+    model's every forward is a collective (it all-gathers the weights), so there each process
+    runs as many forwards as the busiest one, the extra ones discarded. The forwards run under
     ``accelerator.autocast()``, as the policy's do in training (`training/precision.py`).
     """
     W = 1 if accelerator is None else accelerator.num_processes
@@ -116,9 +123,14 @@ def logps_for_rows_shared(accelerator, model, table: ResponseTable, rows: Sequen
             return logps_for_rows(model, table, rows, pad_token_id, batch_size, desc=desc, progress=progress)
     from accelerate.utils import gather_object
 
-    mine = shard_rows(table, rows, W)[accelerator.process_index]
+    shards = shard_rows(table, rows, W)
+    mine, forwards = shards[accelerator.process_index], 0
+    if is_sharded(model):
+        mine = mine or list(rows[:1])  # a process without rows still joins every forward
+        forwards = max(math.ceil(len(s) / batch_size) for s in shards)
     with accelerator.autocast():
-        lp, n = logps_for_rows(model, table, mine, pad_token_id, batch_size, desc=desc, progress=progress)
+        lp, n = logps_for_rows(model, table, mine, pad_token_id, batch_size, desc=desc, progress=progress,
+                               min_forwards=forwards)
     got = {r: (v, c) for r, v, c in gather_object(list(zip(mine, lp.tolist(), n.tolist())))}
     return (torch.tensor([got[r][0] for r in rows], dtype=torch.float64),
             torch.tensor([got[r][1] for r in rows], dtype=torch.long))
