@@ -85,6 +85,7 @@ def test_fsdp2_sigkill_in_stage_2_then_resume_reaches_the_uninterrupted_weights(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] == {"stage": 2, "update": 1, "global_step": 5}
     assert summary["updates_run"] == 7
+    assert "resumed at stage 2, update 2 (step 6): 7 updates run by this launch" in done.stdout
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "stage-1").iterdir()} == stage1
     assert (out / "metrics.jsonl").read_text().splitlines()[:5] == before
     assert check_complete(out) == ["final", "refcache", "stage-1", "stage-2", "stage-3", "state"]

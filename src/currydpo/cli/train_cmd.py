@@ -52,6 +52,10 @@ def run(args) -> int:
         return 0
     print(f"trained {summary['total_updates']} updates over {len(summary['stages'])} stage(s) "
           f"({summary['schedule']}, reference {summary['reference']}); final loss {summary['final_loss']:.4f}")
+    if summary.get("resumed_from"):
+        r = summary["resumed_from"]
+        print(f"  resumed at stage {r['stage']}, update {r['update'] + 1} (step {r['global_step'] + 1}): "
+              f"{summary['updates_run']} updates run by this launch")
     for s in summary["stages"]:
         extra = f", held-out reward acc {s['eval/rewards/accuracies']:.3f}" if "eval/rewards/accuracies" in s else ""
         print(f"  stage {s['stage']}: {s.get('label', '')} — {s.get('pairs', '?')} pairs, {s['updates']} updates, "
