@@ -1,6 +1,7 @@
 """FSDP2 sharded training on 2 CPU processes (gloo), launched as docs/multi-gpu.md says with
 examples/accelerate/fsdp2_cpu_2proc.yaml, matches the one-process run with the same global batch
-(2 processes x batch 2 == 1 process x batch 4), survives a SIGKILL with --resume, and trains LoRA.
+(2 processes x batch 2 == 1 process x batch 4), survives a SIGKILL with --resume, and trains LoRA
+(with a separate reference model).
 Equal to float tolerance, not bitwise: the runs sum the same gradients in a different order."""
 
 import json
@@ -95,7 +96,9 @@ def test_fsdp2_sigkill_in_stage_2_then_resume_reaches_the_uninterrupted_weights(
 
 def test_fsdp2_trains_lora_like_one_process(tiny_model_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    config = run_config(tmp_path, tiny_model_dir, two, model={"lora": True, "lora_r": 4, "lora_dropout": 0.0},
+    # with a separate reference model (the same weights), sharded too for its one reference pass
+    config = run_config(tmp_path, tiny_model_dir, two, model={"lora": True, "lora_r": 4, "lora_dropout": 0.0,
+                                                              "ref_model": str(tiny_model_dir)},
                         optim={"batch_size": 2, "epochs_per_stage": 1, "lr": 1e-2})
     one_process(config, one)
     done = subprocess.run(launch_2proc(FSDP2, "train", "--config", str(config), "--no-progress"),

@@ -64,3 +64,16 @@ def test_a_layer_class_to_wrap_that_the_model_lacks_is_an_error(tiny_model_dir, 
     monkeypatch.delenv("FSDP_TRANSFORMER_CLS_TO_WRAP")
     assert [c.__name__ for c in sharding._layer_classes(model, sharding.fsdp_plugin(cpu_processes()))] == [
         "LlamaDecoderLayer"]
+
+
+def test_a_sharded_state_resumes_only_sharded(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from currydpo.training import checkpoint
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / ".metadata").write_bytes(b"")  # what torch.distributed.checkpoint writes
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(CurryError, match=r"state was written by a sharded \(FSDP2\) launch but this is an "
+                                         r"unsharded launch; resume with the accelerate config"):
+        checkpoint.load_weights(str(tmp_path), model)
