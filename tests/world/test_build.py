@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from currydpo.world import build as B
 from currydpo.world.language import gold_reward, parse_prompt
+from currydpo.world.pool import POOL
 
 TINY = dict(quick=True, sft_steps=40, n_sft_examples=400, n_train_prompts=16, n_eval_prompts=8, progress=False)
 
@@ -20,7 +21,7 @@ def world(tmp_path_factory):
 
 def test_layout_and_meta(world):
     cache, w = world
-    assert w.root.parent == cache and w.root.name.startswith(f"world-{B.WORLD_VERSION}-1-quick")
+    assert w.root.parent == cache and w.root.name.startswith(f"world-{B.WORLD_VERSION}-pool-1-quick")
     meta = json.loads(w.meta.read_text())
     assert meta["complete"] is True and meta["seed"] == 1 and meta["config"]["sft_steps"] == 40
     assert meta["gold_reward"] == "currydpo.world.language:gold_reward"
@@ -47,11 +48,15 @@ def test_ultrafeedback_layout(world):
     _, w = world
     rows = [json.loads(line) for line in w.train_data.read_text().splitlines()]
     assert len(rows) == 16
+    pool = {w.name for w in POOL}
     for row in rows:
         assert row["source"] == "currydpo-world" and parse_prompt(row["instruction"])[0] != "unknown"
-        assert isinstance(row["prompt_id"], str) and len(row["completions"]) == 4
+        # the default regime is the pool: up to 4 answers (empty ones dropped) from distinct writers
+        assert isinstance(row["prompt_id"], str) and 2 <= len(row["completions"]) <= 4
+        models = [c["model"] for c in row["completions"]]
+        assert row["models"] == models and len(set(models)) == len(models) and set(models) <= pool
         for c in row["completions"]:
-            assert isinstance(c["response"], str) and c["model"] == "sft"
+            assert isinstance(c["response"], str) and c["response"]
             ratings = [c["annotations"][a]["Rating"] for a in
                        ("helpfulness", "honesty", "instruction_following", "truthfulness")]
             assert all(isinstance(r, str) and r in {"1", "2", "3", "4", "5"} for r in ratings)
@@ -98,11 +103,16 @@ def test_bad_override_is_an_error(tmp_path):
 
     with pytest.raises(CurryError, match="sft_steps"):
         B.build_world(str(tmp_path), sft_steps=0)
+    with pytest.raises(CurryError, match="responses='mixed'"):
+        B.build_world(str(tmp_path), responses="mixed")
     with pytest.raises(CurryError, match="too many"):
         B.build_world(str(tmp_path), n_train_prompts=5000, progress=False)
 
 
 def test_cache_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CURRYDPO_CACHE", str(tmp_path))
-    assert B.world_dir(None, 0, False, B.DEFAULT) == tmp_path / f"world-{B.WORLD_VERSION}-0"
-    assert B.world_dir(None, 3, True, B.QUICK) == tmp_path / f"world-{B.WORLD_VERSION}-3-quick"
+    assert B.world_dir(None, 0, False, B.DEFAULT) == tmp_path / f"world-{B.WORLD_VERSION}-pool-0"
+    assert B.world_dir(None, 3, True, B.QUICK) == tmp_path / f"world-{B.WORLD_VERSION}-pool-3-quick"
+    # the two response regimes never share a cached world
+    selfish = B.dataclasses.replace(B.DEFAULT, responses="self")
+    assert B.world_dir(None, 0, False, selfish) == tmp_path / f"world-{B.WORLD_VERSION}-self-0"

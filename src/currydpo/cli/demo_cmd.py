@@ -10,7 +10,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="run Curry-DPO and its baselines end to end on the embedded offline world",
         description="Build (once, cached) a synthetic language with a known gold reward, its tokenizer and a tiny "
-                    "SFT model, rate 4 sampled answers per prompt with a noisy judge, then train and evaluate: "
+                    "SFT model, rate 4 answers per prompt with a noisy judge, then train and evaluate: "
                     "single-pair DPO, multi-pair DPO (random order), Curry-DPO iterative (3 stages, reference "
                     "swapped) and Curry-DPO single-pass, all with the same loss, beta, LR schedule and updates.",
     )
@@ -20,6 +20,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ablations", action="store_true",
                    help="also run arms that take the iterative arm apart: per-stage optimiser restart, fixed SFT "
                         "reference, the anti (hard -> easy) order, and the best stage by held-out metrics")
+    p.add_argument("--responses", choices=("pool", "self"), default="pool",
+                   help="who writes each prompt's 4 answers: pool (default, the paper's regime: 4 distinct writers "
+                        "of graded quality, as UltraFeedback's 4 of 17 models) | self (4 samples of the SFT model, "
+                        "on-policy)")
     p.add_argument("--cache-dir", default=None,
                    help="where the world is cached (default $CURRYDPO_CACHE or ~/.cache/currydpo)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the world itself (default 0)")
@@ -40,7 +44,8 @@ def run(args) -> int:
         raise CurryError("--seeds needs at least one seed")
     start = time.time()
     report = run_demo(args.out, seeds, quick=args.quick, cache_dir=args.cache_dir, world_seed=args.world_seed,
-                      progress=not args.no_progress, ablations=args.ablations)
+                      progress=not args.no_progress, ablations=args.ablations,
+                      responses=args.responses)
     print_report(report, args.out)
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0

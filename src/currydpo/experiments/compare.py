@@ -43,6 +43,7 @@ class CompareSpec:
     judge: str | None = None
     generation: dict = field(default_factory=dict)
     trust_remote_code: bool = False
+    notes: dict = field(default_factory=dict)  # facts about the setup the report states (e.g. the data regime)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -205,4 +206,4 @@ def run_compare(spec: CompareSpec, progress: bool = True) -> dict:
     results = []
     for arm, seed in tqdm(jobs, desc="arms", disable=not progress):
         results.append(run_arm(spec, arm, seed, judge, prompts, progress))
-    return write_report(spec.output_dir, results, [BASELINE, *spec.arms])
+    return write_report(spec.output_dir, results, [BASELINE, *spec.arms], notes=spec.notes)

@@ -1,10 +1,14 @@
 """`currydpo demo`: the whole Curry-DPO comparison on the embedded world, offline.
 
 The world (built once, cached) supplies an SFT model, UltraFeedback-layout preference
-data (4 sampled responses per prompt, rated 1..5 by a noisy judge of the gold reward)
-and held-out prompts. The demo is an ordinary `compare` spec over that world — loader,
-pairs, difficulty, schedule, training and evaluation all run through the public code
-paths — with five arms that share the loss, beta, LR schedule and number of updates:
+data (4 responses per prompt, rated 1..5 by a noisy judge of the gold reward) and
+held-out prompts. ``responses`` picks the data regime: ``pool`` (default, the paper's:
+UltraFeedback rates answers of 4 distinct models from a pool of graded quality) or
+``self`` (all 4 answers sampled from the SFT model, on-policy). The report records it.
+
+The demo is an ordinary `compare` spec over that world — loader, pairs, difficulty,
+schedule, training and evaluation all run through the public code paths — with five
+arms that share the loss, beta, LR schedule and number of updates:
 
 - ``sft``: the SFT model itself (the baseline of every win rate);
 - ``single-pair``: DPO on one pair per prompt, best vs a random other (Zephyr recipe);
@@ -27,6 +31,10 @@ paths — with five arms that share the loss, beta, LR schedule and number of up
   reference combines the SFT model and every earlier stage's policy (MRPO, Le et al. 2024).
 
 Nothing in the world knows which arm is running; the table reports what comes out.
+The paper trains each iterative stage as a fresh DPO run (the library's default for
+``schedule: iterative``); the demo's fairness rule instead holds one LR schedule over all
+updates for every arm, so it sets ``across_stages: continue`` explicitly, and the
+``iterative-restart`` ablation is the paper's per-stage restart.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import os
 from ..world.build import build_world
 from .compare import CompareSpec, run_compare
 
+# Set explicitly (not left to the library's `auto`), so the demo's arms do not move when defaults do.
 ITERATIVE = {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True}
 ARMS = {
     "single-pair": {"curriculum": {"schedule": "single-pair", "single_pair_strategy": "best-vs-random"}},
@@ -63,8 +72,16 @@ SETTINGS = {
 }
 
 
+RESPONSES = {
+    "pool": "each prompt's 4 answers come from 4 distinct writers of graded quality (rule-based writers with "
+            "controlled error rates, the SFT model at 3 temperatures, an early SFT checkpoint), as UltraFeedback "
+            "rates 4 of 17 models: the paper's regime",
+    "self": "all 4 answers sampled from the SFT model itself (on-policy)",
+}
+
+
 def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, progress: bool = True,
-              ablations: bool = False) -> CompareSpec:
+              ablations: bool = False, responses: str = "pool") -> CompareSpec:
     s = SETTINGS["quick" if quick else "default"]
     base = {
         "model": {"path": str(world.sft_model)},
@@ -80,14 +97,16 @@ def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, pro
     return CompareSpec(base=base, arms=arms, seeds=seeds, output_dir=output_dir, prompts=str(world.eval_prompts),
                        judge="gold:currydpo.world.language:gold_reward",
                        generation={"max_new_tokens": s["max_new_tokens"], "temperature": 1.0, "top_p": 1.0,
-                                   "do_sample": True, "batch_size": 50})
+                                   "do_sample": True, "batch_size": 50},
+                       notes={"responses": responses, "responses_detail": RESPONSES[responses]})
 
 
 def run_demo(output_dir: str = "runs/demo", seeds: list[int] | None = None, quick: bool = False,
              cache_dir: str | None = None, world_seed: int = 0, progress: bool = True,
-             ablations: bool = False) -> dict:
-    """Build (or reuse) the world, run every arm for every seed, write the report."""
-    world = build_world(cache_dir, seed=world_seed, quick=quick, progress=progress)
-    spec = demo_spec(world, output_dir, seeds or [1], quick=quick, progress=progress, ablations=ablations)
+             ablations: bool = False, responses: str = "pool") -> dict:
+    """Build (or reuse) the world of the ``responses`` regime, run every arm for every seed, write the report."""
+    world = build_world(cache_dir, seed=world_seed, quick=quick, progress=progress, responses=responses)
+    spec = demo_spec(world, output_dir, seeds or [1], quick=quick, progress=progress, ablations=ablations,
+                     responses=responses)
     os.makedirs(output_dir, exist_ok=True)
     return run_compare(spec, progress=progress)

@@ -172,10 +172,19 @@ def _heldout_by_stage(plt, output_dir: str, arms: list[str], results: list[dict]
     return path
 
 
-def write_report(output_dir: str, results: list[dict], arms: list[str]) -> dict:
+def setup_lines(notes: dict) -> str:
+    """``{"responses": "pool", "responses_detail": "..."}`` -> ``Responses: pool (...)``, one line per fact."""
+    lines = [f"{k.replace('_', ' ').capitalize()}: {v}" + (f" ({notes[k + '_detail']})" if k + "_detail" in notes
+                                                            else "")
+             for k, v in notes.items() if not k.endswith("_detail")]
+    return "".join(line + "\n\n" for line in lines)
+
+
+def write_report(output_dir: str, results: list[dict], arms: list[str], notes: dict | None = None) -> dict:
     rows = aggregate(results, arms)
-    md = markdown(rows)
+    md = setup_lines(notes or {}) + markdown(rows)  # the setup first: a table is never read without it
     write_text(os.path.join(output_dir, "results.md"), md)
-    report = {"rows": rows, "results": results, "plots": plots(output_dir, rows, results), "markdown": md}
+    report = {"rows": rows, "results": results, "plots": plots(output_dir, rows, results), "markdown": md,
+              "notes": dict(notes or {})}
     write_json(os.path.join(output_dir, "results.json"), {k: v for k, v in report.items() if k != "markdown"})
     return report

@@ -5,8 +5,11 @@ A world is a directory holding:
 - ``sft_model/``   tokenizer (BPE trained on the language) + tiny Llama trained from scratch
                    by next-token SFT on chat-formatted (prompt, response) pairs of varied
                    quality, loss on response tokens only; ``save_pretrained`` layout;
-- ``train.jsonl``  UltraFeedback-layout preference data: 4 SFT samples per training
-                   prompt rated 1..5 by a noisy judge (`preferences.make_preference_data`);
+- ``train.jsonl``  UltraFeedback-layout preference data: 4 answers per training prompt rated
+                   1..5 by a noisy judge (`preferences.make_preference_data`), written by 4
+                   distinct members of a pool of writers of graded quality (``pool``, the
+                   paper's UltraFeedback regime, `pool.py`) or sampled from the SFT model
+                   itself (``self``, on-policy);
 - ``eval_prompts.jsonl``  held-out prompts (``{"prompt": ...}``), disjoint from the SFT and
                    preference prompts;
 - ``meta.json``    the world's config, seed, build timings, SFT loss before/after, the
@@ -14,8 +17,9 @@ A world is a directory holding:
 
 The directory is built in a temporary sibling and swapped in (`io.atomic_dir`), so an
 interrupted build never leaves half a world; a complete one is reused. Where it lives:
-``<cache_dir or $CURRYDPO_CACHE or ~/.cache/currydpo>/world-<version>-<seed>[-quick]``
-(plus a hash suffix when sizes are overridden). Nothing here knows which training arm
+``<cache_dir or $CURRYDPO_CACHE or ~/.cache/currydpo>/world-<version>-<responses>-<seed>[-quick]``
+(plus a hash suffix when sizes are overridden): the two response regimes, and worlds of
+older versions, never share a directory. Nothing here knows which training arm
 will be run on the world.
 """
 
@@ -32,16 +36,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..errors import CurryError
 from ..io import atomic_dir, write_json, write_jsonl
 from . import language
+from .pool import EARLY_FRACTION
 from .preferences import ASPECTS, make_preference_data
 from .tiny import make_llama, make_tokenizer
 
-WORLD_VERSION = "3"
+WORLD_VERSION = "4"  # 4: the response regime (pool | self) is part of the world
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class WorldConfig:
     temperature: float = 1.0        # sampling temperature for the responses
     max_new_tokens: int = 48        # response length cap when sampling
     gen_batch_size: int = 32        # prompts per generate call
+    responses: str = "pool"         # pool: 4 distinct writers per prompt (UltraFeedback) | self: 4 SFT samples
 
 
 DEFAULT = WorldConfig()
@@ -87,10 +94,13 @@ class WorldPaths:
                    eval_prompts=root / "eval_prompts.jsonl", meta=root / "meta.json")
 
 
+RESPONSES = ("pool", "self")
+
+
 def world_dir(cache_dir: str | os.PathLike | None, seed: int, quick: bool, config: WorldConfig) -> Path:
     base = Path(cache_dir or os.environ.get("CURRYDPO_CACHE") or Path.home() / ".cache" / "currydpo").expanduser()
-    name = f"world-{WORLD_VERSION}-{seed}" + ("-quick" if quick else "")
-    if config != (QUICK if quick else DEFAULT):
+    name = f"world-{WORLD_VERSION}-{config.responses}-{seed}" + ("-quick" if quick else "")
+    if config != dataclasses.replace(QUICK if quick else DEFAULT, responses=config.responses):
         digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
         name += f"-{digest}"
     return base / name
@@ -110,10 +120,13 @@ def is_complete(paths: WorldPaths, config: WorldConfig | None = None) -> bool:
 
 
 def build_world(cache_dir: str | None = None, *, seed: int = 0, quick: bool = False, force: bool = False,
-                progress: bool = True, sft_steps: int | None = None, n_sft_examples: int | None = None,
-                n_train_prompts: int | None = None, n_eval_prompts: int | None = None) -> WorldPaths:
-    """Return the cached world for (``seed``, ``quick``, overrides), building it first if needed."""
-    config = QUICK if quick else DEFAULT
+                progress: bool = True, responses: str = "pool", sft_steps: int | None = None,
+                n_sft_examples: int | None = None, n_train_prompts: int | None = None,
+                n_eval_prompts: int | None = None) -> WorldPaths:
+    """Return the cached world for (``seed``, ``quick``, ``responses``, overrides), building it first if needed."""
+    if responses not in RESPONSES:
+        raise CurryError(f"build_world: responses={responses!r} is not valid; choose one of: {', '.join(RESPONSES)}")
+    config = dataclasses.replace(QUICK if quick else DEFAULT, responses=responses)
     overrides = {k: v for k, v in dict(sft_steps=sft_steps, n_sft_examples=n_sft_examples,
                                        n_train_prompts=n_train_prompts, n_eval_prompts=n_eval_prompts).items()
                  if v is not None}
@@ -158,8 +171,15 @@ def _build_into(paths: WorldPaths, config: WorldConfig, seed: int, quick: bool, 
     model = make_llama(tokenizer, hidden=config.hidden, layers=config.layers, heads=config.heads,
                        intermediate=config.intermediate, max_positions=config.max_positions, seed=seed)
     t_tok = time.perf_counter()
+    early: dict = {}  # the pool's weaker writer: the SFT model part-way through training
+    early_step = max(1, int(EARLY_FRACTION * config.sft_steps))
+
+    def keep_early(step: int) -> None:
+        if step == early_step:
+            early.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
     sft_stats = train_sft(model, tokenizer, examples, steps=config.sft_steps, batch_size=config.batch_size,
-                          lr=config.lr, seed=seed, progress=progress)
+                          lr=config.lr, seed=seed, progress=progress, after_step=keep_early)
     model.save_pretrained(paths.sft_model)
     tokenizer.save_pretrained(paths.sft_model)
     t_sft = time.perf_counter()
@@ -167,12 +187,14 @@ def _build_into(paths: WorldPaths, config: WorldConfig, seed: int, quick: bool, 
     # --- preference data + eval prompts ----------------------------------------------
     make_preference_data(paths.sft_model, train_prompts, paths.train_data, n_responses=config.n_responses,
                          rater_noise=config.rater_noise, seed=seed, temperature=config.temperature,
-                         max_new_tokens=config.max_new_tokens, batch_size=config.gen_batch_size, progress=progress)
+                         max_new_tokens=config.max_new_tokens, batch_size=config.gen_batch_size, progress=progress,
+                         responses=config.responses, early_state=early or None)
     write_jsonl(paths.eval_prompts, ({"prompt": p} for p in eval_prompts))
     t_pref = time.perf_counter()
 
     meta = {
-        "version": WORLD_VERSION, "seed": seed, "quick": quick, "config": dataclasses.asdict(config),
+        "version": WORLD_VERSION, "seed": seed, "quick": quick, "responses": config.responses,
+        "config": dataclasses.asdict(config),
         "gold_reward": "currydpo.world.language:gold_reward",
         "n_params": sum(p.numel() for p in model.parameters()),
         "sft": sft_stats,
@@ -210,8 +232,10 @@ def _batch(encoded: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Ten
 
 
 def train_sft(model, tokenizer, examples: list[tuple[str, str]], *, steps: int, batch_size: int, lr: float,
-              seed: int = 0, progress: bool = True) -> dict:
+              seed: int = 0, progress: bool = True, after_step: Callable[[int], None] | None = None) -> dict:
     """Plain next-token SFT, loss on response tokens (and the closing EOS) only.
+
+    ``after_step(n)`` is called after the n-th update (1-based), e.g. to keep a snapshot.
 
     Returns the loss on a fixed probe batch before and after training, and the time taken.
     """
@@ -261,6 +285,8 @@ def train_sft(model, tokenizer, examples: list[tuple[str, str]], *, steps: int, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        if after_step is not None:
+            after_step(step + 1)
         if bar is not None:
             bar.update(1)
             if step % 20 == 0:
@@ -274,8 +300,14 @@ def train_sft(model, tokenizer, examples: list[tuple[str, str]], *, steps: int, 
 
 
 def data_stats(train_path: str | os.PathLike) -> dict:
-    """Gold reward of the sampled responses and the judge's rating distribution."""
+    """Gold reward of the answers (overall and per writer), the judge's ratings, and how close the top pair is.
+
+    (R1,R2) is the judge's best and second-best answer (the hardest best-vs-rest pair);
+    ``top_pair_near_tie_share`` counts those whose gold gap is below 0.05.
+    """
     gold, best, scores, ratings, tied_best, empty, n_rows = [], [], [], Counter(), 0, 0, 0
+    by_writer: dict[str, list[float]] = {}
+    top_gaps, top_both_perfect = [], 0
     with open(train_path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
@@ -287,8 +319,12 @@ def data_stats(train_path: str | os.PathLike) -> dict:
             gold += g
             best.append(max(g))
             scores += s
-            for c in row["completions"]:
+            for c, x in zip(row["completions"], g):
                 ratings.update(c["annotations"][a]["Rating"] for a in ASPECTS)
+                by_writer.setdefault(c.get("model", "?"), []).append(x)
+            r1, r2 = sorted(range(len(s)), key=lambda i: -s[i])[:2]
+            top_gaps.append(abs(g[r1] - g[r2]))
+            top_both_perfect += g[r1] >= 0.999 and g[r2] >= 0.999
     if not gold:
         return {"prompts": 0}
     score_hist = Counter(round(x) for x in scores)
@@ -299,6 +335,11 @@ def data_stats(train_path: str | os.PathLike) -> dict:
         "gold_best_of_n_mean": round(statistics.mean(best), 4),
         "gold_zero_share": round(sum(x == 0.0 for x in gold) / len(gold), 4),
         "gold_one_share": round(sum(x >= 0.999 for x in gold) / len(gold), 4),
+        "writer_gold_mean": {w: round(statistics.mean(v), 4) for w, v in sorted(by_writer.items())},
+        "writer_answers": {w: len(v) for w, v in sorted(by_writer.items())},
+        "top_pair_gold_gap_mean": round(statistics.mean(top_gaps), 4),
+        "top_pair_near_tie_share": round(sum(x < 0.05 for x in top_gaps) / n_rows, 4),
+        "top_pair_both_perfect_share": round(top_both_perfect / n_rows, 4),
         "score_mean": round(statistics.mean(scores), 4),
         "score_gold_correlation": round(_pearson(gold, scores), 4),
         "aspect_rating_counts": {k: ratings[k] for k in sorted(ratings)},

@@ -14,7 +14,9 @@ Aspect <- gold quantity (all in [0, 1]), rating = clip(round(1 + 4 v + noise), 1
 - honesty                <- form (stands in for "no made-up text": parses, no repetition)
 
 ``overall_score`` is 2 x the fine-grained mean (the 1..10 scale of openbmb's critique
-score). The layout is openbmb/UltraFeedback's, one JSON object per line.
+score). The layout is openbmb/UltraFeedback's, one JSON object per line, with the writer
+of each completion in its ``model`` field: ``sft`` in the ``self`` regime (all 4 answers
+sampled from the SFT model), a pool member's name in the ``pool`` regime (`pool.py`).
 """
 
 from __future__ import annotations
@@ -53,14 +55,16 @@ def rate(prompt: str, response: str, rng: random.Random, rater_noise: float = 0.
     return out
 
 
-def ultrafeedback_row(prompt: str, responses: list[str], rng: random.Random, rater_noise: float = 0.5) -> dict:
-    """One openbmb/UltraFeedback-layout row for ``prompt`` and its rated ``responses``."""
+def ultrafeedback_row(prompt: str, responses: list[str], rng: random.Random, rater_noise: float = 0.5,
+                      models: list[str] | None = None) -> dict:
+    """One openbmb/UltraFeedback-layout row for ``prompt`` and its rated ``responses`` (written by ``models``)."""
+    models = models or ["sft"] * len(responses)
     completions = []
-    for text in responses:
+    for text, model in zip(responses, models):
         ratings = rate(prompt, text, rng, rater_noise)
         mean = sum(ratings.values()) / len(ratings)
         completions.append({
-            "model": "sft",
+            "model": model,
             "response": text,
             "annotations": {a: {"Rating": str(ratings[a]), "Rationale": ""} for a in ASPECTS},
             "fine-grained_score": mean,
@@ -71,7 +75,7 @@ def ultrafeedback_row(prompt: str, responses: list[str], rng: random.Random, rat
     return {
         "source": "currydpo-world",
         "instruction": prompt,
-        "models": ["sft"] * len(responses),
+        "models": list(models),
         "completions": completions,
         "prompt_id": hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16],
     }
@@ -106,9 +110,17 @@ def sample_responses(model, tokenizer, prompts: list[str], *, n_responses: int =
 
 def make_preference_data(model_dir: str | os.PathLike, prompts: list[str], out_path: str | os.PathLike, *,
                          n_responses: int = 4, rater_noise: float = 0.5, seed: int = 0, temperature: float = 1.0,
-                         max_new_tokens: int = 48, batch_size: int = 64, progress: bool = False) -> str:
-    """Sample, rate and write UltraFeedback-layout preference data for ``prompts``; returns ``out_path``."""
+                         max_new_tokens: int = 48, batch_size: int = 64, progress: bool = False,
+                         responses: str = "self", early_state: dict | None = None) -> str:
+    """Write, rate and save UltraFeedback-layout preference data for ``prompts``; returns ``out_path``.
+
+    ``responses``: ``self`` samples every answer from the SFT model at ``temperature``;
+    ``pool`` takes each prompt's answers from distinct `pool.POOL` members (``early_state``:
+    the early SFT checkpoint's weights, for the pool's early writer).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .pool import assign_writers, write_answers
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -116,16 +128,33 @@ def make_preference_data(model_dir: str | os.PathLike, prompts: list[str], out_p
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(prompts), desc="world: sampling responses", unit="prompt")
-    responses = sample_responses(model, tokenizer, prompts, n_responses=n_responses, seed=seed,
+        total = len(prompts) * (n_responses if responses == "pool" else 1)
+        bar = tqdm(total=total, desc=f"world: writing responses ({responses})", unit="answer" if
+                   responses == "pool" else "prompt")
+    tick = bar.update if bar is not None else None
+    if responses == "pool":
+        early = AutoModelForCausalLM.from_pretrained(model_dir)
+        if early_state is not None:
+            early.load_state_dict(early_state)
+        assignment = assign_writers(len(prompts), n_responses, random.Random(f"pool-{seed}"))
+        texts = write_answers(prompts, assignment, {"final": (model, tokenizer), "early": (early, tokenizer)},
+                              seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              sample=sample_responses, progress=tick)
+        writers = [[w.name for w in ws] for ws in assignment]
+    else:
+        texts = sample_responses(model, tokenizer, prompts, n_responses=n_responses, seed=seed,
                                  temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 progress=bar.update if bar is not None else None)
+                                 progress=tick)
+        writers = [["sft"] * len(ts) for ts in texts]
     if bar is not None:
         bar.close()
     rng = random.Random(f"rater-{seed}")
     # Like UltraFeedback's own pipeline, keep only real completions: an empty sample (EOS at
     # once) is not a rated answer, and a prompt needs two distinct answers to give a pair.
-    kept = [(p, [r for r in rs if r]) for p, rs in zip(prompts, responses)]
-    kept = [(p, rs) for p, rs in kept if len(set(rs)) >= 2]
-    write_jsonl(out_path, (ultrafeedback_row(p, rs, rng, rater_noise) for p, rs in kept))
+    kept = []
+    for p, ts, ws in zip(prompts, texts, writers):
+        pairs = [(t, w) for t, w in zip(ts, ws) if t]
+        if len({t for t, _ in pairs}) >= 2:
+            kept.append((p, [t for t, _ in pairs], [w for _, w in pairs]))
+    write_jsonl(out_path, (ultrafeedback_row(p, ts, rng, rater_noise, ws) for p, ts, ws in kept))
     return str(out_path)
