@@ -29,6 +29,7 @@ class Case:
     file: str
     expect: tuple[str, ...]  # substrings of the error line, after "currydpo CMD: error: <file>"
     skip: str | None = None  # the reason --on-bad-row skip counts; None: a file-level error skip cannot hide
+    good_pairs: int = 1  # pairs the file's good row gives (a curri-dpo entry: easy, medium, hard)
 
 
 DATA = [
@@ -71,6 +72,14 @@ DATA = [
     Case("ranked_bad_message.jsonl", ("row 2 field 'prompt[0]': bad message (expected {role, content})",),
          "bad message"),
     Case("ranked_invalid_utf8.jsonl", ("line 2: invalid UTF-8 (byte 0xe9 at column 16)", "re-save the file as UTF-8")),
+    # curri-dpo: the authors' released easy/medium/hard pairs (JSON lines and a JSON array)
+    Case("curri_dpo_missing_level.jsonl", ("row 2 field 'medium': missing field", "keys present: easy, hard"),
+         "missing field", good_pairs=3),
+    Case("curri_dpo_missing_chosen.json", ("row 2 field 'hard.conversation[1].chosen_content': missing field",),
+         "missing field", good_pairs=3),
+    Case("curri_dpo_chosen_is_rejected.jsonl", ("row 2 field 'medium.conversation[1].rejected_content': chosen "
+                                                "equals rejected", "fix or drop this entry"),
+         "chosen equals rejected", good_pairs=3),
     # any layout
     Case("empty.jsonl", (": file is empty",)),
     Case("whitespace_only.jsonl", (": file is empty",)),
@@ -139,7 +148,7 @@ def test_skip_counts_the_bad_row(case, tmp_path, capsys):
         return
     assert rc == 0, captured.err
     assert "bad rows         1\n" in captured.out and f"  {case.skip}: 1\n" in captured.out, captured.out
-    assert len(out.read_text().splitlines()) == 1  # the good row's single pair
+    assert len(out.read_text().splitlines()) == case.good_pairs  # the good row's pairs
     assert files_under(out.parent) == [out]
 
 

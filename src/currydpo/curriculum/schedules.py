@@ -2,7 +2,9 @@
 
 - ``iterative`` (Curry-DPO, Pattnaik et al. 2024, Sec. 3.3): K stages, easy to hard.
   For best-vs-rest pairs the split is by the rejected response's rank — stage 1 all
-  (R1, RN), ..., last stage all (R1, R2) — otherwise K difficulty quantiles. Each
+  (R1, RN), ..., last stage all (R1, R2) — otherwise K difficulty quantiles; when the
+  difficulty takes at most K values (labelled levels, as in the authors' released
+  easy/medium/hard pairs) one stage per value. Each
   next stage starts from the previous policy and uses it as the reference (trainer).
 - ``single-pass``: one stage, all pairs ordered easy -> hard (ties broken by seed).
 - ``random``: one stage, all pairs shuffled (the usual multi-pair DPO baseline).
@@ -50,6 +52,9 @@ def _easy_to_hard(idx: Sequence[int], pairs: Sequence[Pair], measure: str, rng: 
 def _split(pairs: Sequence[Pair], measure: str, k: int, by: str, rng: random.Random) -> list[tuple[list[int], str]]:
     """K groups easy -> hard, each ordered easy -> hard."""
     ordered = _easy_to_hard(range(len(pairs)), pairs, measure, rng)
+    if by == "value":  # one stage per distinct difficulty value (labelled levels), easiest first
+        values = sorted({pairs[i].difficulty[measure] for i in ordered})
+        return [([i for i in ordered if pairs[i].difficulty[measure] == v], f"difficulty {v:g}") for v in values]
     if by == "rank":
         # Rejected rank N (worst) is easiest; rank 2 (runner-up) is hardest and comes last.
         # Ranks beyond K+1 share the first stage.
@@ -69,6 +74,25 @@ def _split(pairs: Sequence[Pair], measure: str, k: int, by: str, rng: random.Ran
             out.append((ordered[start:end], f"difficulty quantile {j + 1}/{k}"))
         start = max(start, end)
     return out
+
+
+def auto_split(pairs: Sequence[Pair], measure: str, k: int, strategy: str) -> str:
+    """``split_by: auto``: rank for best-vs-rest, quantiles otherwise — but one stage per value when the
+    difficulty takes at most K values (labelled levels) and ranks would group the pairs otherwise
+    (the curri-dpo format, where merged 4-response entries and lone level pairs mix)."""
+    values = {p.difficulty[measure] for p in pairs}
+    levels = len(values) <= k
+    if strategy != "best-vs-rest":
+        return "value" if levels else "quantile"
+    if levels:
+        by_rank: dict[int, set[int]] = {}
+        by_value: dict[float, set[int]] = {}
+        for i, p in enumerate(pairs):
+            by_rank.setdefault(min(p.rejected_position - 2, k - 1), set()).add(i)
+            by_value.setdefault(p.difficulty[measure], set()).add(i)
+        if {frozenset(g) for g in by_rank.values()} != {frozenset(g) for g in by_value.values()}:
+            return "value"
+    return "rank"
 
 
 def _cyclical_fractions(k: int, start: float, end: float, factor: float) -> list[float]:
@@ -97,7 +121,7 @@ def plan(pairs: Sequence[Pair], schedule: str, measure: str, *, stages: int = 3,
     rng = random.Random(seed)
     n = len(pairs)
     if schedule in ("iterative", "anti"):
-        by = split_by if split_by != "auto" else ("rank" if strategy == "best-vs-rest" else "quantile")
+        by = split_by if split_by != "auto" else auto_split(pairs, measure, stages, strategy)
         groups = _split(pairs, measure, stages, by, rng)
         if schedule == "anti":
             groups = [(list(reversed(g)), label) for g, label in reversed(groups)]

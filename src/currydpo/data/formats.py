@@ -20,6 +20,9 @@ Formats (the keys auto-detection looks for in the first row):
   (Anthropic HH).
 - ``ranked``: ours — ``prompt`` (string or messages), ``responses: [{text, score}]``
   or ``[{text, rank}]``, optional ``id``.
+- ``curri-dpo``: the Curry-DPO authors' released pairs (ServiceNow-AI/Curriculum_DPO_preferences)
+  — ``easy``, ``medium``, ``hard``, each ``{conversation: [turns..., {role: assistant,
+  chosen_content, rejected_content}]}`` (see `curri_dpo`).
 
 Arrow fills keys a row lacks with None, so None is treated as "field absent".
 """
@@ -27,11 +30,12 @@ Arrow fills keys a row lacks with None, so None is treated as "field absent".
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import BadRow, CurryError, where
-from .records import Record, Response, validate_record
+from .records import Record, Response, check_messages, validate_record
 
 SCORES = ("mean-aspects", "overall")
 # UltraFeedback's four GPT-4 aspects, each rated 1..5 (the paper's 1..5 scale is their mean).
@@ -318,6 +322,71 @@ def ranked(row: dict, source: str | None, rowno: int, score: str = "mean-aspects
     return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
 
 
+# ----------------------------------------------------------------------------- curri-dpo (the authors' pairs)
+
+LEVELS = ("easy", "medium", "hard")
+# The released order as scores: chosen 4, hard's rejected 3, medium's 2, easy's 1 — so the
+# ranks are R1 = chosen, R2 = hard, R3 = medium, R4 = easy and the score gap is the level
+# (easy = gap 3). They encode the authors' labels; they are not ratings.
+LEVEL_SCORE = {"easy": 1.0, "medium": 2.0, "hard": 3.0}
+CHOSEN_SCORE = 4.0
+
+
+def _curri_level(row: dict, level: str, source: str | None, rowno: int) -> tuple[list[dict], str, str]:
+    """(prompt turns, chosen, rejected) of one level: every turn before the last assistant turn is the prompt."""
+    entry = _expect(_get(row, level, source, rowno), dict, source, rowno, level)
+    turns = _expect(_get(entry, "conversation", source, rowno, f"{level}.conversation"), list, source, rowno,
+                    f"{level}.conversation")
+    roles = [t.get("role") if isinstance(t, dict) else None for t in turns]
+    if "assistant" not in roles:
+        raise BadRow(source, rowno, f"{level}.conversation", "no assistant turn",
+                     "the last assistant turn must hold chosen_content and rejected_content")
+    last = len(roles) - 1 - roles[::-1].index("assistant")
+    field = f"{level}.conversation[{last}]"
+    if last != len(turns) - 1:
+        raise BadRow(source, rowno, f"{level}.conversation[{last + 1}]", "turn after the answer",
+                     "the pair's assistant turn (chosen_content/rejected_content) must be the last turn")
+    if last == 0:
+        raise BadRow(source, rowno, f"{level}.conversation", "no prompt", "no turns before the assistant turn")
+    chosen = _expect(_get(turns[last], "chosen_content", source, rowno, f"{field}.chosen_content"), str,
+                     source, rowno, f"{field}.chosen_content")
+    rejected = _expect(_get(turns[last], "rejected_content", source, rowno, f"{field}.rejected_content"), str,
+                       source, rowno, f"{field}.rejected_content")
+    if chosen.strip() == rejected.strip():
+        raise BadRow(source, rowno, f"{field}.rejected_content", "chosen equals rejected",
+                     f"both are {chosen[:40]!r}; a pair needs two different answers — fix or drop this entry")
+    prompt = [{k: t.get(k) for k in ("role", "content")} if isinstance(t, dict) else t for t in turns[:last]]
+    return check_messages(prompt, source, rowno, f"{level}.conversation"), chosen, rejected
+
+
+def curri_dpo(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+    """One released entry: one 4-response record when the levels agree, else one record per level.
+
+    When all three levels share the prompt and the chosen answer (and their rejected answers
+    differ), the entry is one ranked record — chosen R1, hard's rejected R2, medium's R3, easy's
+    R4 — so ``best-vs-rest`` rebuilds exactly the released pairs and ``iterative`` their
+    easy -> medium -> hard order. Otherwise each level is a record of its own with one pair;
+    its score gap (3 easy, 2 medium, 1 hard) and ``meta["level"]`` (1 easy .. 3 hard) carry
+    the level, and the iterative stages split by it (``curriculum.split_by: auto`` -> value).
+    """
+    row = _dict_row(row, source, rowno)
+    rid = _row_id(row, rowno)
+    levels = {lv: _curri_level(row, lv, source, rowno) for lv in LEVELS}
+    prompts = {json.dumps(p, sort_keys=True) for p, _, _ in levels.values()}
+    chosen = {c for _, c, _ in levels.values()}
+    rejected = [r for _, _, r in levels.values()]
+    if len(prompts) == 1 and len(chosen) == 1 and len(set(rejected)) == len(LEVELS):
+        prompt, best, _ = levels["hard"]
+        responses = [Response(best, score=CHOSEN_SCORE, meta={"curri_dpo": "chosen"})]
+        responses += [Response(levels[lv][2], score=LEVEL_SCORE[lv], meta={"curri_dpo": lv})
+                      for lv in ("hard", "medium", "easy")]
+        return [Record(rid, prompt, responses, source=source, row=rowno)]
+    return [Record(f"{rid}:{lv}", prompt, [Response(c, score=CHOSEN_SCORE, meta={"curri_dpo": "chosen"}),
+                                            Response(r, score=LEVEL_SCORE[lv], meta={"curri_dpo": lv})],
+                   meta={"level": LEVELS.index(lv) + 1}, source=source, row=rowno)
+            for lv, (prompt, c, r) in levels.items()]
+
+
 # ----------------------------------------------------------------------------- registry + detection
 
 CONVERTERS: dict[str, Callable[..., list[Record]]] = {
@@ -326,6 +395,7 @@ CONVERTERS: dict[str, Callable[..., list[Record]]] = {
     "oasst": oasst_tree,
     "pairwise": pairwise,
     "ranked": ranked,
+    "curri-dpo": curri_dpo,
 }
 FORMATS = tuple(CONVERTERS)
 
@@ -336,6 +406,8 @@ SIGNATURES: dict[str, list[tuple[str, ...]]] = {
     "oasst": [("message_tree_id", "prompt"), ("message_id", "role", "text")],
     "pairwise": [("chosen", "rejected")],
     "ranked": [("prompt", "responses")],
+    # any two levels: a row missing the third is detected, then fails naming the missing level
+    "curri-dpo": [("easy", "medium"), ("easy", "hard"), ("medium", "hard")],
 }
 
 
