@@ -37,3 +37,45 @@ def test_eval_gives_preference_metrics_win_rate_kl_and_exports(tiny_model_dir, t
 def test_eval_needs_something_to_do(tiny_model_dir, capsys):
     assert main(["eval", tiny_model_dir]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_eval_without_reference_gives_the_reference_free_ranking_accuracies(tiny_model_dir, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recs = make_records(8, seed=3)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r.prompt, "responses": [{"text": x.text, "score": x.score}
+                                                                          for x in r.responses]}) + "\n"
+                            for r in recs))
+    out = tmp_path / "ev"
+    assert main(["eval", tiny_model_dir, "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "eval.json").read_text())["preference"]
+    assert "rewards/accuracies" not in m and m["n"] == 24
+
+    # The same accuracies computed by hand: summed log-probs of each response after its chat-formatted prompt.
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def logp(prompt, response):
+        user = [{"role": "user", "content": prompt}]
+        head = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+        n, ids = len(tok(head, add_special_tokens=False)["input_ids"]), tok(full, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1)
+        tokens = torch.tensor(ids[1:])
+        return logits[torch.arange(len(tokens)), tokens][n - 1:].sum().item(), len(ids) - n
+
+    right, by_rank = [], {}
+    for r in recs:
+        best, others = logp(r.prompt, r.responses[0].text)[0], r.responses[1:]
+        for k, x in enumerate(others):
+            ok = best >= logp(r.prompt, x.text)[0]
+            right.append(ok)
+            by_rank.setdefault(k + 2, []).append(ok)  # scores 4..1: responses[1] is rank 2, ... [3] rank 4
+    assert 0 < sum(right) < len(right)  # a non-trivial value
+    assert m["ranking_accuracy"] == sum(right) / len(right)
+    for rank, oks in by_rank.items():
+        assert m[f"bucket={rank}/ranking_accuracy"] == sum(oks) / len(oks)
+    assert {f"bucket={b}/idealised_ranking_accuracy" for b in (2, 3, 4)} <= set(m)
+    assert "ranking acc / normalised / idealised" in capsys.readouterr().out

@@ -31,3 +31,18 @@ def test_idealised_accuracy_fails_when_reference_strongly_disagrees():
     # ref prefers rejected by 50 nats; the score gap 1 / beta 0.1 = 10 cannot overcome it
     m = preference_metrics(t(0.0), t(0.0), t(1), t(1), t(-60), t(-10), beta=0.1, score_gaps=[1.0])
     assert m["idealised_ranking_accuracy"] == 0.0 and not math.isnan(m["rewards/margins"])
+
+
+def test_without_reference_only_reference_free_metrics_with_the_model_as_its_own_reference():
+    # pair 0 (bucket 3): chosen -1 vs -4: ranked right; idealised (-1 - -4) + 2.0/0.1 = 23 > 0
+    # pair 1 (bucket 2): chosen -5 vs -2: ranked wrong; normalised -0.5 >= -2 right; idealised -3 + 0.5/0.1 = 2 > 0
+    # pair 2 (bucket 2): chosen -9 vs -3: wrong; normalised -9/3 = -3 < -3/6 = -0.5 wrong; idealised -6 + 1 < 0
+    m = preference_metrics(t(-1, -5, -9), t(-4, -2, -3), t(1, 10, 3), t(4, 1, 6), None, None, beta=0.1,
+                           score_gaps=[2.0, 0.5, 0.1], buckets=[3, 2, 2])
+    assert "rewards/accuracies" not in m and "rewards/margins" not in m
+    assert m["ranking_accuracy"] == pytest.approx(1 / 3)
+    assert m["ranking_accuracy_normalised"] == pytest.approx(2 / 3)
+    assert m["idealised_ranking_accuracy"] == pytest.approx(2 / 3)
+    assert (m["bucket=2/ranking_accuracy"], m["bucket=2/ranking_accuracy_normalised"],
+            m["bucket=2/idealised_ranking_accuracy"]) == (0.0, 0.5, 0.5)
+    assert m["bucket=3/idealised_ranking_accuracy"] == 1.0 and m["bucket=2/n"] == 2

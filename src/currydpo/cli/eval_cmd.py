@@ -10,13 +10,15 @@ import os
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="evaluate a model: preference metrics, generations, judge, win rate, KL",
-        description="Evaluate MODEL. With --data: held-out preference metrics (reward/ranking accuracy) against "
-                    "--reference. With --prompts: sample answers, score them with --judge, win rate against "
+        description="Evaluate MODEL. With --data: held-out preference metrics: ranking accuracy (plain, "
+                    "length-normalised, idealised) per rejected rank, and with --reference the implicit-reward "
+                    "accuracy and margins. With --prompts: sample answers, score them with --judge, win rate against "
                     "--baseline (a model dir, or a JSON list of answers) with a bootstrap 95%% CI, and "
                     "KL(model || reference) when sampling at temperature 1.",
     )
     p.add_argument("model", help="model directory (save_pretrained) or hub name")
-    p.add_argument("--reference", help="reference model (default: none; needed for KL and reward metrics)")
+    p.add_argument("--reference", help="reference model (default: none; needed for KL and reward metrics; without "
+                                       "it --data gives the reference-free ranking accuracies)")
     p.add_argument("--data", help="ranked/pairwise preference data for preference metrics (any loader format)")
     p.add_argument("--format", default="auto", help="format of --data (default auto)")
     p.add_argument("--strategy", default=None, help="pair builder for --data (default: data.strategy, best-vs-rest)")
@@ -60,8 +62,6 @@ def run(args) -> int:
     data_cfg = load_config(args.config, overrides).data
     if not (args.data or args.prompts):
         raise CurryError("nothing to evaluate: give --data (preference metrics) and/or --prompts (generation)")
-    if args.data and not args.reference:
-        raise CurryError("--data needs --reference (the implicit reward is relative to a reference model)")
     device = default_device()
     mcfg = ModelConfig(path=args.model, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
@@ -116,6 +116,11 @@ def summary_markdown(m: dict) -> str:
     buckets = sorted({k.split("/")[0] for k in m.get("preference", {}) if k.startswith("bucket=")})
     for b in buckets:
         p = m["preference"]
-        lines.append(f"| {b.replace('bucket=', 'rejected rank ')}: reward acc / ranking acc | "
-                     f"{p[b + '/rewards/accuracies']:.3f} / {p[b + '/ranking_accuracy']:.3f} (n={p[b + '/n']}) |")
+        if b + "/rewards/accuracies" in p:
+            lines.append(f"| {b.replace('bucket=', 'rejected rank ')}: reward acc / ranking acc | "
+                         f"{p[b + '/rewards/accuracies']:.3f} / {p[b + '/ranking_accuracy']:.3f} (n={p[b + '/n']}) |")
+        else:  # no reference: the reference-free accuracies
+            lines.append(f"| {b.replace('bucket=', 'rejected rank ')}: ranking acc / normalised / idealised | "
+                         f"{p[b + '/ranking_accuracy']:.3f} / {p[b + '/ranking_accuracy_normalised']:.3f} / "
+                         f"{p.get(b + '/idealised_ranking_accuracy', float('nan')):.3f} (n={p[b + '/n']}) |")
     return "\n".join(lines) + "\n"

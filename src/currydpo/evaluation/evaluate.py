@@ -42,7 +42,10 @@ def heldout_preference(policy, reference, tokenizer, records: list[Record], *, b
     """Reward/ranking accuracy on held-out ranked records, overall and per rejected rank.
 
     Pairs and tokens follow the run's data config (``data``: strategy, min_gap, allow_ties, chat
-    template, length limits), so the numbers equal the held-out metrics training logs."""
+    template, length limits), so the numbers equal the held-out metrics training logs.
+
+    ``reference`` None: the reference-free metrics only (ranking accuracies, idealised with the
+    model as its own reference)."""
     data = data or DataConfig()
     pairs = build_pairs(records, data.strategy, data.min_gap, data.allow_ties, seed)
     if not pairs:
@@ -50,8 +53,11 @@ def heldout_preference(policy, reference, tokenizer, records: list[Record], *, b
     table = ResponseTable.from_pairs(pairs, encode_for(tokenizer, records, data, progress=False))
     rows, ci, ri = table.rows(pairs)
     lp, n = logps_for_rows(policy, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
-    lr, _ = logps_for_rows(reference, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
-    return preference_metrics(lp[ci], lp[ri], n[ci], n[ri], lr[ci], lr[ri], beta, [p.score_gap for p in pairs],
+    rc = rr = None
+    if reference is not None:
+        lr, _ = logps_for_rows(reference, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
+        rc, rr = lr[ci], lr[ri]
+    return preference_metrics(lp[ci], lp[ri], n[ci], n[ri], rc, rr, beta, [p.score_gap for p in pairs],
                               buckets=[p.rejected_position for p in pairs])
 
 
@@ -80,7 +86,7 @@ def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), g
             out["kl"] = sum(kl) / len(kl)
         elif reference is not None:
             out["kl"] = None  # samples at temperature != 1 do not estimate KL(pi || ref)
-    if heldout and reference is not None:
+    if heldout:  # without a reference: the reference-free preference metrics only
         out["preference"] = heldout_preference(policy, reference, tokenizer, heldout, beta=beta, data=data,
                                                seed=seed)
     return out, answers

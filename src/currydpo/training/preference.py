@@ -11,6 +11,11 @@
   r*(y_w) - r*(y_l) = s_w - s_l, so a pair is ranked right at the optimum iff
   log ref(y_w) - log ref(y_l) + (s_w - s_l) / beta > 0. (Pairs without scores are skipped.)
 Every metric is reported overall and per bucket (e.g. the rejected response's rank).
+
+Without a reference model (``reference_*_logps`` None) only what needs none is reported:
+ranking accuracy, plain and length-normalised, and the idealised ranking accuracy with
+the model itself as the reference — the accuracy DPO's optimum would reach starting
+from this model (Chen et al. 2024 measure exactly this on base models first).
 """
 
 from __future__ import annotations
@@ -22,16 +27,20 @@ import torch
 
 
 def _metrics(pc, pr, nc, nr, rc, rr, beta, gaps) -> dict[str, float]:
-    chosen_rewards, rejected_rewards = beta * (pc - rc), beta * (pr - rr)
-    out = {
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).double().mean().item(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+    out = {}
+    if rc is None:  # no reference: the model is its own reference for the idealised accuracy, no rewards
+        rc, rr = pc, pr
+    else:
+        chosen_rewards, rejected_rewards = beta * (pc - rc), beta * (pr - rr)
+        out["rewards/accuracies"] = (chosen_rewards > rejected_rewards).double().mean().item()
+        out["rewards/margins"] = (chosen_rewards - rejected_rewards).mean().item()
+    out.update({
         "ranking_accuracy": (pc >= pr).double().mean().item(),
         "ranking_accuracy_normalised": (pc / nc >= pr / nr).double().mean().item(),
         "logps/chosen": pc.mean().item(),
         "logps/rejected": pr.mean().item(),
         "n": len(pc),
-    }
+    })
     scored = [j for j, g in enumerate(gaps) if g is not None]
     if scored:
         j = torch.tensor(scored)
@@ -42,12 +51,14 @@ def _metrics(pc, pr, nc, nr, rc, rr, beta, gaps) -> dict[str, float]:
 
 def preference_metrics(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                        chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor,
-                       reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor,
+                       reference_chosen_logps: torch.Tensor | None, reference_rejected_logps: torch.Tensor | None,
                        beta: float, score_gaps: Sequence[float | None],
                        buckets: Sequence[int | str] | None = None) -> dict[str, float]:
-    """All metrics over the pairs, then ``bucket=B/metric`` for each bucket value. Inputs are (P,) tensors."""
-    t = [x.double().cpu() for x in (policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths,
-                                    reference_chosen_logps, reference_rejected_logps)]
+    """All metrics over the pairs, then ``bucket=B/metric`` for each bucket value. Inputs are (P,) tensors
+    (the reference's None: reference-free metrics only)."""
+    t = [x if x is None else x.double().cpu() for x in (
+        policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths,
+        reference_chosen_logps, reference_rejected_logps)]
     out = _metrics(*t, beta, list(score_gaps))
     if buckets is not None:
         groups: dict = defaultdict(list)
@@ -55,6 +66,7 @@ def preference_metrics(policy_chosen_logps: torch.Tensor, policy_rejected_logps:
             groups[b].append(j)
         for b in sorted(groups):
             j = torch.tensor(groups[b])
-            for k, v in _metrics(*(x[j] for x in t), beta, [score_gaps[i] for i in groups[b]]).items():
+            sub = [x if x is None else x[j] for x in t]
+            for k, v in _metrics(*sub, beta, [score_gaps[i] for i in groups[b]]).items():
                 out[f"bucket={b}/{k}"] = v
     return out
