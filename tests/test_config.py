@@ -69,3 +69,41 @@ def test_loss_list_from_yaml_and_set(tmp_path):
     cfg = load_config(None, ["loss.name=dpo,sft", "loss.weights=0.5,1"])
     assert cfg.loss.name == ["dpo", "sft"] and cfg.loss.weights == [0.5, 1.0]
     assert load_config(None, ["loss.name=ipo"]).loss.name == "ipo"
+
+
+def test_iterative_defaults_follow_the_paper_and_other_schedules_keep_theirs():
+    from currydpo.config import across_stages, from_dict, shuffle_within_stage, validate
+
+    def cfg(**c):
+        return validate(from_dict({"curriculum": c}))
+
+    # Curry-DPO trains each stage as a standard DPO run: restart the optimiser, shuffle the stage
+    assert (across_stages(cfg()), shuffle_within_stage(cfg())) == ("restart", True)
+    for schedule in ("single-pass", "anti", "cyclical"):
+        assert (across_stages(cfg(schedule=schedule)), shuffle_within_stage(cfg(schedule=schedule))) == \
+            ("continue", False)
+    # explicit values win, YAML booleans included
+    fixed = validate(from_dict({"curriculum": {"shuffle_within_stage": False}, "optim": {"across_stages": "continue"}}))
+    assert (across_stages(fixed), shuffle_within_stage(fixed)) == ("continue", False)
+    assert shuffle_within_stage(cfg(schedule="single-pass", shuffle_within_stage=True)) is True
+    with pytest.raises(CurryError, match="curriculum.shuffle_within_stage"):
+        cfg(shuffle_within_stage="sometimes")
+    with pytest.raises(CurryError, match="data.sample_prompts"):
+        validate(from_dict({"data": {"sample_prompts": 0}}))
+
+
+def test_sample_prompts_is_a_seeded_subset(tmp_path):
+    from currydpo.config import from_dict, validate
+    from currydpo.pipeline import prepare
+
+    from conftest import make_records
+
+    recs = make_records(30)
+
+    def ids(seed, n=10):
+        c = validate(from_dict({"data": {"sample_prompts": n}, "run": {"seed": seed}}))
+        return [r.id for r in prepare(c, records=list(recs)).records]
+
+    assert len(ids(1)) == 10 and ids(1) == ids(1) and ids(1) != ids(2)
+    assert ids(1) == sorted(ids(1), key=int)  # file order kept
+    assert len(ids(1, n=100)) == 30  # more than there are: all

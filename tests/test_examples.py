@@ -10,10 +10,27 @@ from currydpo.experiments.compare import load_spec
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.parametrize("name", ["curry_dpo_ultrafeedback.yaml", "lora_single_gpu.yaml"])
+@pytest.mark.parametrize("name", ["curry_dpo_ultrafeedback.yaml", "curri_dpo_released_pairs.yaml",
+                                  "lora_single_gpu.yaml"])
 def test_example_train_configs_validate(name):
     cfg = load_config(str(ROOT / "examples" / name))
     assert cfg.model.path and cfg.data.path
+
+
+@pytest.mark.parametrize("name", ["curry_dpo_ultrafeedback.yaml", "curri_dpo_released_pairs.yaml"])
+def test_paper_examples_follow_the_paper_and_mark_every_value(name):
+    from currydpo.config import across_stages, reference_mode, shuffle_within_stage
+
+    cfg = load_config(str(ROOT / "examples" / name))
+    assert (cfg.curriculum.schedule, cfg.curriculum.stages, cfg.data.strategy, cfg.loss.name) == \
+        ("iterative", 3, "best-vs-rest", "dpo")
+    # each stage a standard DPO run: fresh optimiser, shuffled pairs, previous stage's policy as reference
+    assert (across_stages(cfg), shuffle_within_stage(cfg), reference_mode(cfg)) == ("restart", True, "previous-stage")
+    assert cfg.model.path == "HuggingFaceH4/mistral-7b-sft-beta"
+    values = [line for line in (ROOT / "examples" / name).read_text().splitlines()
+              if line.startswith("  ") and ":" in line]
+    assert values and all("# paper" in v or "# ours" in v or "# the released" in v for v in values), \
+        [v for v in values if "# paper" not in v and "# ours" not in v]
 
 
 def test_example_compare_spec_validates():

@@ -40,13 +40,17 @@ class ModelConfig:
 class DataConfig:
     path: str = field(default="", metadata={"help": "training data: local json/jsonl/parquet/csv or a hub dataset"})
     format: str = field(default="auto", metadata={
-        "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked"})
+        "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked | curri-dpo (the authors' released "
+                "easy/medium/hard pairs)"})
     split: str = field(default="train", metadata={"help": "dataset split"})
     subset: str | None = field(default=None, metadata={"help": "dataset subset/config name (hub datasets)"})
     score: str = field(default="mean-aspects", metadata={
         "help": "UltraFeedback score: mean-aspects (mean of aspect ratings, 1..5, the paper's) | overall"})
     on_bad_row: str = field(default="error", metadata={"help": "error | skip (skip counts bad rows per reason)"})
     limit: int | None = field(default=None, metadata={"help": "read at most this many rows"})
+    sample_prompts: int | None = field(default=None, metadata={
+        "help": "train on a random subset of this many prompts (seeded by run.seed), as the paper's 5K "
+                "UltraFeedback prompts"})
     strategy: str = field(default="best-vs-rest", metadata={
         "help": "pair builder: best-vs-rest | all-pairs | adjacent | best-vs-worst | best-vs-random"})
     min_gap: float = field(default=0.0, metadata={"help": "drop pairs whose score gap is below this"})
@@ -78,10 +82,13 @@ class CurriculumConfig:
                 "the initial model and every earlier stage's policy combined, Le et al. 2024)"})
     mrpo_eta: float = field(default=0.1, metadata={
         "help": "all-previous: MRPO's clipping rate eta around the initial model's log-probs (ours)"})
-    shuffle_within_stage: bool = field(default=False, metadata={
-        "help": "shuffle pairs inside each stage (seeded); the stage order itself is kept"})
+    shuffle_within_stage: str = field(default="auto", metadata={
+        "help": "shuffle pairs inside each stage (seeded; the stage order itself is kept): auto (true for iterative, "
+                "as the paper trains each stage as a standard DPO run; false otherwise: single-pass keeps "
+                "easy -> hard, ours) | true | false"})
     split_by: str = field(default="auto", metadata={
-        "help": "iterative stage split: auto (rejected rank for best-vs-rest, else quantiles) | rank | quantile"})
+        "help": "iterative stage split: auto (one stage per difficulty value when it has <= stages values, e.g. "
+                "curri-dpo levels; else rejected rank for best-vs-rest; else quantiles) | rank | value | quantile"})
     single_pair_strategy: str = field(default="best-vs-random", metadata={
         "help": "builder for the single-pair baseline: best-vs-random | best-vs-worst"})
     cyclical_start: float = field(default=0.25, metadata={"help": "cyclical: starting data fraction"})
@@ -138,8 +145,9 @@ class OptimConfig:
         "help": "force this many updates in all (split over stages by size) so arms are comparable"})
     lr_schedule: str = field(default="linear", metadata={"help": "linear | cosine | constant (after warm-up)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of the schedule spent warming up"})
-    across_stages: str = field(default="continue", metadata={
-        "help": "continue (one optimiser and LR schedule over all stages) | restart (fresh per stage)"})
+    across_stages: str = field(default="auto", metadata={
+        "help": "auto (restart for iterative: each stage a fresh DPO run, the paper's recipe; continue otherwise, "
+                "ours) | continue (one optimiser and LR schedule over all stages) | restart (fresh per stage)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
 
 
@@ -315,6 +323,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("data.select", d.select, ["none", "ref-margin"])
     if not 0 < d.select_fraction <= 1:
         raise CurryError(f"config key 'data.select_fraction' must be in (0, 1], got {d.select_fraction}")
+    if d.sample_prompts is not None:
+        _positive("data.sample_prompts", d.sample_prompts)
     if not 0 <= d.eval_fraction < 1:
         raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
     _choice("curriculum.schedule", c.schedule, list(SCHEDULES))
@@ -327,7 +337,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                              "not apply to self-paced or listwise losses")
         if not 0 <= c.mrpo_eta < 1:
             raise CurryError(f"config key 'curriculum.mrpo_eta' must be in [0, 1), got {c.mrpo_eta}")
-    _choice("curriculum.split_by", c.split_by, ["auto", "rank", "quantile"])
+    _choice("curriculum.shuffle_within_stage", str(c.shuffle_within_stage).lower(), ["auto", "true", "false"])
+    _choice("curriculum.split_by", c.split_by, ["auto", "rank", "value", "quantile"])
     _choice("curriculum.single_pair_strategy", c.single_pair_strategy, ["best-vs-random", "best-vs-worst"])
     for key in ("cyclical_start", "cyclical_end", "self_paced_start"):
         v = getattr(c, key)
@@ -373,7 +384,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("optim.lr_schedule", o.lr_schedule, ["linear", "cosine", "constant"])
     if not 0 <= o.warmup_ratio < 1:
         raise CurryError(f"config key 'optim.warmup_ratio' must be in [0, 1), got {o.warmup_ratio}")
-    _choice("optim.across_stages", o.across_stages, ["continue", "restart"])
+    _choice("optim.across_stages", o.across_stages, ["auto", "continue", "restart"])
     _positive("optim.max_grad_norm", o.max_grad_norm, allow_zero=True)
     _positive("run.save_every", r.save_every, allow_zero=True)
     _choice("run.final_model", r.final_model, ["last", "best"])
@@ -395,6 +406,21 @@ def changed_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
     """``section.key`` of every value that differs between two configs."""
     da, db = a.to_dict(), b.to_dict()
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
+def across_stages(cfg: TrainConfig) -> str:
+    """Resolve ``optim.across_stages: auto``: the paper trains each iterative stage as a fresh DPO run."""
+    if cfg.optim.across_stages != "auto":
+        return cfg.optim.across_stages
+    return "restart" if cfg.curriculum.schedule == "iterative" else "continue"
+
+
+def shuffle_within_stage(cfg: TrainConfig) -> bool:
+    """Resolve ``curriculum.shuffle_within_stage: auto``: the paper shuffles inside each iterative stage."""
+    value = str(cfg.curriculum.shuffle_within_stage).lower()
+    if value == "auto":
+        return cfg.curriculum.schedule == "iterative"
+    return value == "true"
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -7,7 +7,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from .config import TrainConfig
+from .config import TrainConfig, shuffle_within_stage
 from .curriculum.difficulty import STATIC, measure_from_response_values, measure_static
 from .curriculum.schedules import Stage, plan
 from .data.loading import load_records
@@ -35,6 +35,9 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
         records, rows_read, bad = res.records, res.rows_read, res.bad_rows
     if not records:
         raise CurryError(f"{d.path or 'data'}: no usable records")
+    if d.sample_prompts is not None and d.sample_prompts < len(records):  # a seeded subset, file order kept
+        keep = sorted(random.Random(f"sample-prompts-{cfg.run.seed}").sample(range(len(records)), d.sample_prompts))
+        records = [records[i] for i in keep]
     order = list(range(len(records)))
     random.Random(cfg.run.seed).shuffle(order)
     held_out = set(order[: int(round(d.eval_fraction * len(records)))])
@@ -79,7 +82,7 @@ def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     c = cfg.curriculum
     measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
     return plan(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
-                seed=cfg.run.seed, shuffle_within_stage=c.shuffle_within_stage,
+                seed=cfg.run.seed, shuffle_within_stage=shuffle_within_stage(cfg),
                 cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)
 
 

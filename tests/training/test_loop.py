@@ -263,3 +263,23 @@ def test_all_previous_references_mrpo(tiny_model_dir, tmp_path):
                       optim={"total_updates": 6})
     s = loop.train(cfg, records=recs)
     assert s["reference"] == "all-previous" and math.isfinite(s["final_loss"])
+
+
+def test_iterative_default_is_the_papers_recipe_on_released_pairs(tiny_model_dir, tmp_path):
+    """curri-dpo entries -> stages easy, medium, hard; each a fresh DPO run, previous policy as reference."""
+    from currydpo.data.formats import convert_rows
+
+    rows = []
+    for i, r in enumerate(make_records(8, seed=4)):
+        chosen, *rest = [x.text for x in r.responses]  # scores 4..1: rest = R2 (hard), R3, R4 (easy)
+        rows.append({lv: {"conversation": [{"role": "user", "content": r.prompt},
+                                           {"role": "assistant", "chosen_content": chosen, "rejected_content": rej}]}
+                     for lv, rej in zip(("hard", "medium", "easy"), rest)})
+    recs = [rec for _, rec in convert_rows(rows, "curri-dpo", source="pairs.json")]
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", curriculum={"schedule": "iterative"},
+                      optim={"epochs_per_stage": 1})
+    summary = loop.train(cfg, records=recs)
+    assert summary["across_stages"] == "restart" and summary["optimizer_resets"] == 2
+    assert [s["reference"] for s in summary["stages"]] == ["initial", "stage-1", "stage-2"]
+    assert [s["label"] for s in summary["stages"]] == ["rejected rank >=4", "rejected rank 3", "rejected rank 2"]
+    assert [s["pairs"] for s in summary["stages"]] == [8, 8, 8]

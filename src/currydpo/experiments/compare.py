@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig, from_dict, reference_mode, validate
+from ..config import TrainConfig, across_stages, from_dict, reference_mode, validate
 from ..device import default_device
 from ..errors import CurryError
 from ..evaluation.generation import GenerationConfig, load_prompts
@@ -165,7 +165,7 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
     o = cfg.optim
     return {"updates": summary["total_updates"], "schedule": cfg.curriculum.schedule,
             "stages": len(summary["stages"]), "reference": reference_mode(cfg),
-            "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {o.across_stages}",
+            "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {across_stages(cfg)}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": _per_update(summary),
             "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.label()} (beta {cfg.loss.beta:g})"}
 

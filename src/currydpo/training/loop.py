@@ -30,7 +30,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..config import TrainConfig, changed_keys, reference_mode, to_yaml
+from ..config import TrainConfig, across_stages, changed_keys, reference_mode, shuffle_within_stage, to_yaml
 from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.lists import RankedList, stage_lists
 from ..curriculum.schedules import Stage, admit, updates_per_stage
@@ -197,7 +197,7 @@ def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list
         epoch, k = divmod(pos, len(order))
         if epoch not in passes:
             passes[epoch] = order
-            if epoch > 0 and run.cfg.curriculum.shuffle_within_stage:
+            if epoch > 0 and shuffle_within_stage(run.cfg):
                 passes[epoch] = order[:]
                 random.Random(run.cfg.run.seed * 7919 + stage.index * 131 + epoch).shuffle(passes[epoch])
         picked.append(passes[epoch][k])
@@ -401,7 +401,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         if created:  # bad data or model: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
-    acc, o = run.accelerator, cfg.optim
+    acc, optim_mode = run.accelerator, across_stages(cfg)  # continue | restart (auto: restart for iterative)
     if acc.is_main_process:
         write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
     acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
@@ -418,13 +418,13 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         run.model = acc.prepare(run.model)
     run.model.train()
     optimizer = scheduler = None
-    if o.across_stages == "continue":
+    if optim_mode == "continue":
         optimizer, scheduler = make_optimizer(run, sum(run.stage_updates))
     for k in range(pos.stage, len(run.stages)):
-        if o.across_stages == "restart":
+        if optim_mode == "restart":
             optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
         if resumed is not None and k == resumed.stage:
-            if o.across_stages == "continue" or pos.update > 0:  # a restarted stage starts fresh
+            if optim_mode == "continue" or pos.update > 0:  # a restarted stage starts fresh
                 ckpt.load_optim(out, optimizer, scheduler, run.model)
             ckpt.load_rng(out)
         ref = stage_reference_logps(run, k)
@@ -443,7 +443,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
                             dtype=run.save_dtype, state_dict=weights)
         pos.stage, pos.update, pos.order = k + 1, 0, None
         pos.stages_done.append(info)
-        keep = o.across_stages == "continue"  # restart: the next stage builds a fresh optimiser, do not write this one
+        keep = optim_mode == "continue"  # restart: the next stage builds a fresh optimiser, do not write this one
         save_position(run, optimizer if keep else None, scheduler if keep else None, pos)
     return finish(run, pos.stages_done, reference_mode(cfg))
 
@@ -488,7 +488,7 @@ def stage_order(run: Run, k: int, ref: torch.Tensor | None) -> list[int]:
     if stage.admit_fraction is None:
         return list(stage.pairs)
     measure_dynamic([run.data.train_pairs[i] for i in stage.pairs], dynamic_losses(run, stage.pairs, ref))
-    return list(admit(stage, run.data.train_pairs, run.cfg.run.seed, run.cfg.curriculum.shuffle_within_stage))
+    return list(admit(stage, run.data.train_pairs, run.cfg.run.seed, shuffle_within_stage(run.cfg)))
 
 
 def evaluate_held_out(run: Run, ref_key: str) -> dict:
@@ -527,8 +527,8 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
         "beta": cfg.loss.beta, "reference": mode, "total_updates": sum(run.stage_updates),
         "pairs_per_update": run.pairs_per_update, "unit": "pair" if run.lists is None else "list",
         "lr": o.lr, "lr_schedule": o.lr_schedule,
-        "warmup_ratio": o.warmup_ratio, "across_stages": o.across_stages,
-        "optimizer_resets": len(run.stages) - 1 if o.across_stages == "restart" else 0,
+        "warmup_ratio": o.warmup_ratio, "across_stages": across_stages(cfg),
+        "optimizer_resets": len(run.stages) - 1 if across_stages(cfg) == "restart" else 0,
         "train_pairs": len(run.data.train_pairs), "eval_pairs": len(run.data.eval_pairs),
         "unique_responses": len(run.table.keys), "stages": stage_info,
         "final_loss": run.log[-1]["loss"] if run.log else None,
