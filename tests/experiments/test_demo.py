@@ -23,6 +23,9 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
     for png in ("scores.png", "reward_vs_kl.png", "training_curves.png", "heldout_by_stage.png"):
         assert (out / png).exists()
     assert "| curry-iterative |" in printed and "What was held equal" in (out / "results.md").read_text()
+    # the data regime is recorded: the default is the pool of writers (the paper's regime)
+    assert res["notes"]["responses"] == "pool"
+    assert (out / "results.md").read_text().startswith("Responses: pool (")
 
 
 def test_ablation_arms_change_one_thing_each(tmp_path):
@@ -51,3 +54,17 @@ def test_ablation_arms_change_one_thing_each(tmp_path):
     assert (mrpo.curriculum.schedule, reference_mode(mrpo)) == ("iterative", "all-previous")
     for c in cfg.values():  # the fairness controls are shared by every arm
         assert (c.optim.total_updates, c.optim.lr, c.loss.beta) == (base.optim.total_updates, base.optim.lr, 0.1)
+
+
+def test_demo_spec_records_the_response_regime(tmp_path):
+    from types import SimpleNamespace
+
+    from currydpo.cli import build_parser
+    from currydpo.experiments.demo import demo_spec
+
+    world = SimpleNamespace(sft_model=tmp_path / "sft", train_data=tmp_path / "train.jsonl",
+                            eval_prompts=tmp_path / "prompts.jsonl")
+    for regime in ("pool", "self"):
+        assert demo_spec(world, str(tmp_path), [1], responses=regime).notes["responses"] == regime
+    assert build_parser().parse_args(["demo"]).responses == "pool"
+    assert build_parser().parse_args(["demo", "--responses", "self"]).responses == "self"
