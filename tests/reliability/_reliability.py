@@ -35,7 +35,9 @@ def write_config(path: Path, model_dir, data_path, output_dir, **sections) -> Pa
     cfg = {"model": {"path": str(model_dir)},
            "data": {"path": str(data_path), "format": "ranked"},
            "curriculum": {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True},
-           "optim": {"lr": 1e-3, "batch_size": 4, "warmup_ratio": 0.0, "epochs_per_stage": 2},
+           # one optimiser over all stages (set explicitly: the iterative default restarts per stage)
+           "optim": {"lr": 1e-3, "batch_size": 4, "warmup_ratio": 0.0, "epochs_per_stage": 2,
+                     "across_stages": "continue"},
            "run": {"output_dir": str(output_dir), "save_every": 1, "seed": 0, "progress": False}}
     for k, v in sections.items():
         cfg.setdefault(k, {}).update(v)
