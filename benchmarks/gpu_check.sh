@@ -79,7 +79,9 @@ run_check curry-vs-trl bench_rows
 # Use "$PY", "$DEVICE", "${TINY_FLAG[@]}" (--tiny or nothing) and write scratch files under "$OUT".
 # For example (not built yet):
 #   run_check flex-vs-sdpa  "$PY" -m currydpo.experiments.attention_bench --device "$DEVICE" "${TINY_FLAG[@]}" --rows
-#   run_check vllm-vs-hf    "$PY" -m currydpo.experiments.generation_bench --device "$DEVICE" "${TINY_FLAG[@]}" --rows
+# vLLM vs hf generation (online stages, eval): answers/s; the vLLM row is SKIP without CUDA or the vllm extra.
+run_check vllm-vs-hf "$PY" -m currydpo.experiments.generation_bench --device "$DEVICE" "${TINY_FLAG[@]}" \
+  --out "$OUT/generation"
 # ---- end of more checks ----------------------------------------------------------------------------
 
 echo >> "$TABLE"

@@ -107,3 +107,32 @@ def test_sample_prompts_is_a_seeded_subset(tmp_path):
     assert len(ids(1)) == 10 and ids(1) == ids(1) and ids(1) != ids(2)
     assert ids(1) == sorted(ids(1), key=int)  # file order kept
     assert len(ids(1, n=100)) == 30  # more than there are: all
+
+
+ON = ["online.enabled=true", "online.judge=gold:m:f"]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["online.enabled=true"], "'online.judge': None is not a judge spec"),
+    (["online.enabled=true", "online.judge=gpt4"], "'online.judge': 'gpt4' is not a judge spec"),
+    ([*ON, "online.samples=1"], "'online.samples' must be >= 2"),
+    ([*ON, "online.mix=1.5"], "'online.mix' must be in [0, 1], got 1.5"),
+    ([*ON, "online.temperature=0"], "'online.temperature' must be > 0"),
+    ([*ON, "online.from_stage=4"], "'online.from_stage' (4) must be a stage of the schedule (1..3"),
+    ([*ON, "curriculum.schedule=single-pass"], "(1..1 for single-pass with 1 stage(s))"),
+    ([*ON, "curriculum.reference=initial"], "set curriculum.reference previous-stage"),
+    (["generation.engine=tgi"], "'generation.engine': 'tgi' is not valid; choose one of: hf, vllm"),
+    (["generation.engine=vllm", "model.lora=true"], "vllm does not load LoRA stage adapters"),
+    (["generation.top_p=0"], "'generation.top_p' must be in (0, 1]"),
+])
+def test_online_and_generation_keys_are_validated(tmp_path, overrides, match):
+    with pytest.raises(CurryError, match=match.replace("(", r"\(").replace("[", r"\[").replace(")", r"\)")
+                       .replace("]", r"\]")):
+        load_config(None, overrides)
+
+
+def test_online_config_accepts_the_documented_forms():
+    cfg = load_config(None, [*ON, "online.mix=0.25", "online.from_stage=1", "online.prompts=p.jsonl"])
+    assert (cfg.online.mix, cfg.online.from_stage, cfg.generation.engine) == (0.25, 1, "hf")
+    simpo = load_config(None, [*ON, "curriculum.reference=initial", "loss.name=simpo"])  # reference-free: fine
+    assert simpo.online.enabled

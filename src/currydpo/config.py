@@ -1,7 +1,7 @@
 """The run configuration: one typed dataclass per concern, validated in one place.
 
 A YAML file has one section per dataclass (``model:``, ``data:``, ``curriculum:``,
-``loss:``, ``optim:``, ``run:``); ``--set section.key=value`` overrides a field.
+``loss:``, ``optim:``, ``run:``, ``generation:``, ``online:``); ``--set section.key=value`` overrides a field.
 Unknown keys and out-of-range values are errors that name the key — before any
 model is loaded. The resolved config is written beside every checkpoint.
 """
@@ -169,6 +169,32 @@ class RunConfig:
 
 
 @dataclass
+class GenerateConfig:
+    engine: str = field(default="hf", metadata={
+        "help": "hf (batched transformers generate) | vllm (pip install 'currydpo[vllm]', GPUs); online sampling"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generate call (one saved chunk when online)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0 = off)"})
+    vllm_gpu_memory_utilization: float = field(default=0.4, metadata={
+        "help": "vllm: fraction of GPU memory for its weights and KV cache (the trainer holds the rest); ours"})
+
+
+@dataclass
+class OnlineConfig:
+    enabled: bool = field(default=False, metadata={
+        "help": "online stages: before each stage from online.from_stage, sample answers from the current policy, "
+                "judge them and train on their ranked pairs"})
+    from_stage: int = field(default=2, metadata={"help": "first online stage (1-based; stage 1 = the initial policy)"})
+    samples: int = field(default=4, metadata={"help": "answers sampled per prompt"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the online answers"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens per online answer at most"})
+    judge: str | None = field(default=None, metadata={
+        "help": "gold:MODULE:FN | reward-model:PATH | openai:URL#MODEL (pairwise: ranked by wins over both orders)"})
+    mix: float = field(default=0.0, metadata={"help": "fraction of the stage's offline pairs mixed in (0..1)"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "JSONL of prompts to sample for (default: the training prompts)"})
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,6 +202,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    generation: GenerateConfig = field(default_factory=GenerateConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -392,7 +420,46 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("run.best_metric", r.best_metric, list(BEST_METRICS))
     if r.final_model == "best" and d.eval_fraction <= 0:
         raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0")
+    validate_online(cfg)
     return cfg
+
+
+def validate_online(cfg: TrainConfig) -> None:
+    from .training.losses import is_listwise, needs_reference
+
+    g, on = cfg.generation, cfg.online
+    _choice("generation.engine", g.engine, ["hf", "vllm"])  # evaluation/engines.py
+    _positive("generation.batch_size", g.batch_size)
+    if not 0 < g.top_p <= 1:
+        raise CurryError(f"config key 'generation.top_p' must be in (0, 1], got {g.top_p}")
+    if not 0 < g.vllm_gpu_memory_utilization < 1:
+        raise CurryError(f"config key 'generation.vllm_gpu_memory_utilization' must be in (0, 1), "
+                         f"got {g.vllm_gpu_memory_utilization}")
+    if g.engine == "vllm" and cfg.model.lora:
+        raise CurryError("generation.engine vllm does not load LoRA stage adapters yet; use generation.engine hf "
+                         "or model.lora false")
+    if not on.enabled:
+        return
+    if not on.judge or on.judge.partition(":")[0] not in ("gold", "reward-model", "openai"):
+        raise CurryError(f"config key 'online.judge': {on.judge!r} is not a judge spec; give gold:MODULE:FN, "
+                         f"reward-model:PATH or openai:URL#MODEL")
+    if on.samples < 2:
+        raise CurryError(f"config key 'online.samples' must be >= 2 (a pair needs two answers), got {on.samples}")
+    _positive("online.temperature", on.temperature)
+    _positive("online.max_new_tokens", on.max_new_tokens)
+    if not 0 <= on.mix <= 1:
+        raise CurryError(f"config key 'online.mix' must be in [0, 1], got {on.mix}")
+    one_stage = cfg.curriculum.schedule in ("single-pass", "random", "single-pair")
+    n_stages = 1 if one_stage else cfg.curriculum.stages
+    if not 1 <= on.from_stage <= n_stages:
+        raise CurryError(f"config key 'online.from_stage' ({on.from_stage}) must be a stage of the schedule "
+                         f"(1..{n_stages} for {cfg.curriculum.schedule} with {n_stages} stage(s))")
+    if is_listwise(cfg.loss.name):
+        raise CurryError("online stages build pairs; a listwise loss (plackett-luce, pro, lipo) is not supported "
+                         "with online.enabled yet: use a pairwise loss")
+    if reference_mode(cfg) != "previous-stage" and needs_reference(cfg.loss.name):
+        raise CurryError("online stages train with the previous stage's policy as reference: set "
+                         "curriculum.reference previous-stage (or auto with schedule iterative)")
 
 
 def reference_mode(cfg: TrainConfig) -> str:

@@ -52,6 +52,10 @@ def test_ablation_arms_change_one_thing_each(tmp_path):
     assert (best.run.final_model, reference_mode(best), base.run.final_model) == ("best", "previous-stage", "last")
     mrpo = cfg["iterative-mrpo"]
     assert (mrpo.curriculum.schedule, reference_mode(mrpo)) == ("iterative", "all-previous")
+    on = cfg["curry-online"]  # the iterative arm with online stages 2 and 3, rated by the world's noisy judge
+    assert (on.online.enabled, on.online.from_stage, on.online.samples, reference_mode(on)) == \
+        (True, 2, 4, "previous-stage")
+    assert on.online.judge == "gold:currydpo.world.preferences:judge_score" and not base.online.enabled
     for c in cfg.values():  # the fairness controls are shared by every arm
         assert (c.optim.total_updates, c.optim.lr, c.loss.beta) == (base.optim.total_updates, base.optim.lr, 0.1)
 

@@ -6,7 +6,9 @@ With ``CURRYDPO_TEST_PAUSE_AT=POINT:N`` the N-th time ``POINT`` is reached the p
 ``update`` (an update is logged, not yet checkpointed: after `loop.log_metrics`),
 ``state-write`` (inside a ``state/`` write: weights written, position not yet: after the
 weights' `save_file` in `checkpoint.save_state`), ``stage-end`` (``stage-K/`` saved,
-``state/`` not yet advanced: after `checkpoint.save_model` of a stage directory).
+``state/`` not yet advanced: after `checkpoint.save_model` of a stage directory),
+``online-sample`` (a chunk of online samples written) and ``online-judge`` (one prompt's
+answers judged by an LLM judge, before the chunk's file is written).
 Production code carries no test hook.
 """
 
@@ -45,6 +47,14 @@ def install(spec: str) -> None:
         after(checkpoint, "save_file")
     elif point == "stage-end":
         after(checkpoint, "save_model", when=lambda path, *a, **k: os.path.basename(path).startswith("stage-"))
+    elif point == "online-sample":  # a chunk of an online stage's samples is written
+        from currydpo.evaluation import online
+
+        after(online, "write_json", when=lambda path, *a, **k: os.path.basename(os.path.dirname(path)) == "samples")
+    elif point == "online-judge":  # an LLM judge answered one prompt's comparisons; its chunk is not written yet
+        from currydpo.evaluation import judges
+
+        after(judges.OpenAIJudge, "compare")
     else:
         raise SystemExit(f"unknown pause point {point!r}")
 

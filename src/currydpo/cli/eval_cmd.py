@@ -35,6 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                   help="generation engine: hf (transformers generate) or vllm (pip install 'currydpo[vllm]', GPUs)")
     p.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (default 0)")
     p.add_argument("--out", default="eval-out", help="output directory (default eval-out)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with models to run")
@@ -47,8 +49,9 @@ def run(args) -> int:
     from ..data.loading import load_records
     from ..device import default_device
     from ..errors import CurryError
+    from ..evaluation.engines import make_engine
     from ..evaluation.evaluate import evaluate_model
-    from ..evaluation.generation import GenerationConfig, export_alpaca_eval, export_mt_bench, generate, load_prompts
+    from ..evaluation.generation import GenerationConfig, export_alpaca_eval, export_mt_bench, load_prompts
     from ..evaluation.judges import make_judge
     from ..io import write_json, write_text
     from ..training.model import load_model, load_tokenizer
@@ -79,13 +82,17 @@ def run(args) -> int:
             with open(args.baseline) as f:
                 baseline_answers = json.load(f)
         else:
-            base = load_model(args.baseline, mcfg, device)
-            baseline_answers = generate(base, tokenizer, prompts, gen, progress=not args.no_progress)
-            del base
+            base = load_model(args.baseline, mcfg, device) if args.engine == "hf" else None
+            engine = make_engine(args.engine, model=base, tokenizer=tokenizer, path=args.baseline, seed=args.seed,
+                                 trust_remote_code=args.trust_remote_code)
+            baseline_answers = engine.generate(prompts, gen, progress=not args.no_progress)
+            del base, engine
+    engine = make_engine(args.engine, model=policy, tokenizer=tokenizer, path=args.model, seed=args.seed,
+                         trust_remote_code=args.trust_remote_code) if prompts else None
     metrics, answers = evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge,
                                       baseline_answers=baseline_answers, reference=reference, heldout=heldout,
                                       beta=args.beta, seed=args.seed, data=data_cfg,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, engine=engine)
     os.makedirs(args.out, exist_ok=True)
     if prompts:
         name = os.path.basename(os.path.normpath(args.model))

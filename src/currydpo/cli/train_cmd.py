@@ -45,7 +45,7 @@ def run(args) -> int:
         print(help_table())
         return 0
     cfg = config_from_args(args)
-    from ..training.loop import train
+    from ..evaluation.online import train  # the loop, with online stages sampled and judged
 
     summary = train(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # one report per launch, from the main process
@@ -58,6 +58,10 @@ def run(args) -> int:
               f"{summary['updates_run']} updates run by this launch")
     for s in summary["stages"]:
         extra = f", held-out reward acc {s['eval/rewards/accuracies']:.3f}" if "eval/rewards/accuracies" in s else ""
+        if "online/samples" in s:
+            extra += (f"; online: {s['online/samples']} samples of {s['online/prompts']} prompts, judge mean score "
+                      f"{s['online/judge_mean_score']:.3f}, sampling {s['online/sampling_seconds']:.0f} s, judging "
+                      f"{s['online/judging_seconds']:.0f} s, training {s['train_seconds']:.0f} s")
         print(f"  stage {s['stage']}: {s.get('label', '')} — {s.get('pairs', '?')} pairs, {s['updates']} updates, "
               f"reference {s['reference']}{extra}")
     print(f"final model: {cfg.run.output_dir}/final")

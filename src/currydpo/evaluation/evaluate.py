@@ -19,7 +19,8 @@ from ..data.records import Record, Response
 from ..training.preference import preference_metrics
 from ..training.responses import ResponseTable, logps_for_rows
 from ..training.tokenize import encode_for
-from .generation import GenerationConfig, Prompt, generate
+from .engines import HFEngine
+from .generation import GenerationConfig, Prompt
 from .winrate import bootstrap_ci, win_rate_report
 
 
@@ -64,14 +65,15 @@ def heldout_preference(policy, reference, tokenizer, records: list[Record], *, b
 def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), gen: GenerationConfig | None = None,
                    judge=None, baseline_answers: Sequence[str] | None = None, reference=None,
                    heldout: list[Record] | None = None, beta: float = 0.1, seed: int = 0,
-                   data: DataConfig | None = None, progress: bool = True) -> tuple[dict, list[str]]:
+                   data: DataConfig | None = None, progress: bool = True, engine=None) -> tuple[dict, list[str]]:
     """All metrics that the given inputs allow; returns (metrics, sampled answers). ``data`` is the
-    run's data config: how responses are paired and tokenised (default: the config defaults)."""
+    run's data config: how responses are paired and tokenised (default: the config defaults).
+    ``engine`` samples the answers (`engines.make_engine`); default: ``hf`` on ``policy``."""
     gen = gen or GenerationConfig(seed=seed)
     out: dict = {}
     answers: list[str] = []
     if prompts:
-        answers = generate(policy, tokenizer, prompts, gen, progress=progress)
+        answers = (engine or HFEngine(policy, tokenizer)).generate(prompts, gen, progress=progress)
         out["answer_chars"] = sum(len(a) for a in answers) / len(answers)
         if judge is not None and hasattr(judge, "score"):
             scores = judge.score([p if isinstance(p, str) else p.text for p in prompts], answers)

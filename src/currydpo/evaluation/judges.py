@@ -199,6 +199,7 @@ class OpenAIJudge:
         self.temperature, self.max_tokens = temperature, max_tokens
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.stats = {"requests": 0, "retries": 0, "cached": 0, "unparseable": 0, "inconsistent": 0}
+        self.usage: dict[str, float] = {}  # summed numeric "usage" fields of the answers (tokens, cost if given)
         self._lock = threading.Lock()
         self._cache: dict[str, str | None] = {}
         self.cache_path = None
@@ -263,6 +264,14 @@ class OpenAIJudge:
         except ValueError:
             return {}  # not JSON: treated as an answer without a verdict
 
+    def _add_usage(self, data: dict) -> None:
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            with self._lock:
+                for k, v in usage.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self.usage[k] = self.usage.get(k, 0) + v
+
     def _ask(self, prompt: str, first: str, second: str) -> str | None:
         """One ordered verdict ("A"/"B"/"C", None = unparseable), from cache or the server."""
         key = self.cache_key(prompt, first, second)
@@ -289,6 +298,7 @@ class OpenAIJudge:
                     delay = min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
                     time.sleep(min(e.retry_after, self.max_backoff_s) if e.retry_after is not None else delay)
                 continue
+            self._add_usage(data)
             try:
                 content = data["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):

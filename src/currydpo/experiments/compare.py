@@ -120,8 +120,8 @@ def _read(path: str):
 def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bool) -> dict:
     """Train (unless baseline) and evaluate one (arm, seed); result.json is written last."""
     from ..evaluation.evaluate import evaluate_model
+    from ..evaluation.online import train  # the loop, with online stages sampled and judged
     from ..pipeline import prepare
-    from ..training.loop import train
     from ..training.model import load_model, load_tokenizer
 
     path = _result_path(spec, arm, seed)

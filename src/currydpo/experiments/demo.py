@@ -29,6 +29,11 @@ arms that share the loss, beta, LR schedule and number of updates:
   model is the stage with the best held-out reward accuracy: stage-level early stopping);
 - ``iterative-mrpo``: the iterative stages with ``curriculum.reference: all-previous``: each stage's
   reference combines the SFT model and every earlier stage's policy (MRPO, Le et al. 2024).
+- ``curry-online``: the iterative arm whose stages 2 and 3 are online (issue #16): before
+  each, 4 answers per training prompt are sampled from the current policy and rated by the
+  world's noisy judge (`world.preferences.judge_score`, the judge that rated the offline
+  data), and the stage trains on their best-vs-rest pairs, easy -> hard. Stage 1 is the
+  offline data, which is itself sampled from the initial (SFT) policy.
 
 Nothing in the world knows which arm is running; the table reports what comes out.
 The paper trains each iterative stage as a fresh DPO run (the library's default for
@@ -60,6 +65,9 @@ ABLATIONS = {
     "anti-curriculum": {"curriculum": {"schedule": "anti", "stages": 3}},
     "iterative-best-stage": {"curriculum": ITERATIVE, "run": {"final_model": "best"}},
     "iterative-mrpo": {"curriculum": {**ITERATIVE, "reference": "all-previous"}},
+    "curry-online": {"curriculum": ITERATIVE, "online": {
+        "enabled": True, "from_stage": 2, "samples": 4, "temperature": 1.0, "max_new_tokens": 48,
+        "judge": "gold:currydpo.world.preferences:judge_score"}, "generation": {"batch_size": 32}},
 }
 
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and

@@ -21,7 +21,9 @@ import math
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import yaml
@@ -39,8 +41,8 @@ from ..errors import CurryError
 from ..io import write_json, write_text
 from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, select_pairs, stage_plan
 from . import checkpoint as ckpt
+from . import online, sharding
 from . import precision as prec
-from . import sharding
 from .listwise import ListLogps, list_loss
 from .logprobs import response_logps
 from .losses import PairLogps, is_listwise, mrpo_reference, needs_reference, pair_loss
@@ -79,6 +81,8 @@ class Run:
         if self.lists is None:
             return self.table.rows(self.items(stage.pairs))[0]
         return self.table.list_rows(self.items(stage.pairs))[0]
+    online: dict[int, dict] = field(default_factory=dict)  # stage -> what its online sampling/judging gave
+    online_source: Callable | None = None  # (run, stage, replay) -> (ranked records, costs): online.before_stage
 
     @property
     def pairs_per_update(self) -> int:
@@ -385,8 +389,10 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                lists=lists)
 
 
-def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False) -> dict:
-    """Train every stage of the curriculum; returns the run summary (also written to summary.json)."""
+def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False,
+          online_source: Callable | None = None) -> dict:
+    """Train every stage of the curriculum; returns the run summary (also written to summary.json).
+    ``online_source`` samples and judges online stages (`evaluation.online.train` hands it in)."""
     out = cfg.run.output_dir
     created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
@@ -402,6 +408,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
             shutil.rmtree(out, ignore_errors=True)
         raise
     acc, optim_mode = run.accelerator, across_stages(cfg)  # continue | restart (auto: restart for iterative)
+    run.online_source = online_source
     if acc.is_main_process:
         write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
     acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
@@ -420,7 +427,10 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     optimizer = scheduler = None
     if optim_mode == "continue":
         optimizer, scheduler = make_optimizer(run, sum(run.stage_updates))
+    for k in range(pos.stage):  # online stages done before a resume: their data again, from their files
+        online.before_stage(run, k, replay=True)
     for k in range(pos.stage, len(run.stages)):
+        online.before_stage(run, k)  # an online stage: pairs from fresh judged samples of this policy (#16)
         if optim_mode == "restart":
             optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
         if resumed is not None and k == resumed.stage:
@@ -430,9 +440,11 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         ref = stage_reference_logps(run, k)
         if pos.order is None:
             pos.order = stage_order(run, k, ref)
+        t0 = time.perf_counter()
         run_stage(run, k, optimizer, scheduler, ref, pos)
         info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_for(run, k),
                 "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
+                "train_seconds": round(time.perf_counter() - t0, 3), **run.online.get(k, {}),
                 **evaluate_held_out(run, ref_key="initial")}
         if run.lists is not None:  # "pairs" counts lists; the pairs they stand for, for fair comparisons
             info["pairs_equivalent"] = sum(run.lists[i].n_pairs for i in pos.order)

@@ -42,6 +42,15 @@ class ResponseTable:
         keys = sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs})
         return cls(keys, [encoded_records[r][i] for r, i in keys], {k: j for j, k in enumerate(keys)})
 
+    def extend(self, pairs: Sequence[Pair], encoded_records: Sequence[Sequence[Encoded]], first_record: int) -> None:
+        """Add the responses of ``pairs`` not in the table yet; ``encoded_records[j]`` is record
+        ``first_record + j`` (records appended after the table was built: online stages)."""
+        for key in sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs}):
+            if key not in self.index:
+                self.index[key] = len(self.keys)
+                self.keys.append(key)
+                self.encoded.append(encoded_records[key[0] - first_record][key[1]])
+
     def rows(self, pairs: Sequence[Pair]) -> tuple[list[int], list[int], list[int]]:
         """Unique table rows used by ``pairs`` and, per pair, the position of chosen/rejected in that list."""
         used = sorted({self.index[(p.record, p.chosen)] for p in pairs} |
@@ -154,6 +163,9 @@ class RefCache:
                 self.values[key] = torch.load(path)
             else:
                 self.values[key] = torch.full((size,), math.nan, dtype=torch.float64)
+        if len(self.values[key]) < size:  # the table grew (online stages): new rows are not computed yet
+            grown = torch.full((size - len(self.values[key]),), math.nan, dtype=torch.float64)
+            self.values[key] = torch.cat([self.values[key], grown])
         return self.values[key]
 
     def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], pad_token_id: int,

@@ -55,6 +55,15 @@ def rate(prompt: str, response: str, rng: random.Random, rater_noise: float = 0.
     return out
 
 
+def judge_score(prompt: str, response: str, rater_noise: float = 0.5) -> float:
+    """The world's noisy judge as a pointwise function (``gold:currydpo.world.preferences:judge_score``):
+    the mean of the four `rate` aspect ratings, 1..5, with the noise seeded by (prompt, response), so an
+    answer always gets the same rating (a judge cache and a resumed run agree)."""
+    seed = int(hashlib.sha256(f"{prompt}\x00{response}".encode("utf-8")).hexdigest()[:16], 16)
+    ratings = rate(prompt, response, random.Random(seed), rater_noise)
+    return sum(ratings.values()) / len(ratings)
+
+
 def ultrafeedback_row(prompt: str, responses: list[str], rng: random.Random, rater_noise: float = 0.5,
                       models: list[str] | None = None) -> dict:
     """One openbmb/UltraFeedback-layout row for ``prompt`` and its rated ``responses`` (written by ``models``)."""

@@ -1,0 +1,135 @@
+"""Online Curry-DPO stages: each stage's pairs drawn from the policy as it now is (issue #16).
+
+Curry-DPO's stages are already rounds with a reference swap (Pattnaik et al. 2024,
+Sec. 3.3); iterative / self-training DPO (Xu et al. 2023, "Some things are more CRINGE
+than others"; Yuan et al. 2024, "Self-Rewarding Language Models") samples fresh answers
+from the current policy between rounds and rates them. An online stage joins the two:
+
+1. sample ``online.samples`` answers per training prompt from the current policy and
+   score them with ``online.judge`` — the run's ``online_source``, handed in by
+   `evaluation.online.train` (sampling and judging are the evaluation layer's; this
+   layer does not import it);
+2. ranked `Record`s -> pairs with the configured builder -> difficulty -> the stage
+   ordered easy -> hard (or shuffled inside, ``shuffle_within_stage``) by the same
+   `curriculum.schedules.plan`; ``online.mix`` adds a fraction of the offline pairs;
+3. the new responses extend the `ResponseTable` (each tokenised once) and the
+   `RefCache` (reference log-probs from the stage's reference: the previous policy).
+
+The stage keeps the number of updates the offline plan gave it (one LR schedule over
+the run, comparable arms). A resumed run replays the finished online stages from their
+files under ``OUTPUT/online/stage-K/``, so records, table rows and pair indices come out
+exactly as before the kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from ..curriculum.difficulty import STATIC, measure_static
+from ..curriculum.schedules import Stage, plan
+from ..data.pairs import build_pairs
+from ..data.records import Record
+from ..errors import CurryError
+from ..io import write_json
+from .tokenize import encode_for
+
+ONLINE_DIR = "online"
+
+
+def stage_dir(output_dir: str, k: int) -> str:
+    return os.path.join(output_dir, ONLINE_DIR, f"stage-{k + 1}")
+
+
+def is_online(cfg, k: int) -> bool:
+    """Stage ``k`` (0-based) is an online stage."""
+    return cfg.online.enabled and k + 1 >= cfg.online.from_stage
+
+
+def extend(run, records: list[Record]) -> list[int]:
+    """Append ``records`` and their pairs to the run's data and response table; returns the new pair indices."""
+    cfg, d = run.cfg, run.cfg.data
+    first = len(run.data.records)
+    run.data.records = run.data.records + records  # a new list: the caller's records stay as given
+    pairs = build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
+    for p in pairs:
+        p.record += first
+    for name in STATIC:
+        measure_static(name, pairs, run.data.records)
+    if cfg.curriculum.difficulty.startswith(("column:", "function:")):
+        measure_static(cfg.curriculum.difficulty, pairs, run.data.records)
+    enc = encode_for(run.tokenizer, records, d, progress=False)
+    run.table.extend(pairs, enc, first)
+    start = len(run.data.train_pairs)
+    run.data.train_pairs.extend(pairs)
+    return list(range(start, start + len(pairs)))
+
+
+def measure_model_difficulty(run, k: int, new: list[int]) -> None:
+    """Reference log-probs of the new responses (cached: the loop reuses them) and the model-based measures."""
+    from ..config import reference_mode
+    from ..pipeline import model_difficulty
+    from .loop import reference_for, stage_name
+    from .model import load_model
+
+    cfg, acc = run.cfg, run.accelerator
+    # The stage's reference; with a reference-free loss (any mode) the current policy, named for what it is.
+    key = reference_for(run, k) if reference_mode(cfg) == "previous-stage" or k == 0 else stage_name(k - 1)
+    model = acc.unwrap_model(run.model)
+    if k == 0 and cfg.model.ref_model:  # stage 1's reference is the separate reference model
+        model = load_model(cfg.model.ref_model, cfg.model, acc.device)
+    pairs = [run.data.train_pairs[i] for i in new]
+    rows = run.table.rows(pairs)[0]
+    values = run.refs.ensure(key, model, run.table, rows, run.tokenizer.pad_token_id, cfg.optim.batch_size * 2,
+                             cfg.run.progress and acc.is_main_process, acc)
+    c = cfg.curriculum
+    model_difficulty(pairs, run.data.records, [run.table.keys[r] for r in rows], values[rows].tolist(),
+                     c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
+
+
+def order_stage(run, k: int, new: list[int]) -> Stage:
+    """The stage: the new pairs plus ``online.mix`` of the offline stage's pairs, easy -> hard."""
+    cfg, offline = run.cfg, run.stages[k]
+    mixed = []
+    if cfg.online.mix > 0:
+        rng = random.Random(cfg.run.seed * 1000 + k)
+        mixed = sorted(rng.sample(offline.pairs, round(cfg.online.mix * len(offline.pairs))))
+    idx = mixed + new
+    c = cfg.curriculum
+    measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
+    inner = plan([run.data.train_pairs[i] for i in idx], "single-pass", measure, seed=cfg.run.seed + k,
+                 shuffle_within_stage=c.shuffle_within_stage)[0]
+    label = f"online: {len(new)} pairs" + (f" + {len(mixed)} offline" if mixed else "")
+    return Stage(k, [idx[j] for j in inner.pairs], label, admit_fraction=offline.admit_fraction)
+
+
+def before_stage(run, k: int, replay: bool = False) -> Stage:
+    """Stage ``k`` as it will be trained: unchanged offline, or built from fresh judged samples.
+
+    ``replay``: stage ``k`` finished before a resume; rebuild its data from the files only
+    (so later pair indices match), never sample or judge.
+    """
+    if not is_online(run.cfg, k):
+        return run.stages[k]
+    if run.online_source is None:
+        raise CurryError("online stages sample and judge through the evaluation layer: train with "
+                         "currydpo.evaluation.online.train(cfg) (the train and compare commands do)")
+    acc, out = run.accelerator, run.cfg.run.output_dir
+    records, info = run.online_source(run, k, replay)
+    new = extend(run, records)
+    if not new:
+        raise CurryError(f"online stage {k + 1}: no pairs from {info['online/prompts']} prompts (every prompt's "
+                         f"answers tied or fewer than 2 distinct); raise online.samples or online.temperature")
+    if replay:
+        path = os.path.join(stage_dir(out, k), "summary.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                run.online[k] = json.load(f)
+        return run.stages[k]
+    measure_model_difficulty(run, k, new)
+    stage = run.stages[k] = order_stage(run, k, new)
+    run.online[k] = {**info, "online/pairs": len(new), "online/stage_pairs": len(stage.pairs)}
+    if acc.is_main_process:
+        write_json(os.path.join(stage_dir(out, k), "summary.json"), run.online[k])
+    return stage

@@ -1,0 +1,29 @@
+"""Online stages, the judging half: ranking a prompt's sampled answers (issue #16)."""
+
+from currydpo.evaluation import online as sampling
+from currydpo.evaluation.generation import Prompt
+
+
+class LongerWins:
+    """A pairwise judge (no ``score``): the longer answer wins, equal length ties."""
+
+    spec = "pairwise"
+
+    def __init__(self):
+        self.asked = []
+
+    def compare(self, prompts, a, b):
+        self.asked += list(zip(a, b))
+        return [1.0 if len(x) > len(y) else 0.0 if len(x) < len(y) else 0.5 for x, y in zip(a, b)]
+
+
+def test_pairwise_judge_ranks_by_share_of_wins():
+    judge = LongerWins()
+    chunk = {"prompts": ["p", "q"], "answers": [["bb", "a", "ccc", "bb", ""], ["xx", "yy"]]}
+    got = sampling.judge_chunk(judge, chunk)
+    # distinct non-empty answers: ["bb", "a", "ccc"] -> wins 1, 0, 2 of 2 comparisons; ["xx", "yy"] tie
+    assert got["scores"] == [[0.5, 0.0, 1.0], [0.5, 0.5]]
+    assert len(judge.asked) == 3 + 1  # every pair once (the judge itself asks both orders)
+    records = sampling.ranked_records(1, [[Prompt(0, "p"), Prompt(1, "q")]], [chunk], [got])
+    assert [r.id for r in records] == ["online-2-0", "online-2-1"]
+    assert [x.text for x in records[0].responses] == ["bb", "a", "ccc"] and records[0].meta == {"online_stage": 2}
