@@ -63,6 +63,7 @@ def collect(run, k: int, replay: bool) -> tuple[list[Record], dict]:
     records = ranked_records(k, chunks, samples, judged)
     return records, cost_summary(prompts, samples, judged, records)
 
+
 def training_prompts(run) -> list[Prompt]:
     """``online.prompts``, else the prompts of the offline training records (held-out ones excluded)."""
     if run.cfg.data.chat_template == "never" and getattr(run.tokenizer, "chat_template", None):
