@@ -58,3 +58,40 @@ def tiny_config(model_dir, output_dir, **sections):
     for k, v in sections.items():
         base.setdefault(k, {}).update(v)
     return validate(from_dict(base))
+
+
+def dir_fingerprint(path) -> dict:
+    """{file: (mtime_ns, sha256)} under ``path``: a resume must leave completed checkpoints untouched, and a
+    rewrite changes the mtime even when it writes the same bytes (a run that silently restarted would)."""
+    import hashlib
+    from pathlib import Path
+
+    return {str(f.relative_to(path)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+            for f in sorted(Path(path).rglob("*")) if f.is_file()}
+
+
+def mark_log(output_dir) -> None:
+    """Tag every complete line of OUTPUT/metrics.jsonl with ``"before_resume": true`` (a cut last line stays)."""
+    import json
+    from pathlib import Path
+
+    path = Path(output_dir) / "metrics.jsonl"
+    lines = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            lines.append(json.dumps({**json.loads(line), "before_resume": True}) + "\n")
+        except json.JSONDecodeError:
+            lines.append(line)
+    path.write_text("".join(lines))
+
+
+def check_log_continued(output_dir, checkpoint_step: int, total_updates: int) -> None:
+    """The resumed log keeps the killed run's lines up to the checkpoint and adds one line per update executed
+    after it, numbered on from the checkpoint's step. A run that started over rewrites every line (no tags)."""
+    import json
+    from pathlib import Path
+
+    log = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    resumed = [e.get("before_resume", False) for e in log]
+    assert resumed == [True] * checkpoint_step + [False] * (total_updates - checkpoint_step), resumed
+    assert [e["step"] for e in log] == list(range(1, total_updates + 1))

@@ -1,6 +1,7 @@
 """`currydpo bench --quick` keeps working (no timing assertions: CPU timings here are noise)."""
 
 import json
+import math
 import os
 
 import pytest
@@ -25,10 +26,16 @@ def test_bench_quick(tmp_path):
     result = json.loads((out / "bench.json").read_text())
     arms = result["sizes"]["tiny"]["arms"]
     assert set(arms) == {"trl-single", "ours-single"}
-    assert arms["ours-single"]["pairs"] == arms["trl-single"]["pairs"] == result["sizes"]["tiny"]["model"]["pairs"]
-    for arm in ("trl-single", "ours-single"):
-        assert arms[arm]["pairs_per_s"] > 0 and arms[arm]["peak_rss_mb"] > 0
-    assert arms["ours-single"]["speedup_vs_trl"] > 0
+    ours, trl = arms["ours-single"], arms["trl-single"]
+    # Both arms trained the same pairs, counted where each trains them, each pair once.
+    assert ours["pair_keys"] == trl["pair_keys"] and len(ours["pair_keys"]) == ours["pairs"] == trl["pairs"]
+    assert ours["pairs"] == result["sizes"]["tiny"]["model"]["pairs"] == 24  # 8 prompts x 3 best-vs-rest pairs
+    assert ours["pair_visits"] == trl["pair_visits"] == 24  # 24 = 3 batches of 8: no wrap-around repeats
+    # Same loss on the first batch: DPO with the policy as its own reference gives log 2 per pair on both sides
+    # (a wrong reference, beta or reduction on either side would show here).
+    assert abs(ours["first_batch_loss"] - trl["first_batch_loss"]) < 1e-5
+    assert abs(ours["first_batch_loss"] - math.log(2)) < 1e-5
+    assert "both arms trained the same pairs" in (out / "bench.md").read_text()
     table = (out / "bench.md").read_text()
     assert "ours-single" in table and table == markdown(result)
     assert os.path.isdir(out / "model-tiny")

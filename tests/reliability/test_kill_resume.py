@@ -27,6 +27,8 @@ from _reliability import (
 from currydpo.config import load_config
 from currydpo.training import loop
 
+from conftest import check_log_continued, dir_fingerprint, mark_log
+
 
 def test_sigkill_at_three_points_then_resume_gives_bitwise_same_weights(tiny_model_dir, tmp_path):
     data = write_ranked(tmp_path / "data.jsonl")
@@ -94,8 +96,13 @@ def test_restart_per_stage_saves_no_optimizer_at_stage_ends_and_resumes_bitwise(
     pos = json.loads((out / "state" / "position.json").read_text())
     assert (pos["stage"], pos["update"]) == (1, 0)
     assert torch.load(out / "state" / "optim.pt", weights_only=False)["optimizer"] is None
+    stage1 = dir_fingerprint(out / "stage-1")
+    mark_log(out)
     done = subprocess.run(train_cmd(config, "--resume"), env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    # Only a real resume passes these (a silent restart reaches the same weights too):
+    assert dir_fingerprint(out / "stage-1") == stage1  # stage 1 not redone
+    check_log_continued(out, pos["global_step"], 12)  # 4 logged lines kept, 8 updates executed after resume
     a, b = final_weights(ref_out), final_weights(out)
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -111,8 +118,14 @@ def test_lora_iterative_killed_mid_stage_resumes_bitwise(tiny_model_dir, tmp_pat
                           optim={"lr": 1e-2, "batch_size": 4, "warmup_ratio": 0.0, "epochs_per_stage": 2})
     loop.train(load_config(str(config), [f"run.output_dir={ref_out}"]))
     run_until_paused(train_cmd(config), "update:6", tmp_path / "kill.log")  # stage 2, update 2 logged
+    pos = json.loads((out / "state" / "position.json").read_text())
+    assert (pos["stage"], pos["update"], pos["global_step"]) == (1, 1, 5)  # save_every 1: after stage 2, update 1
+    stage1 = dir_fingerprint(out / "stage-1")
+    mark_log(out)
     done = subprocess.run(train_cmd(config, "--resume"), env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert dir_fingerprint(out / "stage-1") == stage1  # the adapter of stage 1 not rewritten: resumed, not restarted
+    check_log_continued(out, 5, 12)  # 5 lines kept (the 6th, logged after the checkpoint, replaced), 7 updates run
     assert losses(out) == losses(ref_out)
     a, b = final_weights(ref_out), final_weights(out)  # merged weights
     for k in a:

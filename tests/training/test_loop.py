@@ -15,7 +15,7 @@ from currydpo.training import loop
 from currydpo.training.responses import ResponseTable, logps_for_rows
 from currydpo.training.tokenize import encode_records
 
-from conftest import make_records, tiny_config
+from conftest import check_log_continued, dir_fingerprint, make_records, mark_log, tiny_config
 
 
 def weights(path):
@@ -100,11 +100,21 @@ def test_resume_after_interruption_reaches_same_weights(tiny_model_dir, tmp_path
     monkeypatch.setattr(loop, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, records=recs)
-    monkeypatch.setattr(loop, "train_step", real_step)
     assert not (out / "final").exists()
     with pytest.raises(Exception, match="--resume"):
         loop.train(cfg, records=recs)
-    loop.train(cfg, records=recs, resume=True)
+    # Guards a run that silently started over would fail (equal final weights alone do not tell):
+    # stage-1/ untouched, the log continued from the checkpoint, only the remaining updates executed.
+    step = json.loads((out / "state" / "position.json").read_text())["global_step"]
+    assert step == 11  # 9 updates per stage; stage 2's save_every checkpoint after its 2nd update, the 3rd died
+    stage1 = dir_fingerprint(out / "stage-1")
+    mark_log(out)
+    calls["n"] = 0
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (calls.update(n=calls["n"] + 1), real_step(*a, **k))[1])
+    summary = loop.train(cfg, records=recs, resume=True)
+    assert calls["n"] == summary["total_updates"] - step == 16
+    assert dir_fingerprint(out / "stage-1") == stage1
+    check_log_continued(out, step, summary["total_updates"])
     a, b = weights(ref / "final"), weights(out / "final")
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bitwise on CPU

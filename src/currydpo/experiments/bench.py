@@ -17,7 +17,9 @@ our ``model.precision: bf16``; no gradient checkpointing on CPU (on a GPU TRL ke
 on), ``precompute_ref_log_probs=True``, the same batch size, max_length, learning rate and
 schedule, ``report_to="none"``, no intermediate saves; each
 arm saves its final (per-stage) model like ours does. Every arm's time is the whole run
-from raw records to a saved model: tokenisation, reference log-probs, training, saving.
+from raw records to a saved model: model load, tokenisation, reference log-probs, training,
+saving. Every arm counts the pairs it actually trained (distinct pairs, and visits with
+repeats) where it trains them, and records its first batch's loss.
 A ``check`` arm compares per-pair losses of a first batch with TRL's (policy perturbed
 away from the reference so the losses are not all log 2).
 
@@ -182,30 +184,79 @@ def _compute(args, dtype: str):
     return torch.autocast(args.device, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
 
+def _trained(visits: list[tuple], first_loss: float | None) -> dict:
+    """What an arm actually trained, counted as it trained: distinct pairs (the pairs/s numerator,
+    the same on both sides), pair visits (wrap-around repeats included) and the first batch's loss."""
+    keys = sorted(set(visits))
+    return {"pairs": len(keys), "pair_visits": len(visits), "pair_keys": [list(k) for k in keys],
+            "first_batch_loss": first_loss}
+
+
 def arm_trl(args, records, stages) -> dict:
+    """TRL once per stage; the pairs it trains are recorded in its collator, the first loss in compute_loss."""
     import trl
 
-    model, tok = _load(args, args.dtype)  # fp32 weights; bf16=True adds autocast
     out = os.path.join(args.work, args.arm)
-    t = time.perf_counter()
-    n_pairs = 0
+    t = time.perf_counter()  # the model load is inside the timer, as in ours (train() loads its model)
+    model, tok = _load(args, args.dtype)  # fp32 weights; bf16=True adds autocast
+    visits, first = [], []
     for k, pairs in enumerate(stages):
         trainer = trl.DPOTrainer(model=model, ref_model=None, args=_trl_args(args, f"{out}/run{k}"),
                                  train_dataset=_trl_dataset(records, pairs), processing_class=tok)
+        _record_trl(trainer, pairs, visits, first)
         trainer.train()
         trainer.save_model(f"{out}/stage-{k + 1}")
         model = trainer.model
-        n_pairs += len(pairs)
-    return {"seconds": time.perf_counter() - t, "pairs": n_pairs}
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, **_trained(visits, first[0] if first else None)}
+
+
+def _record_trl(trainer, pairs, visits: list, first: list) -> None:
+    """Wrap the trainer's collator (each training example it batches) and compute_loss (the first loss)."""
+    def ids(row):
+        return tuple(row["prompt_ids"]), tuple(row["chosen_ids"]), tuple(row["rejected_ids"])
+
+    rows = trainer.train_dataset  # tokenised by TRL, in the order given
+    assert len(rows) == len(pairs), "TRL dropped rows"  # only if max_length filtered some: never at 1024
+    key_of = {ids(r): (p.record, p.chosen, p.rejected) for r, p in zip(rows, pairs)}
+    collate, compute_loss = trainer.data_collator, trainer.compute_loss
+
+    def recording_collate(examples):
+        visits.extend(key_of[ids(e)] for e in examples)
+        return collate(examples)
+
+    def first_loss(model, inputs, *a, **kw):
+        out = compute_loss(model, inputs, *a, **kw)
+        if model.training and not first:
+            first.append((out[0] if isinstance(out, tuple) else out).item())
+        return out
+
+    trainer.data_collator, trainer.compute_loss = recording_collate, first_loss
 
 
 def arm_ours(args, records, schedule: str) -> dict:
-    from ..training.loop import train
+    """Our trainer; the pairs it trains are recorded from `loop.stage_batches`, the first loss from its log."""
+    from ..training import loop
 
-    t = time.perf_counter()
-    summary = train(_cfg(args, schedule, os.path.join(args.work, args.arm)), records)
-    return {"seconds": time.perf_counter() - t, "pairs": summary["total_updates"] * summary["pairs_per_update"],
-            "final_loss": summary["final_loss"]}
+    out = os.path.join(args.work, args.arm)
+    visits, plain = [], loop.stage_batches
+
+    def recording(run, *a, **kw):
+        micro = plain(run, *a, **kw)
+        visits.extend((p.record, p.chosen, p.rejected) for m in micro for p in (run.data.train_pairs[i] for i in m))
+        return micro
+
+    loop.stage_batches = recording
+    try:
+        t = time.perf_counter()
+        summary = loop.train(_cfg(args, schedule, out), records)
+        seconds = time.perf_counter() - t
+    finally:
+        loop.stage_batches = plain
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        first = json.loads(f.readline())["loss"]
+    assert len(visits) == summary["total_updates"] * summary["pairs_per_update"]
+    return {"seconds": seconds, "final_loss": summary["final_loss"], **_trained(visits, first)}
 
 
 def arm_check(args, records, stages) -> dict:
@@ -373,7 +424,7 @@ def markdown(result: dict) -> str:
              f"responses (best-vs-rest: 3 pairs/prompt); measured matmul peak "
              f"{result['matmul_peak_flops'] / 1e9:.1f} GFLOP/s.", "",
              "| size | params | arm | pairs | time s | pairs/s | tokens/s | vs TRL | peak RSS MB | RSS vs TRL "
-             "| nominal GFLOP/s | % peak |" + (" peak GPU MB | GPU mem vs TRL |" if gpu else ""),
+             "| nominal GFLOP/s | nominal % peak |" + (" peak GPU MB | GPU mem vs TRL |" if gpu else ""),
              "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if gpu else "")]
     for size, s in result["sizes"].items():
         for arm in [a for a in ARMS[1:] if a in s["arms"]]:
@@ -387,7 +438,18 @@ def markdown(result: dict) -> str:
                 + (f" {a.get('peak_gpu_mb', math.nan):.0f} | {a.get('gpu_mem_ratio_vs_trl', 1.0):.2f} |"
                    if gpu else ""))
     lines.append("")
+    lines.append("pairs = distinct pairs trained, counted as each arm trained them (the pairs/s numerator); "
+                 "nominal % peak = nominal GFLOP/s over the measured matmul peak (work a pair trainer would do, "
+                 "not the work done).")
+    lines.append("")
     for size, s in result["sizes"].items():
+        for kind in ("single", "iterative"):
+            o, t = s["arms"].get(f"ours-{kind}"), s["arms"].get(f"trl-{kind}")
+            if o and t:
+                same = "the same" if o["pair_keys"] == t["pair_keys"] else "DIFFERENT"
+                lines.append(f"- {size} {kind}: both arms trained {same} pairs ({o['pairs']} ours, {t['pairs']} TRL; "
+                             f"pair visits {o['pair_visits']} ours, {t['pair_visits']} TRL); first-batch loss "
+                             f"{o['first_batch_loss']:.6f} ours, {t['first_batch_loss']:.6f} TRL")
         if "check" in s["arms"]:
             c = s["arms"]["check"]
             lines.append(f"- {size}: first-batch per-pair DPO loss, max relative difference ours vs TRL: "
