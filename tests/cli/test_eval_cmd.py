@@ -1,12 +1,20 @@
 import json
+import random
 
 from currydpo.cli import main
+from currydpo.training import loop
 
-from conftest import make_records
+from conftest import make_records, tiny_config
 
 
 def distinct_words(prompt, response):
     return float(len(set(response.split())))
+
+
+def good_fraction(prompt, response):
+    """The gold reward of the trained-model case: the share of words that are "good"."""
+    words = response.split()
+    return sum(w == "good" for w in words) / max(len(words), 1)
 
 
 def test_eval_gives_preference_metrics_win_rate_kl_and_exports(tiny_model_dir, tmp_path, capsys):
@@ -32,6 +40,38 @@ def test_eval_gives_preference_metrics_win_rate_kl_and_exports(tiny_model_dir, t
     assert len(alpaca) == 6 and set(alpaca[0]) == {"instruction", "output", "generator"}
     assert len((out / "mt_bench_answers.jsonl").read_text().splitlines()) == 6
     assert "adjusted win rate" in capsys.readouterr().out
+
+
+def test_eval_of_a_trained_model_against_its_sft_model_is_not_trivial(tiny_model_dir, tmp_path):
+    # Ranked data whose gold reward is known: the k-th best answer has 6 - 2k "good" among 6 words.
+    rng = random.Random(0)
+    words = "the cat sat on mat dog ran park bad answer clear kind sea sky poem".split()
+    data = tmp_path / "d.jsonl"
+    with open(data, "w") as f:
+        for _ in range(12):
+            answers = []
+            for k in range(4):
+                w = ["good"] * (6 - 2 * k) + [rng.choice(words) for _ in range(2 * k)]
+                rng.shuffle(w)
+                answers.append({"text": " ".join(w), "score": float(4 - k)})
+            f.write(json.dumps({"prompt": " ".join(rng.choice(words) for _ in range(4)), "responses": answers}) + "\n")
+    # DPO + NLL on the chosen answer (rpo_alpha): 40 updates move this random tiny model's samples.
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", data={"path": str(data), "format": "ranked"},
+                      curriculum={"schedule": "single-pass"}, loss={"rpo_alpha": 1.0},
+                      optim={"lr": 1e-2, "batch_size": 12, "total_updates": 40})
+    loop.train(cfg)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the dog {w}"}) + "\n" for w in words))
+    out = tmp_path / "ev"
+    assert main(["eval", str(tmp_path / "run" / "final"), "--reference", tiny_model_dir, "--data", str(data),
+                 "--prompts", str(prompts), "--judge", f"gold:{__name__}:good_fraction", "--baseline", tiny_model_dir,
+                 "--max-new-tokens", "8", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "eval.json").read_text())
+    pref = m["preference"]
+    assert pref["n"] == 36 and pref["rewards/margins"] > 1.0 and pref["rewards/accuracies"] > 0.9  # training pairs
+    assert m["win_rate"]["ci_low"] > 0.6  # the gold judge prefers the trained model's answers, CI clear of 0.5
+    assert m["judge_score"] > m["win_rate"]["mean_score_baseline"]
+    assert m["kl"] > 1.0  # it moved away from the SFT model
 
 
 def test_eval_needs_something_to_do(tiny_model_dir, capsys):
