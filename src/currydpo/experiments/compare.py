@@ -119,32 +119,19 @@ def _read(path: str):
 
 def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bool) -> dict:
     """Train (unless baseline) and evaluate one (arm, seed); result.json is written last."""
-    from ..evaluation.evaluate import evaluate_model
     from ..evaluation.online import train  # the loop, with online stages sampled and judged
-    from ..pipeline import prepare
-    from ..training.model import load_model, load_tokenizer
 
     path = _result_path(spec, arm, seed)
-    if os.path.exists(path):
-        return _read(path)
     cfg = arm_config(spec, BASELINE if arm == BASELINE else arm, seed)
+    if os.path.exists(path):  # done: the fairness facts are re-derived, so a re-run reports them as defined now
+        result = _read(path)
+        return {**result, "fairness": fairness(cfg, result["train"])}
     summary = None
     if arm != BASELINE:
         state = os.path.join(cfg.run.output_dir, "state")
         summary = train(cfg, resume=os.path.exists(state))
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    reference = load_model(cfg.model.ref_model or cfg.model.path, cfg.model, default_device())
-    policy = reference if arm == BASELINE else load_model(os.path.join(cfg.run.output_dir, "final"), cfg.model,
-                                                          default_device())
-    data = prepare(cfg)
-    heldout = [data.records[r] for r in sorted({p.record for p in data.eval_pairs})]
-    baseline_answers = None
-    if arm != BASELINE and judge is not None and prompts:
-        baseline_answers = _read(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"))
-    gen = GenerationConfig(**{**spec.generation, "seed": seed})
-    metrics, answers = evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge,
-                                      baseline_answers=baseline_answers, reference=reference, heldout=heldout,
-                                      beta=cfg.loss.beta, seed=seed, data=cfg.data, progress=progress)
+    final = None if arm == BASELINE else os.path.join(cfg.run.output_dir, "final")
+    metrics, answers = evaluate_checkpoint(spec, cfg, seed, final, judge, prompts, progress)
     if arm == BASELINE and prompts:
         metrics["kl"] = 0.0 if "kl" in metrics else None
         if judge is not None:  # against its own answers: all ties, 0.5 by construction
@@ -158,12 +145,38 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     return result
 
 
+def evaluate_checkpoint(spec: CompareSpec, cfg: TrainConfig, seed: int, model_dir: str | None, judge, prompts,
+                        progress: bool) -> tuple[dict, list[str]]:
+    """Evaluate ``model_dir`` (None: the base model) as every arm is: the same prompts and sampling seed,
+    judge, SFT answers to win against, reference for KL and held-out pairs of ``cfg``."""
+    from ..evaluation.evaluate import evaluate_model
+    from ..pipeline import prepare
+    from ..training.model import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    reference = load_model(cfg.model.ref_model or cfg.model.path, cfg.model, default_device())
+    policy = reference if model_dir is None else load_model(model_dir, cfg.model, default_device())
+    data = prepare(cfg)
+    heldout = [data.records[r] for r in sorted({p.record for p in data.eval_pairs})]
+    baseline_answers = None
+    if model_dir is not None and judge is not None and prompts:
+        baseline_answers = _read(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"))
+    gen = GenerationConfig(**{**spec.generation, "seed": seed})
+    return evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge, baseline_answers=baseline_answers,
+                          reference=reference, heldout=heldout, beta=cfg.loss.beta, seed=seed, data=cfg.data,
+                          progress=progress)
+
+
 def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
     if summary is None:
         return {"updates": 0, "schedule": "none (base model)", "reference": "-", "lr_schedule": "-",
                 "optimizer_resets": 0}
     o = cfg.optim
-    return {"updates": summary["total_updates"], "schedule": cfg.curriculum.schedule,
+    # The evaluated model is final/: with run.final_model best an earlier stage, trained for fewer updates.
+    stage = (summary.get("final_model") or {}).get("stage", len(summary["stages"]))
+    updates = sum(s["updates"] for s in summary["stages"][:stage])
+    return {"updates": updates, "run_updates": summary["total_updates"], "evaluated_stage": stage,
+            "schedule": cfg.curriculum.schedule,
             "stages": len(summary["stages"]), "reference": reference_mode(cfg),
             "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {across_stages(cfg)}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": _per_update(summary),

@@ -17,14 +17,17 @@ arms that share the loss, beta, LR schedule and number of updates:
   reference the previous stage's policy;
 - ``curry-single-pass``: all best-vs-rest pairs in one pass, easy -> hard, SFT reference.
 
-``--ablations`` adds arms that take the iterative arm apart, one change each:
+``--ablations`` adds arms that take the iterative arm apart (one change each, except
+``anti-curriculum``), and evaluates the iterative arm's ``stage-K/`` checkpoints:
 
 - ``iterative-restart``: optimiser and LR schedule restarted per stage (the paper trains
   each stage as a fresh DPO run), still 100 updates per stage;
 - ``iterative-fixed-ref``: the iterative stages with the SFT model as reference throughout
   (isolates the reference swap);
-- ``anti-curriculum``: the same pairs hard -> easy, (R1,R2) first, SFT reference, one LR
-  schedule (single-pass in reverse: isolates the easy -> hard ordering);
+- ``anti-curriculum``: the iterative stages reversed, (R1,R2) first, each stage's pairs
+  hard -> easy and not shuffled, SFT reference, one LR schedule. Three changes of the
+  iterative arm (order, shuffling, reference); against ``iterative-fixed-ref`` two (order,
+  shuffling). Not single-pass reversed: it walks rank stages, not one score-gap order;
 - ``iterative-best-stage``: the iterative arm with ``run.final_model: best`` (the evaluated
   model is the stage with the best held-out reward accuracy: stage-level early stopping);
 - ``iterative-mrpo``: the iterative stages with ``curriculum.reference: all-previous``: each stage's
@@ -44,10 +47,11 @@ updates for every arm, so it sets ``across_stages: continue`` explicitly, and th
 
 from __future__ import annotations
 
+import json
 import os
 
 from ..world.build import build_world
-from .compare import CompareSpec, run_compare
+from .compare import CompareSpec, arm_config, evaluate_checkpoint, run_compare
 
 # Set explicitly (not left to the library's `auto`), so the demo's arms do not move when defaults do.
 ITERATIVE = {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True}
@@ -59,7 +63,7 @@ ARMS = {
 }
 
 ABLATIONS = {
-    # each the curry-iterative arm with one change
+    # the curry-iterative arm with one change each; anti-curriculum: order, shuffling and reference
     "iterative-restart": {"curriculum": ITERATIVE, "optim": {"across_stages": "restart"}},
     "iterative-fixed-ref": {"curriculum": {**ITERATIVE, "reference": "initial"}},
     "anti-curriculum": {"curriculum": {"schedule": "anti", "stages": 3}},
@@ -112,9 +116,111 @@ def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, pro
 def run_demo(output_dir: str = "runs/demo", seeds: list[int] | None = None, quick: bool = False,
              cache_dir: str | None = None, world_seed: int = 0, progress: bool = True,
              ablations: bool = False, responses: str = "pool") -> dict:
-    """Build (or reuse) the world of the ``responses`` regime, run every arm for every seed, write the report."""
+    """Build (or reuse) the world of the ``responses`` regime, run every arm for every seed, write the report
+    (+ the per-stage report)."""
     world = build_world(cache_dir, seed=world_seed, quick=quick, progress=progress, responses=responses)
     spec = demo_spec(world, output_dir, seeds or [1], quick=quick, progress=progress, ablations=ablations,
                      responses=responses)
     os.makedirs(output_dir, exist_ok=True)
-    return run_compare(spec, progress=progress)
+    report = run_compare(spec, progress=progress)
+    checkpoints = stage_checkpoints(spec, progress=progress) if ablations else []
+    extra = stages_report(spec, report["results"], checkpoints)
+    with open(os.path.join(output_dir, "results.md"), "a") as f:
+        f.write("\n" + extra)
+    print(extra)
+    return {**report, "markdown": report["markdown"] + "\n" + extra}
+
+
+# ---------------------------------------------------------------- the iterative arm, stage by stage
+
+STAGED = "curry-iterative"
+
+
+def stage_data(spec: CompareSpec) -> list[dict]:
+    """The training pairs of each iterative stage, judged by the world's gold reward (mean over seeds):
+    how many are mislabeled (gold(chosen) < gold(rejected)) or gold ties, and the mean gold gap."""
+    from ..pipeline import prepare, stage_plan
+    from ..world.language import gold_reward
+
+    per_seed = []
+    for seed in spec.seeds:
+        cfg = arm_config(spec, STAGED, seed)
+        data = prepare(cfg)
+        rows = []
+        for stage in stage_plan(cfg, data.train_pairs):
+            gaps = []
+            for i in stage.pairs:
+                p = data.train_pairs[i]
+                rec = data.records[p.record]
+                gaps.append(gold_reward(rec.prompt, rec.responses[p.chosen].text)
+                            - gold_reward(rec.prompt, rec.responses[p.rejected].text))
+            rows.append({"stage": stage.index + 1, "label": stage.label, "pairs": len(gaps),
+                         "mislabeled": sum(g < 0 for g in gaps) / len(gaps), "gold_ties": sum(g == 0 for g in gaps)
+                         / len(gaps), "gold_gap": sum(gaps) / len(gaps)})
+        per_seed.append(rows)
+    return [{**rows[0], **{k: sum(r[k] for r in rows) / len(rows) for k in ("pairs", "mislabeled", "gold_ties",
+                                                                          "gold_gap")}}
+            for rows in zip(*per_seed)]
+
+
+def stage_checkpoints(spec: CompareSpec, arm: str = STAGED, progress: bool = True) -> list[dict]:
+    """Evaluate ``arm``'s ``stage-K/`` checkpoints before the last (the last is ``final/``) exactly as
+    every arm is evaluated; cached per seed in ``ARM/seed-S/stage-K-result.json``."""
+    from ..evaluation.generation import load_prompts
+    from ..evaluation.judges import make_judge
+    from ..io import write_json
+
+    judge = make_judge(spec.judge, cache_dir=os.path.join(spec.output_dir, "judge-cache"),
+                       trust_remote_code=spec.trust_remote_code)
+    prompts = load_prompts(spec.prompts)
+    out = []
+    for seed in spec.seeds:
+        cfg = arm_config(spec, arm, seed)
+        stages = cfg.curriculum.stages
+        for k in range(1, stages):
+            path = os.path.join(spec.output_dir, arm, f"seed-{seed}", f"stage-{k}-result.json")
+            if not os.path.exists(path):
+                metrics, _ = evaluate_checkpoint(spec, cfg, seed, os.path.join(cfg.run.output_dir, f"stage-{k}"),
+                                                 judge, prompts, progress)
+                write_json(path, {"arm": f"{arm} stage-{k}/", "seed": seed, "stage": k, "metrics": metrics})
+            with open(path) as f:
+                out.append(json.load(f))
+    return out
+
+
+def stages_report(spec: CompareSpec, results: list[dict], checkpoints: list[dict]) -> str:
+    """Markdown: the data of each iterative stage, held-out metrics after each stage, and (with the
+    ablations) the evaluation of each stage's checkpoint."""
+    from .report import metrics_table
+
+    lines = [f"Training pairs of each `{STAGED}` stage, judged by the gold reward (mean over seeds "
+             f"{', '.join(map(str, spec.seeds))}):", "",
+             "| stage | pairs | mislabeled by gold | gold ties | mean gold gap (chosen - rejected) |",
+             "|---|---|---|---|---|"]
+    for r in stage_data(spec):
+        lines.append(f"| {r['stage']}: {r['label']} | {r['pairs']:.1f} | {100 * r['mislabeled']:.1f}% | "
+                     f"{100 * r['gold_ties']:.1f}% | {r['gold_gap']:.3f} |")
+    staged = [r for r in results if r.get("train") and len(r["train"]["stages"]) > 1
+              and all("eval/rewards/accuracies" in s for s in r["train"]["stages"])]
+    if staged:
+        lines += ["", "Held-out pairs after each stage (mean over seeds): reward accuracy / log p(chosen), nats:", "",
+                  "| arm | " + " | ".join(f"after stage {s['stage']}" for s in staged[0]["train"]["stages"]) + " |",
+                  "|---|" + "---|" * len(staged[0]["train"]["stages"])]
+        for arm in dict.fromkeys(r["arm"] for r in staged):
+            runs = [r["train"]["stages"] for r in staged if r["arm"] == arm]
+            cells = [f"{_mean(st[k]['eval/rewards/accuracies'] for st in runs):.3f} / "
+                     f"{_mean(st[k]['eval/logps/chosen'] for st in runs):.2f}" for k in range(len(runs[0]))]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if checkpoints:
+        stages = {r["seed"]: r["train"]["stages"] for r in results if r["arm"] == STAGED and r.get("train")}
+        rows = [{**c, "fairness": {"updates": sum(s["updates"] for s in stages[c["seed"]][:c["stage"]]),
+                                   "reference": "previous-stage"}} for c in checkpoints]
+        rows += [{**r, "arm": f"{STAGED} final/"} for r in results if r["arm"] == STAGED]
+        lines += ["", f"`{STAGED}` evaluated after each stage (its `stage-K/` checkpoints, evaluated as every arm; "
+                  "`final/` = the last stage):", "", metrics_table(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)

@@ -29,7 +29,11 @@ def aggregate(results: list[dict], arms: list[str]) -> list[dict]:
         rs = sorted(by_arm.get(arm, []), key=lambda r: r["seed"])
         if not rs:
             continue
-        row = {"arm": arm, "seeds": [r["seed"] for r in rs], "fairness": rs[0]["fairness"]}
+        m = rs[0]["metrics"]
+        row = {"arm": arm, "seeds": [r["seed"] for r in rs], "fairness": rs[0]["fairness"],
+               "updates_per_seed": [r["fairness"]["updates"] for r in rs],  # differ with run.final_model best
+               "data": {"heldout_pairs": (m.get("preference") or {}).get("n"),  # of the first seed
+                        "eval_prompts": (m.get("win_rate") or {}).get("n")}}
         for key, _, get in METRICS:
             vals = [get(r["metrics"]) for r in rs]
             vals = [v for v in vals if v is not None]
@@ -50,17 +54,52 @@ def _fmt(cell) -> str:
     return f"{cell['mean']:.3f} ± {half:.3f}" if half > 0 else f"{cell['mean']:.3f}"
 
 
-def markdown(rows: list[dict]) -> str:
+def _updates(row: dict) -> str:
+    """Updates of the evaluated model (per seed where they differ), and of the run when it trained more
+    (``run.final_model: best`` evaluates an earlier stage)."""
+    per_seed = row.get("updates_per_seed") or [row["fairness"]["updates"]]
+    cell = str(per_seed[0]) if len(set(per_seed)) == 1 else "/".join(map(str, per_seed))
+    run = row["fairness"].get("run_updates")
+    return cell + (f" of {run} trained" if run is not None and any(u != run for u in per_seed) else "")
+
+
+def metrics_table(results: list[dict]) -> str:
+    """The metric table alone (mean ± CI over seeds per arm) of results in the order their arms first appear."""
+    rows = aggregate(results, list(dict.fromkeys(r["arm"] for r in results)))
+    return "\n".join(_metric_lines(rows)) + "\n"
+
+
+def _metric_lines(rows: list[dict]) -> list[str]:
     head = "| arm | " + " | ".join(label for _, label, _ in METRICS) + " | updates | reference |"
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
     for row in rows:
-        f = row["fairness"]
         lines.append(f"| {row['arm']} | " + " | ".join(_fmt(row.get(k)) for k, _, _ in METRICS)
-                     + f" | {f['updates']} | {f['reference']} |")
+                     + f" | {_updates(row)} | {row['fairness']['reference']} |")
+    return lines
+
+
+def _data_line(rows: list[dict]) -> str:
+    """How much data the numbers rest on (first seed): evaluation prompts and held-out pairs (training pairs
+    are in the fairness table)."""
+    d = [r.get("data") or {} for r in rows]
+    parts = []
+    for key, label in (("eval_prompts", "evaluation prompts (gold reward, win rate, KL)"),
+                       ("heldout_pairs", "held-out preference pairs (reward and ranking accuracy)")):
+        values = sorted({x[key] for x in d if x.get(key) is not None})
+        if values:
+            parts.append(f"{label}: {'/'.join(map(str, values))}")
+    return f"Data (seed {rows[0]['seeds'][0]}): " + "; ".join(parts) + "." if parts else ""
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = _metric_lines(rows)
     n = max(len(r["seeds"]) for r in rows)
     lines.append("")
     lines.append(f"Mean ± half-width of the 95% CI over {n} seed(s) (t-interval; with one seed the win-rate CI "
                  "is a bootstrap over prompts). Win rate = (wins + ties/2) / N against the SFT model's answers.")
+    data = _data_line(rows)
+    if data:
+        lines += ["", data]
     lines.append("")
     lines.append("What was held equal (Weber et al. 2024: curriculum gains often come from optimiser side effects):")
     lines.append("")
@@ -69,7 +108,7 @@ def markdown(rows: list[dict]) -> str:
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         f = row["fairness"]
-        lines.append(f"| {row['arm']} | {f['schedule']} | {f.get('stages', '–')} | {f['updates']} | "
+        lines.append(f"| {row['arm']} | {f['schedule']} | {f.get('stages', '–')} | {_updates(row)} | "
                      f"{f.get('pairs_per_update', '–')} | {f.get('train_pairs', '–')} | {f['lr_schedule']} | "
                      f"{f['optimizer_resets']} | "
                      f"{f.get('loss', '–')} |")
