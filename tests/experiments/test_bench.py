@@ -7,7 +7,7 @@ import os
 import pytest
 
 from currydpo.cli import main
-from currydpo.experiments.bench import make_records, markdown
+from currydpo.experiments.bench import _trained, make_records, markdown
 
 pytest.importorskip("trl")
 
@@ -18,6 +18,12 @@ def test_records_are_ultrafeedback_shaped():
     assert all(len({x.score for x in r.responses}) == 4 for r in recs)  # no ties: 3 best-vs-rest pairs each
     lengths = [len(x.text.split()) for r in recs for x in r.responses]
     assert max(lengths) > 2 * min(lengths)  # a realistic length spread
+
+
+def test_pairs_count_distinct_pairs_not_wrap_around_repeats():
+    # 3 pairs, the last update wrapped around to the first pair: 3 pairs trained, 4 visits
+    t = _trained([(0, 0, 3), (0, 0, 2), (0, 0, 1), (0, 0, 3)], 0.69)
+    assert (t["pairs"], t["pair_visits"], t["pair_keys"]) == (3, 4, [[0, 0, 1], [0, 0, 2], [0, 0, 3]])
 
 
 def test_bench_quick(tmp_path):

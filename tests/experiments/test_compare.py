@@ -62,7 +62,7 @@ def test_compare_grid_writes_table_and_plots_and_resumes(spec_file, tmp_path, ca
     for arm in ("iterative", "random"):
         wr = rows[arm]["win_rate"]
         assert 0 <= wr["ci_low"] <= wr["mean"] <= wr["ci_high"] <= 1 and len(wr["values"]) == 2
-        assert rows[arm]["kl"]["mean"] is not None
+        assert rows[arm]["kl"]["mean"] != 0.0  # the trained model is evaluated, not its reference (KL exactly 0)
         assert "reward_accuracy" in rows[arm] and "ranking_accuracy" in rows[arm]
     for png in ("scores.png", "reward_vs_kl.png", "training_curves.png", "heldout_by_stage.png"):
         assert (out / png).stat().st_size > 1000

@@ -18,14 +18,36 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
     assert len({rows[a]["fairness"]["lr_schedule"] for a in trained}) == 1
     assert rows["curry-iterative"]["fairness"]["reference"] == "previous-stage"
     assert rows["curry-iterative"]["fairness"]["stages"] == 3
-    for a in rows:
-        assert 0.0 <= rows[a]["judge_score"]["mean"] <= 1.0  # the gold reward is in [0, 1]
+    # What the pipeline must produce: DPO on the judge's ratings learns them, above chance on held-out pairs
+    # (the SFT model, its own reference, has margins 0 and so accuracy 0).
+    for a in ("multi-pair-random", "curry-single-pass"):
+        assert rows[a]["reward_accuracy"]["mean"] > 0.5, (a, rows[a]["reward_accuracy"])
+    assert rows["sft"]["reward_accuracy"]["mean"] == 0.0
     for png in ("scores.png", "reward_vs_kl.png", "training_curves.png", "heldout_by_stage.png"):
         assert (out / png).exists()
-    assert "| curry-iterative |" in printed and "What was held equal" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| curry-iterative |" in printed and "What was held equal" in md
+    assert "Training pairs of each `curry-iterative` stage" in md and "Held-out pairs after each stage" in printed
+
+    # The per-stage figures are computed, and the world's ratings order the stages: (R1,R4) pairs are
+    # further apart by the gold reward than (R1,R2) pairs.
+    from currydpo.experiments.demo import demo_spec, stage_checkpoints, stage_data, stages_report
+    from currydpo.world.build import build_world
+
+    spec = demo_spec(build_world(str(tmp_path / "cache"), quick=True, progress=False), str(out), [1], quick=True,
+                     progress=False)
+    data = stage_data(spec)
+    assert [r["label"] for r in data] == ["rejected rank >=4", "rejected rank 3", "rejected rank 2"]
+    assert data[0]["gold_gap"] > data[2]["gold_gap"] and all(0 <= r["mislabeled"] <= 1 for r in data)
+    # The stage checkpoints are evaluated like every arm (--ablations does this).
+    checkpoints = stage_checkpoints(spec, progress=False)
+    assert [c["stage"] for c in checkpoints] == [1, 2]
+    assert checkpoints[0]["metrics"]["kl"] != rows["curry-iterative"]["kl"]["mean"]  # a different model
+    table = stages_report(spec, res["results"], checkpoints)
+    assert "| curry-iterative stage-1/ |" in table and "| curry-iterative final/ |" in table
     # the data regime is recorded: the default is the pool of writers (the paper's regime)
     assert res["notes"]["responses"] == "pool"
-    assert (out / "results.md").read_text().startswith("Responses: pool (")
+    assert md.startswith("Responses: pool (")
 
 
 def test_ablation_arms_change_what_the_readme_says(tmp_path):

@@ -54,8 +54,10 @@ def test_iterative_three_stages_swap_reference_and_learn(tiny_model_dir, tmp_pat
         assert stage[-1]["rewards/accuracies"] >= stage[0]["rewards/accuracies"]
     assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
             "logps/rejected", "stage", "difficulty", "lr", "grad_norm"} <= set(log[0])
-    final = AutoModelForCausalLM.from_pretrained(out / "final")  # plain HF loading
-    assert sum(p.numel() for p in final.parameters()) > 0
+    AutoModelForCausalLM.from_pretrained(out / "final")  # plain HF loading
+    a, b, init = weights(out / "final"), weights(out / "stage-3"), weights(tiny_model_dir)
+    assert all(torch.equal(a[n], b[n]) for n in a)  # final/ = the last stage's policy
+    assert not all(torch.equal(a[n], init[n]) for n in a)  # which trained away from the initial weights
     assert (out / "config.yaml").exists() and (out / "stage-3" / "currydpo_config.yaml").exists()
 
 
@@ -131,10 +133,12 @@ def test_every_schedule_trains_end_to_end(tiny_model_dir, tmp_path, schedule, lo
                       loss={"name": loss}, optim={"total_updates": 6})
     s = loop.train(cfg, records=make_records(8))
     assert s["total_updates"] == 6 and s["final_loss"] is not None
-    assert (tmp_path / "r" / "final" / "model.safetensors").exists()
+    log = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert [e["step"] for e in log] == list(range(1, 7)) and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
+    a, init = weights(tmp_path / "r" / "final"), weights(tiny_model_dir)
+    assert not all(torch.equal(a[n], init[n]) for n in a)  # the updates changed the model
     if isinstance(loss, list):  # a weighted combination logs each component
-        entry = json.loads(open(tmp_path / "r" / "metrics.jsonl").readline())
-        assert {f"loss/{n}" for n in loss} <= set(entry)
+        assert {f"loss/{n}" for n in loss} <= set(log[0])
 
 
 def test_lora_trains_adapters_and_final_is_merged(tiny_model_dir, tmp_path):
