@@ -127,7 +127,6 @@ def run_demo(output_dir: str = "runs/demo", seeds: list[int] | None = None, quic
     extra = stages_report(spec, report["results"], checkpoints)
     with open(os.path.join(output_dir, "results.md"), "a") as f:
         f.write("\n" + extra)
-    print(extra)
     return {**report, "markdown": report["markdown"] + "\n" + extra}
 
 
