@@ -20,7 +20,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ablations", action="store_true",
                    help="also run arms that take the iterative arm apart: per-stage optimiser restart, fixed SFT "
                         "reference, the anti (hard -> easy) order, the best stage by held-out metrics, and "
-                        "curry-online (stages 2-3 sampled from the current policy and judged)")
+                        "curry-online (stages 2-3 sampled from the current policy and judged); and evaluate "
+                        "curry-iterative's stage-K/ checkpoints like every arm")
     p.add_argument("--responses", choices=("pool", "self"), default="pool",
                    help="who writes each prompt's 4 answers: pool (default, the paper's regime: 4 distinct writers "
                         "of graded quality, as UltraFeedback's 4 of 17 models) | self (4 samples of the SFT model, "
