@@ -445,7 +445,7 @@ def markdown(result: dict) -> str:
     for size, s in result["sizes"].items():
         for kind in ("single", "iterative"):
             o, t = s["arms"].get(f"ours-{kind}"), s["arms"].get(f"trl-{kind}")
-            if o and t:
+            if o and t and "pair_keys" in o and "pair_keys" in t:  # (results of older benches lack them)
                 same = "the same" if o["pair_keys"] == t["pair_keys"] else "DIFFERENT"
                 lines.append(f"- {size} {kind}: both arms trained {same} pairs ({o['pairs']} ours, {t['pairs']} TRL; "
                              f"pair visits {o['pair_visits']} ours, {t['pair_visits']} TRL); first-batch loss "
