@@ -54,7 +54,7 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
 def test_ablation_arms_change_what_the_readme_says(tmp_path):
     from types import SimpleNamespace
 
-    from currydpo.config import reference_mode
+    from currydpo.config import reference_mode, shuffle_within_stage
     from currydpo.experiments.compare import arm_config
     from currydpo.experiments.demo import ARMS, demo_spec
 
@@ -72,8 +72,8 @@ def test_ablation_arms_change_what_the_readme_says(tmp_path):
     anti = cfg["anti-curriculum"]
     assert (anti.curriculum.schedule, reference_mode(anti), anti.curriculum.stages) == ("anti", "initial", 3)
     # anti-curriculum changes three things of curry-iterative: order, reference and (no) shuffling
-    assert (base.curriculum.shuffle_within_stage, anti.curriculum.shuffle_within_stage) == (True, False)
-    assert fixed.curriculum.shuffle_within_stage and fixed.curriculum.schedule == "iterative"
+    assert (shuffle_within_stage(base), shuffle_within_stage(anti)) == (True, False)
+    assert shuffle_within_stage(fixed) and fixed.curriculum.schedule == "iterative"
     best = cfg["iterative-best-stage"]
     assert (best.run.final_model, reference_mode(best), base.run.final_model) == ("best", "previous-stage", "last")
     mrpo = cfg["iterative-mrpo"]
