@@ -28,6 +28,18 @@ class ModelConfig:
         "help": "auto (bf16 on a CUDA GPU with bf16, else fp32) | fp32 | bf16 (fp32 master weights and AdamW "
                 "state, bf16 autocast compute) | bf16-pure (bf16 weights: half the memory, but updates below "
                 "bf16's resolution round away; see docs/multi-gpu.md)"})
+    fused_logprobs: str = field(default="auto", metadata={
+        "help": "LM head: auto (liger on CUDA when liger-kernel is installed, else chunked) | chunked (torch: token "
+                "chunks, recomputed in backward, so no (tokens, vocab) logits are kept) | liger | off (all at once)"})
+    attention: str = field(default="auto", metadata={
+        "help": "auto (flex on CUDA, sdpa on CPU) | flex (FlexAttention, block mask of the packing: masked blocks "
+                "skipped; forward-only on CPU in torch 2.13) | sdpa | eager"})
+    gradient_checkpointing: str = field(default="auto", metadata={
+        "help": "auto (on when a micro-batch's estimated activations exceed model.memory_budget_gb; logged) | on "
+                "| off"})
+    memory_budget_gb: float | None = field(default=None, metadata={
+        "help": "activation budget for gradient_checkpointing auto (default: this process's share of the device's "
+                "free memory, less gradients and AdamW state)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -149,6 +161,10 @@ class OptimConfig:
         "help": "auto (restart for iterative: each stage a fresh DPO run, the paper's recipe; continue otherwise, "
                 "ours) | continue (one optimiser and LR schedule over all stages) | restart (fresh per stage)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    max_tokens_per_micro_batch: int | None = field(default=2048, metadata={
+        "help": "split each update's pairs into micro-batches of at most this many tokens (a prompt's responses kept "
+                "together where they fit; ours: bounds activation memory); same pairs, same update as the whole "
+                "batch; null = one micro-batch per batch_size pairs"})
 
 
 @dataclass
@@ -250,6 +266,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans; our choices spell on/off
+            return "on" if value else "off"
         return str(value)
     except (TypeError, ValueError):
         raise CurryError(f"config key '{key}': expected {base.replace('<class ', '').strip(chr(39) + '>')}, "
@@ -329,6 +347,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                          "this trainer does not do; use bf16 (GPUs since Ampere) or fp32")
     _choice("model.precision", m.precision, ["auto", "fp32", "bf16", "bf16-pure"])
     _positive("model.lora_r", m.lora_r)
+    _choice("model.fused_logprobs", m.fused_logprobs, ["auto", "chunked", "liger", "off"])
+    _choice("model.attention", m.attention, ["auto", "flex", "sdpa", "eager"])
+    _choice("model.gradient_checkpointing", m.gradient_checkpointing, ["auto", "on", "off"])
+    if m.memory_budget_gb is not None:
+        _positive("model.memory_budget_gb", m.memory_budget_gb)
     _choice("data.score", d.score, ["mean-aspects", "overall"])
     _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])
     _choice("data.chat_template", d.chat_template, ["auto", "always", "never"])
@@ -414,6 +437,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise CurryError(f"config key 'optim.warmup_ratio' must be in [0, 1), got {o.warmup_ratio}")
     _choice("optim.across_stages", o.across_stages, ["auto", "continue", "restart"])
     _positive("optim.max_grad_norm", o.max_grad_norm, allow_zero=True)
+    if o.max_tokens_per_micro_batch is not None:
+        _positive("optim.max_tokens_per_micro_batch", o.max_tokens_per_micro_batch)
     _positive("run.save_every", r.save_every, allow_zero=True)
     _choice("run.final_model", r.final_model, ["last", "best"])
     _choice("run.save_dtype", r.save_dtype, ["auto", "fp32", "bf16"])

@@ -86,3 +86,16 @@ def test_markdown_shows_peak_gpu_memory_when_measured():
     for a in result["sizes"]["0.5b"]["arms"].values():
         del a["peak_gpu_mb"]
     assert "peak GPU" not in markdown(result)
+
+
+def test_bench_measures_the_users_model(tiny_model_dir, tmp_path, capsys):
+    """--model PATH: the user's own model instead of the random-init sizes, peak memory per arm reported."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--model", tiny_model_dir, "--arms", "ours-single", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert list(result["sizes"]) == ["model"]
+    assert result["sizes"]["model"]["model"]["params"] > 0
+    assert result["sizes"]["model"]["arms"]["ours-single"]["peak_rss_mb"] > 0
+    assert not (out / "model-tiny").exists()  # nothing was built
+    assert main(["bench", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "not a directory" in capsys.readouterr().err

@@ -205,9 +205,9 @@ def test_listwise_iterative_grows_lists_and_runs_each_response_once(tiny_model_d
     seen = []
     real = loop.response_logps
 
-    def counting(model, encoded, pad):
+    def counting(model, encoded, pad, **kw):
         seen.append(len(encoded))
-        return real(model, encoded, pad)
+        return real(model, encoded, pad, **kw)
 
     monkeypatch.setattr(loop, "response_logps", counting)
     cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": "iterative", "stages": 3},

@@ -85,3 +85,84 @@ def test_unsupported_attention_falls_back_to_padding(tiny_model_dir, tok, batch)
     with torch.no_grad():
         got, _ = response_logps(model, batch, tok.pad_token_id)  # falls back, same values
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- FlexAttention (model.attention: flex)
+
+def long_batch():
+    """A 10-token prompt with responses of 246 and 256 tokens: one 512-token row of four 128-token
+    FlexAttention blocks where the second response's queries (blocks 2, 3) never see block 1 (the first
+    response's keys); two short prompts fill the second row."""
+    from currydpo.training.tokenize import Encoded
+
+    g = torch.Generator().manual_seed(0)
+
+    def seq(n):
+        return tuple(torch.randint(3, 300, (n,), generator=g).tolist())
+
+    p1, p2 = seq(10), seq(60)
+    return [Encoded(p1, seq(246)), Encoded(p1, seq(256)), Encoded(p2, seq(40)), Encoded(seq(20), seq(30))]
+
+
+def test_flex_block_mask_is_the_packing_mask_and_skips_blocks():
+    """FlexAttention with the packing's BlockMask gives sdpa-with-the-dense-mask's output (torch 2.13 runs
+    FlexAttention on CPU forward-only, uncompiled here), and the block mask has blocks to skip."""
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import flex_attention
+
+    packed = _pack(long_batch(), pad_token_id=0)
+    R, L = packed.input_ids.shape
+    assert (R, L) == (2, 512)
+    block_mask = packed.block_mask("cpu")
+    computed = block_mask.kv_num_blocks + (block_mask.full_kv_num_blocks if block_mask.full_kv_num_blocks is not None
+                                           else 0)  # (R, 1, query blocks)
+    assert computed[0].sum() == 8  # a causal mask computes 10 of the 16 blocks; the packing skips 2 more
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(R, 2, L, 8, generator=g) for _ in range(3))
+    with torch.no_grad():
+        flex = flex_attention(q, k, v, block_mask=block_mask)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=packed.allowed)
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_setting_picks_the_implementation(tiny_model_dir):
+    from currydpo.config import ModelConfig
+    from currydpo.training.model import attention_for, load_model
+
+    cpu = torch.device("cpu")
+    assert attention_for("auto", cpu) == "sdpa" and attention_for("auto", torch.device("cuda")) == "flex"
+    for setting, impl in (("auto", "sdpa"), ("eager", "eager"), ("sdpa", "sdpa"), ("flex", "flex_attention")):
+        model = load_model(tiny_model_dir, ModelConfig(path=tiny_model_dir, attention=setting), cpu)
+        assert model.config._attn_implementation == impl
+        assert packing_supported(model)
+
+
+def test_flex_cannot_train_on_cpu(tiny_model_dir, tmp_path):
+    from currydpo.errors import CurryError
+    from currydpo.training import loop
+
+    from conftest import make_records, tiny_config
+
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", model={"attention": "flex"})
+    with pytest.raises(CurryError, match="model.attention flex cannot train on CPU"):
+        loop.train(cfg, records=make_records(4, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA in torch 2.13")
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_flex_equals_padded_sdpa_on_cuda(kind):
+    """Log-probs and gradients through FlexAttention (packed rows, block mask) equal the padded sdpa path."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    cls, cfg = {"llama": (LlamaForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config)}[kind]
+    torch.manual_seed(0)
+    config = cfg(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1)
+    model = cls(config).cuda().train()
+    batch = long_batch()
+    lp_pad, _, g_pad = logps_and_grads(model, batch, 0, packing=False)
+    model.set_attn_implementation("flex_attention")
+    lp_flex, _, g_flex = logps_and_grads(model, batch, 0, packing=True)
+    torch.testing.assert_close(lp_flex, lp_pad, rtol=1e-5, atol=1e-5)
+    for k in g_pad:
+        torch.testing.assert_close(g_flex[k], g_pad[k], rtol=1e-5, atol=1e-5 * max(1.0, g_pad[k].abs().max().item()))

@@ -27,6 +27,8 @@ Run: ``currydpo bench --sizes 3m,30m --prompts 48 --out bench-out``; ``--quick``
 seconds-long configuration for tests. On a GPU: ``--device cuda --sizes 0.5b --dtype bf16``
 (peak GPU memory, ``torch.cuda.max_memory_allocated``, is recorded per arm), or
 ``benchmarks/gpu_check.sh``, which runs that and the other GPU checks.
+``--model PATH`` measures your own model (any HF causal LM directory) on the same data; each arm's
+peak RSS (and peak GPU memory on CUDA) is in the table.
 """
 
 from __future__ import annotations
@@ -101,6 +103,16 @@ def build_model(size: str, path: str, seed: int = 0) -> dict:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}
+
+
+def describe_model(path: str) -> dict:
+    """Parameters and vocabulary of a user's model (``--model PATH``), counted on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(AutoTokenizer.from_pretrained(path))}
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -382,8 +394,8 @@ def benchmark(args) -> dict:
     print(f"TRL {trl.__version__}, torch {torch.__version__}, {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads, matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
     for size in args.sizes:
-        model_dir = os.path.join(args.out, f"model-{size}")
-        info = build_model(size, model_dir)
+        model_dir = args.model or os.path.join(args.out, f"model-{size}")
+        info = describe_model(model_dir) if args.model else build_model(size, model_dir)
         records = make_records(args.prompts, seed=0, quick=args.quick)
         n_pairs, tokens = pair_tokens(model_dir, records)
         info.update(pairs=n_pairs, pair_tokens=tokens)
@@ -471,6 +483,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help=(
         "bf16 = bf16 mixed precision for both trainers (fp32 weights, bf16 autocast; TRL bf16=True, ours "
         "model.precision bf16): for a GPU run of 0.5b (works on CPU, slowly)"))
+    p.add_argument("--model", default=None, help="measure this HF causal-LM directory (yours) instead of the "
+                                                 "random-init --sizes models; reported as size 'model'")
 
 
 def main(argv=None) -> int:
@@ -479,7 +493,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="currydpo bench", description=__doc__.splitlines()[0])
     add_arguments(p)
     p.add_argument("--child", dest="arm", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.arm:
@@ -511,6 +524,10 @@ def run_args(args) -> int:
     bad = [s for s in args.sizes if s not in SIZES]
     if bad:
         raise CurryError(f"unknown benchmark size {bad[0]!r}; choose from: {', '.join(SIZES)}")
+    if args.model:
+        if not os.path.isdir(os.path.expanduser(args.model)):
+            raise CurryError(f"bench --model {args.model}: not a directory; give a model saved with save_pretrained")
+        args.model, args.sizes = os.path.expanduser(args.model), ["model"]
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CurryError("--device cuda but no CUDA device is available; use --device cpu")
     require_trl()

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -46,6 +47,7 @@ from . import precision as prec
 from .listwise import ListLogps, list_loss
 from .logprobs import response_logps
 from .losses import PairLogps, is_listwise, mrpo_reference, needs_reference, pair_loss
+from .memory import choose_checkpointing, enable_checkpointing, even_out, split_by_tokens
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .sharding import is_sharded
@@ -66,6 +68,7 @@ class Run:
     stages: list[Stage]
     stage_updates: list[int]
     fingerprint: str = ""  # content hash of the records (pipeline.data_fingerprint)
+    memory: dict = field(default_factory=dict)  # what memory_policy chose (in summary.json)
     log: list[dict] = field(default_factory=list)
     save_dtype: torch.dtype | None = None  # run.save_dtype resolved: stage-K/ and final/ are written in it
     lists: list[RankedList] | None = None  # listwise losses: stages index these instead of pairs
@@ -144,7 +147,8 @@ def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
     """Policy log-probs for a micro-batch: each unique response in it is run once."""
     rows, ci, ri = run.table.rows(pairs)
     with run.accelerator.autocast():  # bf16 mixed precision: the same context as the reference pass
-        lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id)
+        lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id,
+                               lm_head=run.cfg.model.fused_logprobs)
     ci, ri = torch.tensor(ci, device=lp.device), torch.tensor(ri, device=lp.device)
     rows_t = torch.tensor(rows)
     gaps = [p.score_gap for p in pairs]
@@ -165,7 +169,8 @@ def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
 def batch_list_logps(run: Run, model, lists: list[RankedList], ref: torch.Tensor | None) -> ListLogps:
     """Policy log-probs for a micro-batch of lists, padded to (L, N): each unique response run once."""
     rows, where = run.table.list_rows(lists)
-    lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id)
+    lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id,
+                           lm_head=run.cfg.model.fused_logprobs)
     N = max(len(w) for w in where)
     pos = torch.tensor([w + [w[0]] * (N - len(w)) for w in where], device=lp.device)  # (L, N), padding repeats
     mask = torch.tensor([[j < len(w) for j in range(N)] for w in where], device=lp.device)
@@ -226,8 +231,20 @@ def check_finite_everywhere(acc: Accelerator, loss: torch.Tensor, where: str, pa
 
 
 def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, where: str) -> dict:
-    """One optimiser update over this process's micro-batches (gradient accumulation)."""
+    """One optimiser update over this process's micro-batches (gradient accumulation).
+
+    Each micro-batch's loss (a mean over its items) is scaled by its share of the update's items, so
+    the gradient is the whole batch's however the items are split (unequal splits included); with
+    ``optim.max_tokens_per_micro_batch`` the same pairs are re-split into token-bounded micro-batches
+    (pairwise losses; listwise micro-batches keep their lists).
+    """
     acc, model = run.accelerator, run.model
+    if run.cfg.optim.max_tokens_per_micro_batch and run.lists is None:
+        micro = split_by_tokens([i for idx in micro for i in idx], run.data.train_pairs, run.table,
+                                run.cfg.optim.max_tokens_per_micro_batch)
+        if acc.num_processes > 1:  # the same number of forwards everywhere (see even_out)
+            micro = even_out(micro, int(acc.gather(torch.tensor([len(micro)], device=acc.device)).max()))
+    n_items = sum(len(idx) for idx in micro)
     sums: dict[str, float] = {}
     for m, idx in enumerate(micro):
         pairs = run.items(idx)
@@ -237,11 +254,11 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
         with sync:
             loss, metrics, _ = loss_for(run, batch(run, model, pairs, ref), pairs)
             check_finite_everywhere(acc, loss, where, idx)
-            acc.backward(loss / len(micro))
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v / len(micro)
+            acc.backward(loss * (len(idx) / n_items))  # the loss is a mean over the micro-batch's items
+        for k, v in metrics.items():  # metrics are means over items
+            sums[k] = sums.get(k, 0.0) + v * len(idx) / n_items
         sums["difficulty"] = sums.get("difficulty", 0.0) + sum(
-            p.difficulty.get(run.cfg.curriculum.difficulty, math.nan) for p in pairs) / len(idx) / len(micro)
+            p.difficulty.get(run.cfg.curriculum.difficulty, math.nan) for p in pairs) / n_items
     grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.optim.max_grad_norm or float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
     if not torch.isfinite(torch.as_tensor(grad_norm)):
@@ -354,6 +371,9 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     fsdp = sharding.fsdp_plugin(acc)
     model = load_model(cfg.model.path, cfg.model, acc.device, dtype=prec.master_dtype(precision))
+    if model.config._attn_implementation == "flex_attention" and acc.device.type == "cpu":
+        raise CurryError("model.attention flex cannot train on CPU: torch's FlexAttention has no backward there "
+                         "(torch 2.13: forward only); use model.attention sdpa (auto picks it on CPU)")
     if fsdp:  # shard before the reference pass, which then runs sharded too; LoRA first, so its layers are sharded
         model = sharding.shard(add_lora(model, cfg.model) if cfg.model.lora else model, fsdp, acc.device)
     enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
@@ -374,6 +394,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)  # from the cache
     if cfg.model.lora and not fsdp:
         model = add_lora(model, cfg.model)
+    memory = memory_policy(cfg, model, table, acc)
     stages, lists = stage_plan(cfg, data.train_pairs), None
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
         measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty  # as stage_plan orders them
@@ -385,8 +406,22 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
              for s in stages]
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
     save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
-    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, save_dtype=save_dtype,
-               lists=lists)
+    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, memory,
+               save_dtype=save_dtype, lists=lists)
+
+
+def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerator) -> dict:
+    """Resolve and apply the memory settings that need the model and data; log what was chosen."""
+    m, o = cfg.model, cfg.optim
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    choice = choose_checkpointing(m.gradient_checkpointing, model, table, o.batch_size, o.max_tokens_per_micro_batch,
+                                  m.memory_budget_gb, acc.device)
+    if choice.on:
+        enable_checkpointing(model)
+    if acc.is_main_process:
+        print(f"currydpo: {choice.describe()}; attention {attention}", file=sys.stderr, flush=True)
+    return {"gradient_checkpointing": choice.on, "activation_gb": round(choice.activation_gb, 3),
+            "memory_budget_gb": round(choice.budget_gb, 3), "attention": attention}
 
 
 def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False,
@@ -543,7 +578,7 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
         "optimizer_resets": len(run.stages) - 1 if across_stages(cfg) == "restart" else 0,
         "train_pairs": len(run.data.train_pairs), "eval_pairs": len(run.data.eval_pairs),
         "unique_responses": len(run.table.keys), "stages": stage_info,
-        "final_loss": run.log[-1]["loss"] if run.log else None,
+        "final_loss": run.log[-1]["loss"] if run.log else None, "memory": run.memory,
         "resumed_from": run.resumed_from, "updates_run": run.updates_run,
     }
     if acc.is_main_process:

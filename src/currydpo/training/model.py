@@ -49,14 +49,33 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
+ATTENTION = {"flex": "flex_attention", "sdpa": "sdpa", "eager": "eager"}  # model.attention -> transformers' name
+
+
+def attention_for(attention: str, device: torch.device) -> str:
+    """``auto``: FlexAttention on CUDA (the packing's block mask skips masked blocks), sdpa on CPU, where
+    torch 2.13's FlexAttention has no backward and compiles every new shape; sdpa's CPU kernel takes the
+    packing's boolean mask without materialising attention probabilities."""
+    if attention == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return attention
+
+
 def load_model(path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None):
-    """A causal LM on ``device`` in ``dtype`` (default: `dtype_for` the configured precision); no LoRA here."""
+    """A causal LM on ``device`` in ``dtype`` (default: `dtype_for` the configured precision) and the configured
+    attention; no LoRA here."""
     _check_path(path, "model")
+    attention = attention_for(cfg.attention, device)
+    kwargs = dict(dtype=dtype or dtype_for(cfg.precision, device), trust_remote_code=cfg.trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            os.path.expanduser(path), dtype=dtype or dtype_for(cfg.precision, device),
-            trust_remote_code=cfg.trust_remote_code,
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(path), **kwargs,
+                                                         attn_implementation=ATTENTION[attention])
+        except ValueError as e:  # this architecture does not implement that attention
+            if cfg.attention != "auto":
+                raise CurryError(f"model.attention {cfg.attention}: {path} does not support it "
+                                 f"({str(e).splitlines()[0]}); use auto") from None
+            model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(path), **kwargs)
     except (OSError, ValueError) as e:
         raise CurryError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
     return model.to(device)

@@ -1,0 +1,142 @@
+"""Memory policy: when to turn on gradient checkpointing, and token-bounded micro-batches.
+
+``model.gradient_checkpointing: auto`` compares an estimate of the activations autograd keeps
+for the largest micro-batch with a budget (``model.memory_budget_gb``; default: this
+process's share of the device's free memory, less the gradients and AdamW state still to be
+allocated) and turns checkpointing on only when they do not fit: it costs one more forward of
+every decoder layer in the backward (about a third more compute), so it is not worth paying
+when memory is plentiful (the charter: no gradient checkpointing by default on CPU).
+
+``optim.max_tokens_per_micro_batch`` splits an update's pairs into micro-batches of bounded
+tokens; `train_step` weights each micro-batch's loss by its share of the update's pairs,
+so the update equals the whole batch's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..data.pairs import Pair
+from .responses import ResponseTable
+
+GB = 2 ** 30
+
+
+def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Activations a decoder layer keeps for backward, per token, times the layers: about 12·H + 5·I
+    elements per layer for a Llama-style block (norm inputs and outputs, q/k/v, rotary copies,
+    attention output, o_proj input; gate, up, SiLU in and out, their product). A rough estimate
+    (sdpa/flex keep no L×L probabilities); the benchmark's measurement is in docs/performance.md."""
+    H = config.hidden_size
+    intermediate = getattr(config, "intermediate_size", None) or 4 * H
+    return (12 * H + 5 * intermediate) * config.num_hidden_layers * torch.finfo(dtype).bits // 8
+
+
+def micro_batch_tokens(table: ResponseTable, batch_size: int, max_tokens: int | None) -> int:
+    """Upper bound on the tokens of one micro-batch: 2·batch_size of the longest sequences (no
+    prompt shared), or ``max_tokens`` when micro-batches are bounded by it and one pair fits."""
+    longest = sorted((len(e) for e in table.encoded), reverse=True)
+    bound = sum(longest[:2 * batch_size])
+    if max_tokens is not None:
+        bound = min(bound, max(max_tokens, sum(longest[:2])))  # a pair that does not fit goes alone
+    return bound
+
+
+def free_memory_share(device: torch.device) -> int:
+    """Free memory of ``device`` (CUDA: the GPU's; CPU: the machine's available RAM, split among this
+    node's processes)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+@dataclass
+class Checkpointing:
+    """What ``model.gradient_checkpointing`` resolved to, and why (logged and kept in summary.json)."""
+
+    on: bool
+    mode: str
+    activation_gb: float
+    budget_gb: float
+
+    def describe(self) -> str:
+        how = "forced by model.gradient_checkpointing" if self.mode != "auto" else (
+            "estimated activations exceed the budget" if self.on else "estimated activations fit the budget")
+        return (f"gradient checkpointing {'on' if self.on else 'off'} ({how}: {self.activation_gb:.2f} GB per "
+                f"micro-batch vs a budget of {self.budget_gb:.2f} GB)")
+
+
+def choose_checkpointing(mode: str, model, table: ResponseTable, batch_size: int, max_tokens: int | None,
+                         budget_gb: float | None, device: torch.device) -> Checkpointing:
+    """Resolve ``model.gradient_checkpointing`` (see module doc)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    dtype = next(model.parameters()).dtype
+    activations = activation_bytes_per_token(config, dtype) * micro_batch_tokens(table, batch_size, max_tokens)
+    if budget_gb is None:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        budget = free_memory_share(device) - 3 * 4 * trainable  # fp32 gradients + two AdamW moments
+    else:
+        budget = budget_gb * GB
+    on = mode == "on" or (mode == "auto" and activations > budget)
+    return Checkpointing(on, mode, activations / GB, budget / GB)
+
+
+def enable_checkpointing(model) -> None:
+    """transformers' per-decoder-layer checkpointing, non-reentrant (works with LoRA's frozen inputs and
+    with our backbone/LM-head split, whose backbone call runs the checkpointed layers)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def split_by_tokens(pairs: list[int], train_pairs: list[Pair], table: ResponseTable,
+                    max_tokens: int) -> list[list[int]]:
+    """Split one update's pairs (indices into ``train_pairs``) into micro-batches of at most ``max_tokens``.
+
+    Tokens are counted as the packed path computes them: each prompt once, each unique response
+    once. A prompt's pairs stay together when they fit (so its prompt is computed once); a prompt
+    whose pairs do not fit is split pair by pair, and a pair longer than ``max_tokens`` goes alone.
+    The pairs are the update's, in first-come order of their prompts.
+    """
+    by_prompt: dict[int, list[int]] = {}
+    for i in pairs:
+        by_prompt.setdefault(train_pairs[i].record, []).append(i)
+
+    def tokens(group: list[int]) -> int:
+        rows = table.rows([train_pairs[i] for i in group])[0]
+        prompts = {table.encoded[r].prompt_ids for r in rows}
+        return sum(len(p) for p in prompts) + sum(len(table.encoded[r].response_ids) for r in rows)
+
+    micro: list[list[int]] = [[]]
+    for group in by_prompt.values():
+        pieces = [group] if tokens(group) <= max_tokens else [[i] for i in group]
+        for piece in pieces:
+            if micro[-1] and tokens(micro[-1] + piece) > max_tokens:
+                micro.append([])
+            micro[-1].extend(piece)
+    return micro
+
+
+def even_out(micro: list[list[int]], n: int) -> list[list[int]]:
+    """Split the micro-batches with the most pairs in halves until there are ``n`` of them.
+
+    With several processes every process must run the same number of forwards and backwards
+    (DDP's and FSDP's collectives pair them up across processes), but token-bounded splits of
+    different pairs differ in count; each process holds the same number of pairs, so the process
+    with the most micro-batches has at least as many pairs as micro-batches, and so has every other.
+    """
+    micro = [m for m in micro if m]
+    while len(micro) < n:
+        j = max(range(len(micro)), key=lambda i: len(micro[i]))
+        if len(micro[j]) < 2:
+            raise ValueError(f"cannot split {sum(map(len, micro))} pairs into {n} micro-batches")
+        half = len(micro[j]) // 2
+        micro[j:j + 1] = [micro[j][:half], micro[j][half:]]
+    return micro

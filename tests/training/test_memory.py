@@ -1,0 +1,169 @@
+"""Memory levers: token-bounded micro-batches give the whole batch's update; gradient checkpointing
+changes no gradient and is chosen by an activation estimate against a budget."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from currydpo.data.pairs import build_pairs
+from currydpo.training import loop
+from currydpo.training.logprobs import response_logps
+from currydpo.training.memory import choose_checkpointing, enable_checkpointing, even_out, split_by_tokens
+from currydpo.training.responses import ResponseTable
+from currydpo.training.tokenize import encode_records
+
+from conftest import make_records, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def table_and_pairs(tok):
+    recs = make_records(6, 4)
+    pairs = build_pairs(recs, "best-vs-rest")
+    enc = encode_records(recs, tok, max_length=96, max_prompt_length=48, progress=False)
+    return ResponseTable.from_pairs(pairs, enc), pairs
+
+
+def packed_tokens(table, pairs, idx):
+    rows = table.rows([pairs[i] for i in idx])[0]
+    return (sum(len(p) for p in {table.encoded[r].prompt_ids for r in rows})
+            + sum(len(table.encoded[r].response_ids) for r in rows))
+
+
+def test_split_by_tokens_bounds_tokens_and_keeps_pairs(table_and_pairs):
+    table, pairs = table_and_pairs
+    update = list(range(12))  # 4 prompts x 3 pairs
+    whole = packed_tokens(table, pairs, update)
+    groups = {r: [i for i in update if pairs[i].record == r] for r in {pairs[i].record for i in update}}
+    for bound in (whole, whole // 2, min(packed_tokens(table, pairs, g) for g in groups.values()), 10):
+        micro = split_by_tokens(update, pairs, table, bound)
+        assert sorted(i for m in micro for i in m) == update  # the update's pairs, each once
+        for m in micro:
+            assert packed_tokens(table, pairs, m) <= bound or len(m) == 1  # only a lone pair may exceed
+        for g in groups.values():  # a prompt's pairs stay together when they fit
+            if packed_tokens(table, pairs, g) <= bound:
+                assert any(set(g) <= set(m) for m in micro)
+    assert split_by_tokens(update, pairs, table, whole) == [update]
+    assert len(split_by_tokens(update, pairs, table, whole // 2)) >= 2
+
+
+def test_even_out_gives_every_process_the_same_number_of_micro_batches():
+    micro = [[0, 1, 2, 3, 4], [5], [6, 7]]
+    for n in (3, 4, 5, 8):
+        out = even_out(micro, n)
+        assert len(out) == n and sorted(i for m in out for i in m) == list(range(8)) and all(out)
+    with pytest.raises(ValueError):
+        even_out(micro, 9)
+
+
+def test_token_bounded_micro_batches_give_the_same_update(tiny_model_dir, tmp_path):
+    """Unequal token-bounded micro-batches (and pair weights that differ) give the whole batch's weights."""
+    recs = make_records(8, 4)
+    finals = {}
+    for name, bound in (("whole", None), ("split", 60), ("tiny", 1)):
+        out = tmp_path / name
+        cfg = tiny_config(tiny_model_dir, out, curriculum={"schedule": "random"},
+                          optim={"batch_size": 12, "total_updates": 2, "max_tokens_per_micro_batch": bound})
+        s = loop.train(cfg, records=recs)
+        assert s["pairs_per_update"] == 12
+        finals[name] = load_file(os.path.join(out, "final", "model.safetensors"))
+        metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        finals[name + "-loss"] = torch.tensor([m["loss"] for m in metrics])
+    for name in ("split", "tiny"):
+        torch.testing.assert_close(finals[name + "-loss"], finals["whole-loss"], rtol=1e-5, atol=1e-6)
+        for k in finals["whole"]:
+            torch.testing.assert_close(finals[name][k], finals["whole"][k], rtol=1e-4, atol=1e-6)
+
+
+def test_uneven_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, monkeypatch):
+    """Micro-batch losses are scaled by their share of the update's pairs: split 1 + 5 (where dividing
+    each by the number of micro-batches would weight the lone pair 5x), the gradient is the whole batch's."""
+    from currydpo.training.memory import split_by_tokens as real_split
+
+    recs = make_records(4, 4)
+    grads = {}
+    for name, bound in (("whole", None), ("split", 1)):
+        cfg = tiny_config(tiny_model_dir, tmp_path / name, curriculum={"schedule": "random"},
+                          optim={"batch_size": 6, "max_tokens_per_micro_batch": bound})
+        run = loop.setup(cfg, recs)
+        run.model.train()
+        monkeypatch.setattr(loop, "split_by_tokens", lambda idx, *a: [idx[:1], idx[1:]] if bound else real_split(
+            idx, *a))  # uneven: 1 pair, then 5
+        captured = {}
+
+        class Stop(Exception):
+            pass
+
+        def step():
+            captured.update({k: p.grad.clone() for k, p in run.model.named_parameters() if p.grad is not None})
+            raise Stop
+
+        opt = type("Opt", (), {"step": staticmethod(step), "zero_grad": lambda *a, **k: None})()
+        with pytest.raises(Stop):
+            loop.train_step(run, opt, None, [list(range(6))], run.refs.get("initial", len(run.table.keys)), "t")
+        grads[name] = captured
+    for k in grads["whole"]:
+        torch.testing.assert_close(grads["split"][k], grads["whole"][k], rtol=1e-4, atol=1e-7)
+
+
+def grads_of(model, batch, pad_id):
+    model.zero_grad()
+    lp, _ = response_logps(model, batch, pad_id)
+    (lp * torch.linspace(-1.0, 2.0, len(batch))).sum().backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_changes_no_gradient(tiny_model_dir, tok, table_and_pairs, lora):
+    """Packed rows through the backbone/LM-head split, with and without LoRA: same gradients."""
+    table, _ = table_and_pairs
+    batch = table.encoded[:10]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    model.train()
+    plain = grads_of(model, batch, tok.pad_token_id)
+    enable_checkpointing(model)
+    base = model.get_base_model() if lora else model
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+    checkpointed = grads_of(model, batch, tok.pad_token_id)
+    assert plain.keys() == checkpointed.keys() and plain
+    assert all("lora_" in k for k in plain) == lora
+    for k in plain:
+        torch.testing.assert_close(checkpointed[k], plain[k], rtol=1e-5, atol=1e-7)
+
+
+def test_auto_checkpointing_follows_the_budget(tiny_model_dir, table_and_pairs):
+    table, _ = table_and_pairs
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    cpu = torch.device("cpu")
+    auto = choose_checkpointing("auto", model, table, 8, None, None, cpu)  # tiny model, the machine's free RAM
+    assert not auto.on and 0 < auto.activation_gb < auto.budget_gb
+    assert "off (estimated activations fit the budget" in auto.describe()
+    tight = choose_checkpointing("auto", model, table, 8, None, auto.activation_gb / 2, cpu)
+    assert tight.on and "exceed the budget" in tight.describe()
+    bounded = choose_checkpointing("auto", model, table, 8, 10, auto.activation_gb / 2, cpu)
+    assert bounded.activation_gb < auto.activation_gb  # token-bounded micro-batches need less
+    assert choose_checkpointing("on", model, table, 8, None, None, cpu).on
+    assert not choose_checkpointing("off", model, table, 8, None, 1e-9, cpu).on
+
+
+def test_training_logs_the_choice(tiny_model_dir, tmp_path, capsys):
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", optim={"total_updates": 1})
+    s = loop.train(cfg, records=make_records(4, 3))
+    assert s["memory"]["gradient_checkpointing"] is False and s["memory"]["attention"] == "sdpa"
+    assert "currydpo: gradient checkpointing off" in capsys.readouterr().err
+    cfg = tiny_config(tiny_model_dir, tmp_path / "on", optim={"total_updates": 1},
+                      model={"gradient_checkpointing": "on"})
+    assert loop.train(cfg, records=make_records(4, 3))["memory"]["gradient_checkpointing"] is True
