@@ -266,8 +266,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans; our choices spell on/off
-            return "on" if value else "off"
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans (validate maps them back)
+            return str(value).lower()
         return str(value)
     except (TypeError, ValueError):
         raise CurryError(f"config key '{key}': expected {base.replace('<class ', '').strip(chr(39) + '>')}, "
@@ -347,6 +347,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                          "this trainer does not do; use bf16 (GPUs since Ampere) or fp32")
     _choice("model.precision", m.precision, ["auto", "fp32", "bf16", "bf16-pure"])
     _positive("model.lora_r", m.lora_r)
+    on_off = {"true": "on", "false": "off"}  # YAML's `on`/`off` arrive as booleans
+    m.gradient_checkpointing = on_off.get(m.gradient_checkpointing, m.gradient_checkpointing)
+    m.fused_logprobs = {"false": "off"}.get(m.fused_logprobs, m.fused_logprobs)
     _choice("model.fused_logprobs", m.fused_logprobs, ["auto", "chunked", "liger", "off"])
     _choice("model.attention", m.attention, ["auto", "flex", "sdpa", "eager"])
     _choice("model.gradient_checkpointing", m.gradient_checkpointing, ["auto", "on", "off"])
