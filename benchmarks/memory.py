@@ -40,6 +40,8 @@ ARMS = {
     "after": [],
     "after+checkpointing": ["model.gradient_checkpointing=on"],
     "after+tokens-1024": ["optim.max_tokens_per_micro_batch=1024"],
+    "after+tokens-768": ["optim.max_tokens_per_micro_batch=768"],
+    "after+tokens-512": ["optim.max_tokens_per_micro_batch=512"],
 }
 
 
