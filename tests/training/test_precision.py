@@ -65,8 +65,9 @@ def test_bf16_half_spacing_matches_the_format():
     assert precision.bf16_half_spacing(1.0) == pytest.approx(2 ** -7 / 2)
 
 
-def test_first_update_margins_are_zero_under_bf16(tiny_model_dir, tmp_path):
-    train(tiny_model_dir, tmp_path / "same", "bf16", optim={"total_updates": 1})
+@pytest.mark.parametrize("loss", ["dpo", "plackett-luce"])  # the pair and the list batch paths
+def test_first_update_margins_are_zero_under_bf16(tiny_model_dir, tmp_path, loss):
+    train(tiny_model_dir, tmp_path / "same", "bf16", optim={"total_updates": 1}, loss={"name": loss})
     same = first_update(tmp_path / "same")
     assert max(abs(same[k]) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")) < 2e-5
 

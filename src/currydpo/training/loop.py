@@ -143,12 +143,17 @@ class Position:
         return None if saved is None else cls(**saved)
 
 
+def policy_logps(run: Run, model, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward of table ``rows`` (each once), under the same autocast as the reference pass."""
+    with run.accelerator.autocast():  # bf16 mixed precision: policy and reference computed alike
+        return response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id,
+                              lm_head=run.cfg.model.fused_logprobs)
+
+
 def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
     """Policy log-probs for a micro-batch: each unique response in it is run once."""
     rows, ci, ri = run.table.rows(pairs)
-    with run.accelerator.autocast():  # bf16 mixed precision: the same context as the reference pass
-        lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id,
-                               lm_head=run.cfg.model.fused_logprobs)
+    lp, n = policy_logps(run, model, rows)
     ci, ri = torch.tensor(ci, device=lp.device), torch.tensor(ri, device=lp.device)
     rows_t = torch.tensor(rows)
     gaps = [p.score_gap for p in pairs]
@@ -169,8 +174,7 @@ def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
 def batch_list_logps(run: Run, model, lists: list[RankedList], ref: torch.Tensor | None) -> ListLogps:
     """Policy log-probs for a micro-batch of lists, padded to (L, N): each unique response run once."""
     rows, where = run.table.list_rows(lists)
-    lp, n = response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id,
-                           lm_head=run.cfg.model.fused_logprobs)
+    lp, n = policy_logps(run, model, rows)
     N = max(len(w) for w in where)
     pos = torch.tensor([w + [w[0]] * (N - len(w)) for w in where], device=lp.device)  # (L, N), padding repeats
     mask = torch.tensor([[j < len(w) for j in range(N)] for w in where], device=lp.device)
