@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py --out bench-memory            # every arm, 3 updates each
     python benchmarks/memory.py --arms before,after --updates 1 --max-length 160
+    python benchmarks/memory.py --arms before,after --updates 1 --pick longest --trees 3   # ~16 sequences near 384
 
 Each arm is a fresh subprocess running ``currydpo.training.loop.train`` on the first
 ``--trees`` OpenAssistant trees of ``../shared/data/oasst_en_100_tree.jsonl`` (default
@@ -42,6 +43,8 @@ ARMS = {
     "after+tokens-1024": ["optim.max_tokens_per_micro_batch=1024"],
     "after+tokens-768": ["optim.max_tokens_per_micro_batch=768"],
     "after+tokens-512": ["optim.max_tokens_per_micro_batch=512"],
+    "after+tokens-1536": ["optim.max_tokens_per_micro_batch=1536"],
+    "after+tokens-2048": ["optim.max_tokens_per_micro_batch=2048"],
 }
 
 
@@ -64,7 +67,12 @@ def child(args) -> None:
     from currydpo.data.loading import load_records
     from currydpo.training import loop
 
-    records = load_records(str(args.data), "oasst", limit=args.trees).records
+    if args.pick == "first":
+        records = load_records(str(args.data), "oasst", limit=args.trees).records
+    else:  # the trees with the most text: responses cut at data.max_length, as in the setting
+        records = load_records(str(args.data), "oasst").records
+        records = sorted(records, key=lambda r: -(len(r.prompt) + sum(len(x.text) for x in r.responses)))
+        records = records[:args.trees]
     cfg = from_dict({
         "model": {"path": args.model},
         "data": {"max_length": args.max_length, "max_prompt_length": min(256, args.max_length // 2)},
@@ -97,7 +105,7 @@ def child(args) -> None:
 def run_arm(args, name: str) -> dict:
     work = os.path.join(args.out, name)
     cmd = [sys.executable, __file__, "--child", "--model", args.model, "--data", str(args.data), "--work", work,
-           "--trees", str(args.trees), "--updates", str(args.updates), "--max-length", str(args.max_length),
+           "--trees", str(args.trees), "--pick", args.pick, "--updates", str(args.updates), "--max-length", str(args.max_length),
            "--set", *ARMS[name]]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH-RESULT ")), None)
@@ -112,6 +120,8 @@ def main() -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--trees", type=int, default=6, help="OpenAssistant trees to read (6: 8 distinct pairs)")
+    p.add_argument("--pick", choices=["first", "longest"], default="first",
+                   help="first: the first --trees trees; longest: the --trees trees with the most text")
     p.add_argument("--updates", type=int, default=3)
     p.add_argument("--max-length", type=int, default=384, help="data.max_length (prompt + response tokens)")
     p.add_argument("--out", default="bench-memory")

@@ -12,11 +12,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from currydpo.data.pairs import build_pairs
 from currydpo.training import loop
 from currydpo.training.logprobs import response_logps
-from currydpo.training.memory import choose_checkpointing, enable_checkpointing, even_out, split_by_tokens
+from currydpo.training.memory import (CPU_TOKENS, CUDA_TOKENS, GB, activation_bytes_per_token, choose_checkpointing,
+                                      enable_checkpointing, even_out, memory_budget, resolve_token_bound,
+                                      split_by_tokens)
 from currydpo.training.responses import ResponseTable
 from currydpo.training.tokenize import encode_records
 
 from conftest import make_records, tiny_config
+
+F32 = torch.float32
 
 
 @pytest.fixture(scope="module")
@@ -147,23 +151,78 @@ def test_gradient_checkpointing_changes_no_gradient(tiny_model_dir, tok, table_a
 def test_auto_checkpointing_follows_the_budget(tiny_model_dir, table_and_pairs):
     table, _ = table_and_pairs
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    cpu = torch.device("cpu")
-    auto = choose_checkpointing("auto", model, table, 8, None, None, cpu)  # tiny model, the machine's free RAM
+    free = memory_budget(model, torch.device("cpu"), None)  # tiny model, the machine's free RAM
+    auto = choose_checkpointing("auto", model, table, 8, None, free, F32)
     assert not auto.on and 0 < auto.activation_gb < auto.budget_gb
     assert "off (estimated activations fit the budget" in auto.describe()
-    tight = choose_checkpointing("auto", model, table, 8, None, auto.activation_gb / 2, cpu)
+    half = int(auto.activation_gb / 2 * GB)
+    assert memory_budget(model, torch.device("cpu"), auto.activation_gb / 2) == half
+    tight = choose_checkpointing("auto", model, table, 8, None, half, F32)
     assert tight.on and "exceed the budget" in tight.describe()
-    bounded = choose_checkpointing("auto", model, table, 8, 10, auto.activation_gb / 2, cpu)
+    bounded = choose_checkpointing("auto", model, table, 8, 10, half, F32)
     assert bounded.activation_gb < auto.activation_gb  # token-bounded micro-batches need less
-    assert choose_checkpointing("on", model, table, 8, None, None, cpu).on
-    assert not choose_checkpointing("off", model, table, 8, None, 1e-9, cpu).on
+    assert choose_checkpointing("on", model, table, 8, None, free, F32).on
+    assert not choose_checkpointing("off", model, table, 8, None, 1, F32).on
+
+
+def test_auto_token_bound_depends_on_the_device(tiny_model_dir):
+    """auto: 768 tokens on CPU; on CUDA the most whole 1024s whose activations fit half the budget, in
+    [2048, 16384]; a number or null is kept as given."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    per_token = activation_bytes_per_token(model.config, torch.float32)
+    assert resolve_token_bound("auto", model, cpu, 10 ** 12, F32) == CPU_TOKENS == 768
+    assert resolve_token_bound(512, model, cpu, 0, F32) == 512 and resolve_token_bound(None, model, cuda, 0, F32) is None
+    assert resolve_token_bound("auto", model, cuda, 2 * per_token * 5000, F32) == 4096
+    assert resolve_token_bound("auto", model, cuda, 2 * per_token * 5000 - 1, F32) == 4096
+    assert resolve_token_bound("auto", model, cuda, 2 * per_token * 4096 - 1, F32) == 3072
+    assert resolve_token_bound("auto", model, cuda, 0, F32) == CUDA_TOKENS[0] == 2048  # checkpointing then decides
+    assert resolve_token_bound("auto", model, cuda, -5, F32) == 2048
+    assert resolve_token_bound("auto", model, cuda, 10 ** 15, F32) == CUDA_TOKENS[1] == 16384
+    # under bf16 autocast activations take half the bytes (the weights stay fp32), so twice the tokens fit
+    assert resolve_token_bound("auto", model, cuda, 2 * per_token * 4096, torch.bfloat16) == 8192
+
+
+def test_token_bound_config_values():
+    from currydpo.config import TrainConfig, from_dict, validate
+    from currydpo.errors import CurryError
+
+    assert TrainConfig().optim.max_tokens_per_micro_batch == "auto"
+    for given, want in (("auto", "auto"), ("1024", 1024), (1024, 1024), ("null", None)):
+        cfg = validate(from_dict({"optim": {"max_tokens_per_micro_batch": given}}))
+        assert cfg.optim.max_tokens_per_micro_batch == want
+    for bad in ("lots", 0, -3, "7.5", True):
+        with pytest.raises(CurryError, match="optim.max_tokens_per_micro_batch"):
+            validate(from_dict({"optim": {"max_tokens_per_micro_batch": bad}}))
 
 
 def test_training_logs_the_choice(tiny_model_dir, tmp_path, capsys):
     cfg = tiny_config(tiny_model_dir, tmp_path / "run", optim={"total_updates": 1})
     s = loop.train(cfg, records=make_records(4, 3))
     assert s["memory"]["gradient_checkpointing"] is False and s["memory"]["attention"] == "sdpa"
-    assert "currydpo: gradient checkpointing off" in capsys.readouterr().err
+    assert s["memory"]["max_tokens_per_micro_batch"] == 768  # auto on CPU
+    err = capsys.readouterr().err
+    assert "currydpo: gradient checkpointing off" in err and "micro-batches of at most 768 tokens" in err
     cfg = tiny_config(tiny_model_dir, tmp_path / "on", optim={"total_updates": 1},
                       model={"gradient_checkpointing": "on"})
     assert loop.train(cfg, records=make_records(4, 3))["memory"]["gradient_checkpointing"] is True
+
+
+def test_budget_counts_this_process_shard(monkeypatch):
+    """Under FSDP2 a parameter is a DTensor whose numel() is the whole tensor's; the budget sets aside
+    gradients and AdamW moments for this process's shard only."""
+    import currydpo.training.memory as memory
+
+    class Sharded(torch.nn.Parameter):
+        def to_local(self):
+            return self.data[: len(self.data) // 4]  # one process of four
+
+    class Model(torch.nn.Module):
+        def __init__(self, param):
+            super().__init__()
+            self.w = param
+
+    monkeypatch.setattr(memory, "free_memory_share", lambda device: 10 ** 9)
+    whole = memory_budget(Model(torch.nn.Parameter(torch.zeros(4000))), torch.device("cpu"), None)
+    shard = memory_budget(Model(Sharded(torch.zeros(4000))), torch.device("cpu"), None)
+    assert whole == 10 ** 9 - 12 * 4000 and shard == 10 ** 9 - 12 * 1000

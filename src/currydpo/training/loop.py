@@ -47,7 +47,8 @@ from . import precision as prec
 from .listwise import ListLogps, list_loss
 from .logprobs import response_logps
 from .losses import PairLogps, is_listwise, mrpo_reference, needs_reference, pair_loss
-from .memory import choose_checkpointing, enable_checkpointing, even_out, split_by_tokens
+from .memory import (choose_checkpointing, enable_checkpointing, even_out, memory_budget, resolve_token_bound,
+                     split_by_tokens)
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .sharding import is_sharded
@@ -69,6 +70,7 @@ class Run:
     stage_updates: list[int]
     fingerprint: str = ""  # content hash of the records (pipeline.data_fingerprint)
     memory: dict = field(default_factory=dict)  # what memory_policy chose (in summary.json)
+    token_bound: int | None = None  # optim.max_tokens_per_micro_batch resolved by memory_policy
     log: list[dict] = field(default_factory=list)
     save_dtype: torch.dtype | None = None  # run.save_dtype resolved: stage-K/ and final/ are written in it
     lists: list[RankedList] | None = None  # listwise losses: stages index these instead of pairs
@@ -243,9 +245,8 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
     (pairwise losses; listwise micro-batches keep their lists).
     """
     acc, model = run.accelerator, run.model
-    if run.cfg.optim.max_tokens_per_micro_batch and run.lists is None:
-        micro = split_by_tokens([i for idx in micro for i in idx], run.data.train_pairs, run.table,
-                                run.cfg.optim.max_tokens_per_micro_batch)
+    if run.token_bound and run.lists is None:
+        micro = split_by_tokens([i for idx in micro for i in idx], run.data.train_pairs, run.table, run.token_bound)
         if acc.num_processes > 1:  # the same number of forwards everywhere (see even_out)
             micro = even_out(micro, int(acc.gather(torch.tensor([len(micro)], device=acc.device)).max()))
     n_items = sum(len(idx) for idx in micro)
@@ -398,7 +399,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)  # from the cache
     if cfg.model.lora and not fsdp:
         model = add_lora(model, cfg.model)
-    memory = memory_policy(cfg, model, table, acc)
+    memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision))
     stages, lists = stage_plan(cfg, data.train_pairs), None
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
         measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty  # as stage_plan orders them
@@ -411,21 +412,24 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
     save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
     return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, memory,
-               save_dtype=save_dtype, lists=lists)
+               token_bound=memory["max_tokens_per_micro_batch"], save_dtype=save_dtype, lists=lists)
 
 
-def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerator) -> dict:
+def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerator, compute_dtype: torch.dtype) -> dict:
     """Resolve and apply the memory settings that need the model and data; log what was chosen."""
     m, o = cfg.model, cfg.optim
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    choice = choose_checkpointing(m.gradient_checkpointing, model, table, o.batch_size, o.max_tokens_per_micro_batch,
-                                  m.memory_budget_gb, acc.device)
+    budget = memory_budget(model, acc.device, m.memory_budget_gb)
+    tokens = resolve_token_bound(o.max_tokens_per_micro_batch, model, acc.device, budget, compute_dtype)
+    choice = choose_checkpointing(m.gradient_checkpointing, model, table, o.batch_size, tokens, budget, compute_dtype)
     if choice.on:
         enable_checkpointing(model)
     if acc.is_main_process:
-        print(f"currydpo: {choice.describe()}; attention {attention}", file=sys.stderr, flush=True)
+        bound = f"micro-batches of at most {tokens} tokens" if tokens else "micro-batches unbounded by tokens"
+        print(f"currydpo: {choice.describe()}; {bound}; attention {attention}", file=sys.stderr, flush=True)
     return {"gradient_checkpointing": choice.on, "activation_gb": round(choice.activation_gb, 3),
-            "memory_budget_gb": round(choice.budget_gb, 3), "attention": attention}
+            "memory_budget_gb": round(choice.budget_gb, 3), "max_tokens_per_micro_batch": tokens,
+            "attention": attention}
 
 
 def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False,

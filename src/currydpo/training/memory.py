@@ -9,7 +9,10 @@ when memory is plentiful (the charter: no gradient checkpointing by default on C
 
 ``optim.max_tokens_per_micro_batch`` splits an update's pairs into micro-batches of bounded
 tokens; `train_step` weights each micro-batch's loss by its share of the update's pairs,
-so the update equals the whole batch's.
+so the update equals the whole batch's. Its ``auto`` (ours) depends on the device: a CPU's
+matmuls are no faster on long micro-batches than on short ones, so the bound is small (768
+tokens: the lowest peak and the most pairs/s we measured on SmolLM2-135M, docs/performance.md);
+a GPU needs long ones to be busy, so the bound is as large as half the budget allows.
 """
 
 from __future__ import annotations
@@ -71,18 +74,44 @@ class Checkpointing:
                 f"micro-batch vs a budget of {self.budget_gb:.2f} GB)")
 
 
-def choose_checkpointing(mode: str, model, table: ResponseTable, batch_size: int, max_tokens: int | None,
-                         budget_gb: float | None, device: torch.device) -> Checkpointing:
-    """Resolve ``model.gradient_checkpointing`` (see module doc)."""
+def memory_budget(model, device: torch.device, budget_gb: float | None) -> int:
+    """Bytes the activations may take: ``model.memory_budget_gb``, or this process's share of the device's
+    free memory less the fp32 gradients and two AdamW moments still to be allocated."""
+    if budget_gb is not None:
+        return int(budget_gb * GB)
+    # this process's elements: under FSDP2 a parameter is a DTensor whose numel() is the whole tensor's
+    trainable = sum((p.to_local() if hasattr(p, "to_local") else p).numel()
+                    for p in model.parameters() if p.requires_grad)
+    return free_memory_share(device) - 3 * 4 * trainable
+
+
+def text_config(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    dtype = next(model.parameters()).dtype
-    activations = activation_bytes_per_token(config, dtype) * micro_batch_tokens(table, batch_size, max_tokens)
-    if budget_gb is None:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        budget = free_memory_share(device) - 3 * 4 * trainable  # fp32 gradients + two AdamW moments
-    else:
-        budget = budget_gb * GB
+    return base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+
+
+CPU_TOKENS = 768  # measured: 0.36x the unbounded peak RSS at 1.30x its pairs/s (SmolLM2-135M, fp32)
+CUDA_TOKENS = (2048, 16384)  # below 2048 a GPU idles; above 16384 the gain is small and one step is long
+
+
+def resolve_token_bound(setting: int | str | None, model, device: torch.device, budget: int,
+                        compute_dtype: torch.dtype) -> int | None:
+    """``optim.max_tokens_per_micro_batch`` as a number (see module doc); an explicit number or null as given.
+    ``compute_dtype`` is what activations are kept in (bf16 under bf16 autocast, though the weights are fp32)."""
+    if setting != "auto":
+        return setting
+    if device.type != "cuda":
+        return CPU_TOKENS
+    per_token = activation_bytes_per_token(text_config(model), compute_dtype)
+    fits = max(budget, 0) // 2 // per_token // 1024 * 1024
+    return min(max(fits, CUDA_TOKENS[0]), CUDA_TOKENS[1])
+
+
+def choose_checkpointing(mode: str, model, table: ResponseTable, batch_size: int, max_tokens: int | None,
+                         budget: int, compute_dtype: torch.dtype) -> Checkpointing:
+    """Resolve ``model.gradient_checkpointing`` (see module doc) for micro-batches of at most ``max_tokens``."""
+    per_token = activation_bytes_per_token(text_config(model), compute_dtype)
+    activations = per_token * micro_batch_tokens(table, batch_size, max_tokens)
     on = mode == "on" or (mode == "auto" and activations > budget)
     return Checkpointing(on, mode, activations / GB, budget / GB)
 

@@ -81,6 +81,11 @@ def master_dtype(resolved: str) -> torch.dtype:
     return torch.bfloat16 if resolved == "bf16-pure" else torch.float32
 
 
+def compute_dtype(resolved: str) -> torch.dtype:
+    """The dtype the forward passes compute in, and so most kept activations are stored in."""
+    return torch.float32 if resolved == "fp32" else torch.bfloat16
+
+
 def make_accelerator(resolved: str, **kwargs):
     """An Accelerator whose ``autocast()`` is bf16 autocast exactly when ``resolved`` is ``bf16``."""
     from accelerate import Accelerator
