@@ -105,8 +105,8 @@ def child(args) -> None:
 def run_arm(args, name: str) -> dict:
     work = os.path.join(args.out, name)
     cmd = [sys.executable, __file__, "--child", "--model", args.model, "--data", str(args.data), "--work", work,
-           "--trees", str(args.trees), "--pick", args.pick, "--updates", str(args.updates), "--max-length", str(args.max_length),
-           "--set", *ARMS[name]]
+           "--trees", str(args.trees), "--pick", args.pick, "--updates", str(args.updates),
+           "--max-length", str(args.max_length), "--set", *ARMS[name]]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH-RESULT ")), None)
     if proc.returncode != 0 or line is None:

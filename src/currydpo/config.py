@@ -164,8 +164,8 @@ class OptimConfig:
     max_tokens_per_micro_batch: int | str | None = field(default="auto", metadata={
         "help": "split each update's pairs into micro-batches of at most this many tokens (a prompt's responses kept "
                 "together where they fit); same pairs, same update as the whole batch. auto (ours): 768 on CPU "
-                "(lowest peak memory and fastest measured), on CUDA the most tokens whose estimated activations fit "
-                "half of model.memory_budget_gb, in [2048, 16384]; logged. null = one micro-batch per batch_size pairs"})
+                "(the lowest peak measured), on CUDA the most tokens whose estimated activations fit half of "
+                "model.memory_budget_gb, in [2048, 16384]; logged. null = one micro-batch per batch_size pairs"})
 
 
 @dataclass

@@ -12,9 +12,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from currydpo.data.pairs import build_pairs
 from currydpo.training import loop
 from currydpo.training.logprobs import response_logps
-from currydpo.training.memory import (CPU_TOKENS, CUDA_TOKENS, GB, activation_bytes_per_token, choose_checkpointing,
-                                      enable_checkpointing, even_out, memory_budget, resolve_token_bound,
-                                      split_by_tokens)
+from currydpo.training.memory import (
+    CPU_TOKENS,
+    CUDA_TOKENS,
+    GB,
+    activation_bytes_per_token,
+    choose_checkpointing,
+    enable_checkpointing,
+    even_out,
+    memory_budget,
+    resolve_token_bound,
+    split_by_tokens,
+)
 from currydpo.training.responses import ResponseTable
 from currydpo.training.tokenize import encode_records
 
@@ -172,7 +181,8 @@ def test_auto_token_bound_depends_on_the_device(tiny_model_dir):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     per_token = activation_bytes_per_token(model.config, torch.float32)
     assert resolve_token_bound("auto", model, cpu, 10 ** 12, F32) == CPU_TOKENS == 768
-    assert resolve_token_bound(512, model, cpu, 0, F32) == 512 and resolve_token_bound(None, model, cuda, 0, F32) is None
+    assert resolve_token_bound(512, model, cpu, 0, F32) == 512
+    assert resolve_token_bound(None, model, cuda, 0, F32) is None
     assert resolve_token_bound("auto", model, cuda, 2 * per_token * 5000, F32) == 4096
     assert resolve_token_bound("auto", model, cuda, 2 * per_token * 5000 - 1, F32) == 4096
     assert resolve_token_bound("auto", model, cuda, 2 * per_token * 4096 - 1, F32) == 3072

@@ -47,8 +47,14 @@ from . import precision as prec
 from .listwise import ListLogps, list_loss
 from .logprobs import response_logps
 from .losses import PairLogps, is_listwise, mrpo_reference, needs_reference, pair_loss
-from .memory import (choose_checkpointing, enable_checkpointing, even_out, memory_budget, resolve_token_bound,
-                     split_by_tokens)
+from .memory import (
+    choose_checkpointing,
+    enable_checkpointing,
+    even_out,
+    memory_budget,
+    resolve_token_bound,
+    split_by_tokens,
+)
 from .model import add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .sharding import is_sharded
