@@ -97,5 +97,7 @@ def test_bench_measures_the_users_model(tiny_model_dir, tmp_path, capsys):
     assert result["sizes"]["model"]["model"]["params"] > 0
     assert result["sizes"]["model"]["arms"]["ours-single"]["peak_rss_mb"] > 0
     assert not (out / "model-tiny").exists()  # nothing was built
+    # the same --out again: the arms' scratch runs from the first call do not stop the second
+    assert main(["bench", "--quick", "--model", tiny_model_dir, "--arms", "ours-single", "--out", str(out)]) == 0
     assert main(["bench", "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "not a directory" in capsys.readouterr().err

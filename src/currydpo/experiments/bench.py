@@ -38,6 +38,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -399,9 +400,10 @@ def benchmark(args) -> dict:
         records = make_records(args.prompts, seed=0, quick=args.quick)
         n_pairs, tokens = pair_tokens(model_dir, records)
         info.update(pairs=n_pairs, pair_tokens=tokens)
-        arms = {}
+        arms, work = {}, os.path.join(args.out, f"work-{size}")
+        shutil.rmtree(work, ignore_errors=True)  # the arms' scratch runs: a rerun into the same --out starts afresh
         for arm in args.arms:
-            arms[arm] = run_arm(args, size, model_dir, arm, os.path.join(args.out, f"work-{size}"))
+            arms[arm] = run_arm(args, size, model_dir, arm, work)
             if arm != "check":
                 a = arms[arm]
                 a["pairs_per_s"] = a["pairs"] / a["seconds"]
