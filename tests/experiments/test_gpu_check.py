@@ -27,6 +27,7 @@ def test_gpu_check_script_runs_tiny_on_cpu(tmp_path):
                 "| pairs/s, ours / TRL, tiny bf16 |", "| first-batch per-pair losses, bf16 mixed vs fp32"):
         assert row in table
     assert "FAIL" not in table and "| - |" in table  # no verdicts off the GPU
+    assert "| memory policy chosen (ours), tiny bf16 | micro-batches of at most 768 tokens" in table  # auto on CPU
     result = json.loads((out / "bench" / "bench.json").read_text())
     assert result["dtype"] == "bf16"
     arms = result["sizes"]["tiny"]["arms"]

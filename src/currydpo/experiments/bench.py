@@ -269,7 +269,8 @@ def arm_ours(args, records, schedule: str) -> dict:
     with open(os.path.join(out, "metrics.jsonl")) as f:
         first = json.loads(f.readline())["loss"]
     assert len(visits) == summary["total_updates"] * summary["pairs_per_update"]
-    return {"seconds": seconds, "final_loss": summary["final_loss"], **_trained(visits, first)}
+    return {"seconds": seconds, "final_loss": summary["final_loss"], "memory": summary["memory"],
+            **_trained(visits, first)}
 
 
 def arm_check(args, records, stages) -> dict:

@@ -36,6 +36,13 @@ def bench_rows(result: dict) -> list[str]:
             o = arms["ours-iterative"]
             rows.append(f"| Curry-DPO 3 stages, {tag} | {_arm(o)} | MFU >= {TARGETS['mfu']:.0%} of the {peak} | "
                         f"{_verdict(o['mfu'] >= TARGETS['mfu'], judged)} |")
+        if "memory" in arms.get("ours-iterative", {}):  # what the memory policy chose on this device
+            m = arms["ours-iterative"]["memory"]
+            bound = m.get("max_tokens_per_micro_batch")
+            rows.append(f"| memory policy chosen (ours), {tag} | micro-batches of at most {bound or 'unbounded'} "
+                        f"tokens, gradient checkpointing {'on' if m['gradient_checkpointing'] else 'off'} "
+                        f"({m['activation_gb']:.2f} GB activations vs {m['memory_budget_gb']:.2f} GB budget), "
+                        f"attention {m['attention']} | logged | - |")
         if "trl-iterative" in arms:
             rows.append(f"| TRL DPOTrainer, same 3 stages, {tag} | {_arm(arms['trl-iterative'])} | baseline | - |")
         if "speedup_vs_trl" in arms.get("ours-iterative", {}):
