@@ -33,7 +33,7 @@ def spec_file(tiny_model_dir, tmp_path):
     spec = {
         "base": {"model": {"path": tiny_model_dir},
                  "data": {"path": str(tmp_path / "data.jsonl"), "eval_fraction": 0.2},
-                 "optim": {"lr": 1e-3, "batch_size": 4, "total_updates": 4}, "run": {"progress": False}},
+                 "optim": {"lr": 1e-3, "batch_size": 4, "total_updates": 4}},
         "grid": {"curriculum.schedule": ["iterative", "random"]},
         "seeds": [1, 2],
         "eval": {"prompts": str(tmp_path / "prompts.jsonl"), "judge": f"gold:{__name__}:toy_gold",
@@ -47,6 +47,8 @@ def spec_file(tiny_model_dir, tmp_path):
 def test_compare_grid_writes_table_and_plots_and_resumes(spec_file, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(spec_file), "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "tokenising" not in err  # --no-progress reaches the training runs too
     table = (out / "results.md").read_text()
     for arm in ("sft", "iterative", "random"):
         assert f"| {arm} |" in table

@@ -123,6 +123,7 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
 
     path = _result_path(spec, arm, seed)
     cfg = arm_config(spec, BASELINE if arm == BASELINE else arm, seed)
+    cfg.run.progress = cfg.run.progress and progress  # --no-progress silences the training bars too
     if os.path.exists(path):  # done: the fairness facts are re-derived, so a re-run reports them as defined now
         result = _read(path)
         return {**result, "fairness": fairness(cfg, result["train"])}
