@@ -105,3 +105,32 @@ def test_fairness_counts_the_updates_of_the_evaluated_model(tiny_model_dir):
                for s, x in ((1, best), (2, {**summary, "final_model": {"stage": 2}}))]
     table = markdown(aggregate(results, ["best"]))
     assert "| best | – | – | – | – | – | 88/194 of 300 trained | previous-stage |" in table
+
+
+def test_report_without_a_judge_or_run_logs_draws_only_what_it_has(tmp_path, capsys, tiny_model_dir):
+    """No judge: no empty score or reward-vs-KL plots; a report re-made away from its run directories
+    says which training logs it could not find instead of drawing empty training curves."""
+    from currydpo.experiments.compare import fairness
+    from currydpo.experiments.report import write_report
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(tiny_model_dir, "unused", curriculum={"schedule": "iterative", "stages": 2})
+    stages = [{"stage": k, "updates": 5, "end_step": 5 * k, "eval/rewards/accuracies": 0.5 + k / 10,
+               "eval/logps/chosen": -10.0 + k} for k in (1, 2)]
+    summary = {"total_updates": 10, "stages": stages, "optimizer_resets": 0, "pairs_per_update": 4,
+               "train_pairs": 40}
+    pref = {"rewards/accuracies": 0.6, "ranking_accuracy": 0.4, "n": 10}
+    results = [{"arm": "sft", "seed": 1, "metrics": {"preference": pref}, "fairness": fairness(cfg, None)},
+               {"arm": "iterative", "seed": 1, "metrics": {"preference": pref}, "train": summary,
+                "fairness": fairness(cfg, summary)}]
+    report = write_report(str(tmp_path), results, ["sft", "iterative"])
+    assert [os.path.basename(p) for p in report["plots"]] == ["heldout_by_stage.png"]
+    assert not (tmp_path / "scores.png").exists() and not (tmp_path / "training_curves.png").exists()
+    assert "no training log at" in capsys.readouterr().err
+    log = tmp_path / "iterative" / "seed-1" / "train"
+    log.mkdir(parents=True)
+    log.joinpath("metrics.jsonl").write_text("".join(json.dumps({"stage": 1 + (i > 4), "step": i + 1, "loss": 0.69})
+                                                     + "\n" for i in range(10)))
+    report = write_report(str(tmp_path), results, ["sft", "iterative"])
+    assert [os.path.basename(p) for p in report["plots"]] == ["training_curves.png", "heldout_by_stage.png"]

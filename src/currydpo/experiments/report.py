@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import defaultdict
 
 from ..evaluation.winrate import mean_ci
@@ -129,49 +130,56 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
     paths = []
     arms = [r["arm"] for r in rows]
     colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, key, label in ((axes[0], "judge_score", "gold reward of sampled answers"),
-                           (axes[1], "win_rate", "adjusted win rate vs SFT")):
-        have = [r for r in rows if key in r]
-        means = [r[key]["mean"] for r in have]
-        errs = [[r[key]["mean"] - r[key]["ci_low"] for r in have], [r[key]["ci_high"] - r[key]["mean"] for r in have]]
-        ax.bar([r["arm"] for r in have], means, yerr=errs, capsize=4, color=[colors[r["arm"]] for r in have])
-        ax.set_title(label)
-        ax.tick_params(axis="x", rotation=30)
-        if key == "win_rate":
-            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    paths.append(os.path.join(output_dir, "scores.png"))
-    _save(fig, paths[-1])
-    plt.close(fig)
+    panels = [(key, label) for key, label in (("judge_score", "gold reward of sampled answers"),
+                                              ("win_rate", "adjusted win rate vs SFT"))
+              if any(key in r for r in rows)]  # none without a judge (held-out metrics only)
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+        for ax, (key, label) in zip(axes[0], panels):
+            have = [r for r in rows if key in r]
+            means = [r[key]["mean"] for r in have]
+            errs = [[r[key]["mean"] - r[key]["ci_low"] for r in have],
+                    [r[key]["ci_high"] - r[key]["mean"] for r in have]]
+            ax.bar([r["arm"] for r in have], means, yerr=errs, capsize=4, color=[colors[r["arm"]] for r in have])
+            ax.set_title(label)
+            ax.tick_params(axis="x", rotation=30)
+            if key == "win_rate":
+                ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        paths.append(os.path.join(output_dir, "scores.png"))
+        _save(fig, paths[-1])
+        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in results:
-        m = r["metrics"]
-        if m.get("kl") is not None and m.get("judge_score") is not None:
-            ax.scatter(m["kl"], m["judge_score"], color=colors.get(r["arm"]), label=r["arm"])
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-    ax.set_xlabel("KL(policy || SFT), nats per answer")
-    ax.set_ylabel("gold reward")
-    ax.set_title("reward vs KL (one point per seed)")
-    paths.append(os.path.join(output_dir, "reward_vs_kl.png"))
-    _save(fig, paths[-1])
-    plt.close(fig)
+    points = [r for r in results if r["metrics"].get("kl") is not None and r["metrics"].get("judge_score") is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for r in points:
+            ax.scatter(r["metrics"]["kl"], r["metrics"]["judge_score"], color=colors.get(r["arm"]), label=r["arm"])
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+        ax.set_xlabel("KL(policy || SFT), nats per answer")
+        ax.set_ylabel("gold reward")
+        ax.set_title("reward vs KL (one point per seed)")
+        paths.append(os.path.join(output_dir, "reward_vs_kl.png"))
+        _save(fig, paths[-1])
+        plt.close(fig)
 
-    trained = [a for a in arms if any(r["arm"] == a and r.get("train") for r in results)]
-    if trained:
-        fig, axes = plt.subplots(1, len(trained), figsize=(3.6 * len(trained), 3.2), sharey=True, squeeze=False)
-        for ax, arm in zip(axes[0], trained):
-            r = next(r for r in results if r["arm"] == arm and r.get("train"))
-            log_path = os.path.join(output_dir, arm, f"seed-{r['seed']}", "train", "metrics.jsonl")
-            if os.path.exists(log_path):
-                with open(log_path) as f:
-                    log = [json.loads(line) for line in f]
-                for stage in sorted({e["stage"] for e in log}):
-                    pts = [(e["step"], e["loss"]) for e in log if e["stage"] == stage]
-                    ax.plot(*zip(*pts), label=f"stage {stage}")
-            ax.set_title(f"{arm} (seed {r['seed']})", fontsize=9)
+    logs = {}  # arm -> (seed, its training log), read from the run directories under output_dir
+    for arm in arms:
+        r = next((r for r in results if r["arm"] == arm and r.get("train")), None)
+        log_path = r and os.path.join(output_dir, arm, f"seed-{r['seed']}", "train", "metrics.jsonl")
+        if log_path and os.path.exists(log_path):
+            with open(log_path) as f:
+                logs[arm] = (r["seed"], [json.loads(line) for line in f])
+        elif log_path:
+            print(f"currydpo: no training log at {log_path}; {arm} left out of training_curves.png", file=sys.stderr)
+    if logs:
+        fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs), 3.2), sharey=True, squeeze=False)
+        for ax, (arm, (seed, log)) in zip(axes[0], logs.items()):
+            for stage in sorted({e["stage"] for e in log}):
+                pts = [(e["step"], e["loss"]) for e in log if e["stage"] == stage]
+                ax.plot(*zip(*pts), label=f"stage {stage}")
+            ax.set_title(f"{arm} (seed {seed})", fontsize=9)
             ax.set_xlabel("update")
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("training loss")
