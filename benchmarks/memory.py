@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -111,6 +112,8 @@ def run_arm(args, name: str) -> dict:
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH-RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"arm {name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    if not args.keep:  # each arm's run saves the model (0.5 GB at 135M fp32, more with state/): not needed after
+        shutil.rmtree(work, ignore_errors=True)
     return json.loads(line[len("BENCH-RESULT "):])
 
 
@@ -125,6 +128,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=3)
     p.add_argument("--max-length", type=int, default=384, help="data.max_length (prompt + response tokens)")
     p.add_argument("--out", default="bench-memory")
+    p.add_argument("--keep", action="store_true", help="keep each arm's run directory (saved model, logs)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     p.add_argument("--set", nargs="*", default=[], help=argparse.SUPPRESS)
