@@ -143,3 +143,38 @@ def test_trust_remote_code_flag_reaches_the_loaders(tmp_path, monkeypatch):
         with pytest.raises(CurryError):
             model_mod.load_model(str(tmp_path), cfg, torch.device("cpu"))
     assert seen == [True, True, False, False]
+
+
+def test_full_disk_is_a_one_line_error_and_the_run_resumes(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A full disk while writing state/ (safetensors raises its own error type): one line, exit 2, the last
+    complete checkpoint intact and no half-written one; after space is freed, --resume finishes the run."""
+    from currydpo.training import checkpoint
+
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, write_ranked(tmp_path / "d.jsonl"), out)
+    real_save, calls = checkpoint.save_file, {"n": 0}
+
+    class SafetensorError(Exception):  # safetensors' wrapped I/O error is not an OSError
+        pass
+
+    def full_at_third(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            real_save(tensors, path, *a, **k)  # a partial file, as a full disk leaves one
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_at_third)
+    assert main(["train", "--config", str(config), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith("currydpo train: error: no space left on device") and "--resume" in err[0]
+    assert json.loads((out / "state" / "position.json").read_text())["global_step"] == 2  # the second save
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and "state" in p.name]  # no temp left
+    monkeypatch.setattr(checkpoint, "save_file", real_save)
+    assert main(["train", "--config", str(config), "--no-progress", "--resume"]) == 0
+    assert (out / "final" / "model.safetensors").exists()
+    with pytest.raises(SafetensorError):  # --debug: the traceback, as for every error
+        monkeypatch.setattr(checkpoint, "save_file", lambda *a, **k: (_ for _ in ()).throw(
+            SafetensorError("No space left on device")))
+        main(["train", "--config", str(config), "--no-progress", "--debug", "--set", "run.output_dir=" + str(
+            tmp_path / "other")])

@@ -57,6 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only a full disk is turned into a one-line error
+        if args.debug or not disk_full(e):
+            raise
+        print(f"currydpo {args.command}: error: no space left on device ({e}). Checkpoints are written to a "
+              "temporary path and renamed, so the last complete one is intact: free some space and run the "
+              "same command again (train: with --resume; compare and demo resume by themselves)", file=sys.stderr)
+        return 2
+
+
+def disk_full(e: BaseException) -> bool:
+    """An OSError for a full disk or quota, or a library's wrapped one (safetensors raises its own type)."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(e)
 
 
 if __name__ == "__main__":
