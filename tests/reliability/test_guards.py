@@ -167,7 +167,8 @@ def test_full_disk_is_a_one_line_error_and_the_run_resumes(tiny_model_dir, tmp_p
     monkeypatch.setattr(checkpoint, "save_file", full_at_third)
     assert main(["train", "--config", str(config), "--no-progress"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(err) == 1 and err[0].startswith("currydpo train: error: no space left on device") and "--resume" in err[0]
+    assert len(err) == 1 and "--resume" in err[0]
+    assert err[0].startswith("currydpo train: error: no space left on device")
     assert json.loads((out / "state" / "position.json").read_text())["global_step"] == 2  # the second save
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and "state" in p.name]  # no temp left
     monkeypatch.setattr(checkpoint, "save_file", real_save)
