@@ -134,3 +134,17 @@ def test_report_without_a_judge_or_run_logs_draws_only_what_it_has(tmp_path, cap
                                                      + "\n" for i in range(10)))
     report = write_report(str(tmp_path), results, ["sft", "iterative"])
     assert [os.path.basename(p) for p in report["plots"]] == ["training_curves.png", "heldout_by_stage.png"]
+
+
+def test_an_arm_that_died_before_its_first_checkpoint_is_run_again(spec_file, tmp_path):
+    """A crash after a stage's model was saved but before state/ was written (a full disk did this) leaves
+    a run directory without state/: the next `compare` trains that arm afresh instead of failing."""
+    out = tmp_path / "cmp"
+    stale = out / "iterative" / "seed-1" / "train"
+    (stale / "stage-1").mkdir(parents=True)
+    (stale / "stage-1" / "model.safetensors").write_bytes(b"left by the crashed run")
+    (stale / "metrics.jsonl").write_text('{"stage": 1, "step": 1, "loss": 0.7}\n')
+    assert main(["compare", str(spec_file), "--out", str(out), "--no-progress", "--seeds", "1"]) == 0
+    assert (out / "iterative" / "seed-1" / "result.json").exists()
+    log = [json.loads(line) for line in (stale / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 5))  # the fresh run's 4 updates, not the stale line
