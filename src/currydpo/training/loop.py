@@ -76,7 +76,6 @@ class Run:
     stage_updates: list[int]
     fingerprint: str = ""  # content hash of the records (pipeline.data_fingerprint)
     memory: dict = field(default_factory=dict)  # what memory_policy chose (in summary.json)
-    token_bound: int | None = None  # optim.max_tokens_per_micro_batch resolved by memory_policy
     log: list[dict] = field(default_factory=list)
     save_dtype: torch.dtype | None = None  # run.save_dtype resolved: stage-K/ and final/ are written in it
     lists: list[RankedList] | None = None  # listwise losses: stages index these instead of pairs
@@ -251,8 +250,9 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
     (pairwise losses; listwise micro-batches keep their lists).
     """
     acc, model = run.accelerator, run.model
-    if run.token_bound and run.lists is None:
-        micro = split_by_tokens([i for idx in micro for i in idx], run.data.train_pairs, run.table, run.token_bound)
+    bound = run.memory.get("max_tokens_per_micro_batch")  # resolved by memory_policy (auto: by device)
+    if bound and run.lists is None:
+        micro = split_by_tokens([i for idx in micro for i in idx], run.data.train_pairs, run.table, bound)
         if acc.num_processes > 1:  # the same number of forwards everywhere (see even_out)
             micro = even_out(micro, int(acc.gather(torch.tensor([len(micro)], device=acc.device)).max()))
     n_items = sum(len(idx) for idx in micro)
@@ -418,7 +418,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
     save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
     return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, memory,
-               token_bound=memory["max_tokens_per_micro_batch"], save_dtype=save_dtype, lists=lists)
+               save_dtype=save_dtype, lists=lists)
 
 
 def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerator, compute_dtype: torch.dtype) -> dict:
