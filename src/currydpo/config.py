@@ -91,7 +91,12 @@ class CurriculumConfig:
     stages: int = field(default=3, metadata={"help": "number of stages (iterative, cyclical, self-paced)"})
     reference: str = field(default="auto", metadata={
         "help": "auto (previous-stage for iterative, else initial) | previous-stage | initial | all-previous (MRPO: "
-                "the initial model and every earlier stage's policy combined, Le et al. 2024)"})
+                "the initial model and every earlier stage's policy combined, Le et al. 2024) | mixture (a soft swap: "
+                "stage k's reference is the geometric mixture reference_mix * previous stage's policy + "
+                "(1 - reference_mix) * stage k-1's reference, in log space; ours, after TR-DPO's soft update)"})
+    reference_mix: float = field(default=0.5, metadata={
+        "help": "mixture: weight alpha of the previous stage's policy in log space (1 = the hard swap of "
+                "previous-stage, 0 = the initial model throughout); 0.5 is ours"})
     mrpo_eta: float = field(default=0.1, metadata={
         "help": "all-previous: MRPO's clipping rate eta around the initial model's log-probs (ours)"})
     shuffle_within_stage: str = field(default="auto", metadata={
@@ -385,7 +390,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("curriculum.schedule", c.schedule, list(SCHEDULES))
     if c.stages < 1:
         raise CurryError(f"config key 'curriculum.stages' must be >= 1, got {c.stages}")
-    _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous"])
+    _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous", "mixture"])
+    if not 0 <= c.reference_mix <= 1:
+        raise CurryError(f"config key 'curriculum.reference_mix' must be in [0, 1], got {c.reference_mix}")
     if c.reference == "all-previous":
         if c.schedule == "self-paced" or is_listwise(lo.name):
             raise CurryError("config: curriculum.reference all-previous (MRPO) combines references per pair; it does "

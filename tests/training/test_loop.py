@@ -297,3 +297,50 @@ def test_iterative_default_is_the_papers_recipe_on_released_pairs(tiny_model_dir
     assert [s["reference"] for s in summary["stages"]] == ["initial", "stage-1", "stage-2"]
     assert [s["label"] for s in summary["stages"]] == ["rejected rank >=4", "rejected rank 3", "rejected rank 2"]
     assert [s["pairs"] for s in summary["stages"]] == [8, 8, 8]
+
+
+def test_mixture_reference_is_the_geometric_mixture_of_cached_logps(tiny_model_dir, tmp_path, monkeypatch):
+    """curriculum.reference mixture: log ref_k = a log pi_{k-1} + (1 - a) log ref_{k-1}, read from the cache;
+    a = 1 trains exactly as the hard swap (previous-stage), a = 0 exactly as the initial reference."""
+    recs = make_records(6)
+    seen = {}
+    real_run_stage = loop.run_stage
+
+    def spy(run, k, optimizer, scheduler, ref, pos):
+        seen.setdefault(run.cfg.run.output_dir, []).append(ref.clone())
+        return real_run_stage(run, k, optimizer, scheduler, ref, pos)
+
+    monkeypatch.setattr(loop, "run_stage", spy)
+
+    def run(name, **curriculum):
+        cfg = tiny_config(tiny_model_dir, tmp_path / name, optim={"total_updates": 6},
+                          curriculum={"schedule": "iterative", "stages": 3, **curriculum})
+        summary = loop.train(cfg, records=recs)
+        return summary, weights(tmp_path / name / "final")
+
+    summary, _ = run("half", reference="mixture", reference_mix=0.3)
+    cache = {k: torch.load(tmp_path / "half" / "refcache" / f"{k}.pt") for k in ("initial", "stage-1", "stage-2")}
+    refs = seen[str(tmp_path / "half")]
+    train_rows = [r for r in range(len(cache["initial"])) if not torch.isnan(cache["stage-1"][r])]
+    assert train_rows, "the previous policy scores every training response"
+    expected = cache["initial"]
+    torch.testing.assert_close(refs[0][train_rows], expected[train_rows], rtol=0, atol=0)
+    for k, key in ((1, "stage-1"), (2, "stage-2")):  # by hand, from the cached log-probs
+        expected = 0.3 * cache[key] + 0.7 * expected
+        torch.testing.assert_close(refs[k][train_rows], expected[train_rows], rtol=0, atol=1e-12)
+        assert not torch.allclose(refs[k][train_rows], cache[key][train_rows])  # not the hard swap
+    assert summary["reference"] == "mixture" and "alpha 0.3" in summary["stages"][1]["reference"]
+
+    _, hard = run("hard", reference="previous-stage")
+    _, alpha1 = run("alpha1", reference="mixture", reference_mix=1.0)
+    _, fixed = run("fixed", reference="initial")
+    _, alpha0 = run("alpha0", reference="mixture", reference_mix=0.0)
+    for name in hard:  # the reference pass batches all training rows instead of the stage's: float tolerance
+        torch.testing.assert_close(hard[name], alpha1[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fixed[name], alpha0[name], rtol=0, atol=0)
+    assert any(not torch.equal(hard[n], fixed[n]) for n in hard)  # the two ends differ: the test can fail
+
+
+def test_reference_mix_outside_0_1_is_refused(tiny_model_dir, tmp_path):
+    with pytest.raises(CurryError, match="curriculum.reference_mix"):
+        tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"reference": "mixture", "reference_mix": 1.5})

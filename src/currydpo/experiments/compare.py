@@ -178,10 +178,15 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
     updates = sum(s["updates"] for s in summary["stages"][:stage])
     return {"updates": updates, "run_updates": summary["total_updates"], "evaluated_stage": stage,
             "schedule": cfg.curriculum.schedule,
-            "stages": len(summary["stages"]), "reference": reference_mode(cfg),
+            "stages": len(summary["stages"]), "reference": _reference(cfg),
             "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {across_stages(cfg)}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": _per_update(summary),
             "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.label()} (beta {cfg.loss.beta:g})"}
+
+
+def _reference(cfg: TrainConfig) -> str:
+    mode = reference_mode(cfg)
+    return f"mixture (alpha {cfg.curriculum.reference_mix:g})" if mode == "mixture" else mode
 
 
 def _per_update(summary: dict):

@@ -117,12 +117,32 @@ def reference_for(run: Run, k: int) -> str:
     return stage_name(k - 1)
 
 
+def reference_label(run: Run, k: int) -> str:
+    """How stage ``k``'s reference is named in summaries: its cache key, or the mixture it is."""
+    if reference_mode(run.cfg) == "mixture" and k > 0:
+        return f"mixture (alpha {run.cfg.curriculum.reference_mix:g}) of {stage_name(k - 1)} and its reference"
+    return reference_for(run, k)
+
+
 def references_for(run: Run, k: int) -> list[str]:
     """``curriculum.reference: all-previous`` (MRPO, Le et al. 2024): stage ``k`` combines the initial
     model and every earlier stage's policy, primary first; otherwise the one `reference_for`."""
     if reference_mode(run.cfg) != "all-previous":
         return [reference_for(run, k)]
     return ["initial"] + [stage_name(j) for j in range(k)]
+
+
+def mixture_reference(run: Run, k: int) -> torch.Tensor:
+    """``curriculum.reference: mixture``: a soft reference swap. Stage ``k``'s reference is the
+    geometric mixture log ref_k = a * log pi_{k-1} + (1 - a) * log ref_{k-1}, ref_0 the initial
+    model: the log-space analogue of TR-DPO's soft reference update (Gorbatovski et al. 2024,
+    arXiv 2404.09656), across stages instead of steps. Read from the cache: no extra forward pass.
+    a = 1 is the hard swap of ``previous-stage``; a = 0 keeps the initial model."""
+    a, size = run.cfg.curriculum.reference_mix, len(run.table.keys)
+    mix = run.refs.get("initial", size)
+    for j in range(k):
+        mix = a * run.refs.get(stage_name(j), size) + (1 - a) * mix
+    return mix
 
 
 @dataclass
@@ -491,7 +511,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
             pos.order = stage_order(run, k, ref)
         t0 = time.perf_counter()
         run_stage(run, k, optimizer, scheduler, ref, pos)
-        info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_for(run, k),
+        info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_label(run, k),
                 "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
                 "train_seconds": round(time.perf_counter() - t0, 3), **run.online.get(k, {}),
                 **evaluate_held_out(run, ref_key="initial")}
@@ -531,14 +551,15 @@ def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
     it scores the responses before its first update of the stage: no second copy in memory."""
     if not needs_reference(run.cfg.loss.name):
         return None
-    acc, rows = run.accelerator, run.stage_rows(run.stages[k])
-    several = reference_mode(run.cfg) == "all-previous"
-    if several:  # later stages combine this reference too: score every training response while it is in memory
+    acc, rows, mode = run.accelerator, run.stage_rows(run.stages[k]), reference_mode(run.cfg)
+    if mode in ("all-previous", "mixture"):  # later stages use this policy too: score every training response now
         rows = run.table.rows(run.data.train_pairs)[0]
     ref = run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, rows,
                           run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
                           run.cfg.run.progress and acc.is_main_process, acc)
-    if not several:
+    if mode == "mixture":
+        return mixture_reference(run, k)
+    if mode != "all-previous":
         return ref
     return torch.stack([run.refs.get(key, len(run.table.keys)) for key in references_for(run, k)])  # (K, T)
 
