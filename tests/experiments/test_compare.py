@@ -148,3 +148,38 @@ def test_an_arm_that_died_before_its_first_checkpoint_is_run_again(spec_file, tm
     assert (out / "iterative" / "seed-1" / "result.json").exists()
     log = [json.loads(line) for line in (stale / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 5))  # the fresh run's 4 updates, not the stale line
+
+
+def test_sweep_crosses_every_arm_with_the_values_and_applies_each(spec_file, tmp_path):
+    """`sweep:` runs ARM@VALUE for every arm × value × seed; an arm's own sweep overrides the spec's."""
+    raw = yaml.safe_load(spec_file.read_text())
+    raw.pop("grid")
+    raw["seeds"] = [1]
+    raw["base"]["optim"]["total_updates"] = 2
+    raw["sweep"] = {"optim.lr": [1.0e-3, 3.0e-5]}
+    raw["arms"] = {"random": {"curriculum": {"schedule": "random"}},
+                   "betas": {"curriculum": {"schedule": "random"}, "sweep": {"loss.beta": [0.1, 0.5]}},
+                   "plain": {"curriculum": {"schedule": "random"}, "sweep": {}}}
+    spec_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "swept"
+    assert main(["compare", str(spec_file), "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    arms = {r["arm"]: r for r in res["rows"]}
+    assert set(arms) == {"sft", "random@0.001", "random@3e-05", "betas@0.1", "betas@0.5", "plain"}
+    assert arms["random@3e-05"]["sweep"] == {"arm": "random", "key": "optim.lr", "value": 3e-05}
+    assert "sweep" not in arms["plain"] and "sweep" not in arms["sft"]
+    for label, (section, key, value) in {"random@0.001": ("optim", "lr", 1e-3), "random@3e-05": ("optim", "lr", 3e-5),
+                                         "betas@0.5": ("loss", "beta", 0.5), "betas@0.1": ("loss", "beta", 0.1)}.items():
+        cfg = yaml.safe_load((out / label / "seed-1" / "train" / "config.yaml").read_text())
+        assert cfg[section][key] == value, label  # the swept value reached the training run
+    assert yaml.safe_load((out / "betas@0.5" / "seed-1" / "train" / "config.yaml").read_text())["optim"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("sweep", [{"optim.lr": []}, {"lr": [1e-3]}, {"optim.lr": [1e-3], "loss.beta": [0.1]},
+                                   {"optim.lr": [1e-3, 1e-3]}])
+def test_malformed_sweep_is_a_one_line_error(spec_file, sweep):
+    raw = yaml.safe_load(spec_file.read_text())
+    raw["sweep"] = sweep
+    spec_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CurryError, match="sweep"):
+        load_spec(str(spec_file))

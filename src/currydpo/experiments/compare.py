@@ -2,7 +2,9 @@
 
 A spec (YAML) holds a ``base`` config (the sections of `TrainConfig`), the ``arms``
 (each a name + config overrides; or a ``grid`` of keys → value lists, expanded as a
-cartesian product), ``seeds`` and ``eval`` settings. The untrained base model is
+cartesian product), ``seeds`` and ``eval`` settings. A ``sweep`` of one budget key (``{optim.lr:
+[2e-5, 6e-5, 2e-4]}``) crosses every arm with its values as arms ``ARM@VALUE`` (an arm's own
+``sweep:`` overrides it, ``sweep: {}`` opts out): the points of each arm's reward–KL frontier. The untrained base model is
 always evaluated too, as the ``sft`` arm: it is the baseline every win rate is
 judged against, with answers sampled under the same seed.
 
@@ -44,6 +46,7 @@ class CompareSpec:
     generation: dict = field(default_factory=dict)
     trust_remote_code: bool = False
     notes: dict = field(default_factory=dict)  # facts about the setup the report states (e.g. the data regime)
+    sweeps: dict[str, dict] = field(default_factory=dict)  # "ARM@VALUE" -> {"arm", "key", "value"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -65,6 +68,40 @@ def _grid(grid: dict) -> dict[str, dict]:
     return arms
 
 
+def _one_sweep(sweep, source: str, where: str) -> tuple[str, list] | None:
+    """``{section.key: [values]}`` -> (key, values); ``None``/``{}`` -> no sweep."""
+    if not sweep:
+        return None
+    if not isinstance(sweep, dict) or len(sweep) != 1:
+        raise CurryError(f"{source}: {where}sweep takes one budget key, e.g. 'sweep: {{optim.lr: [2.0e-5, 6.0e-5]}}'"
+                         f"; got {sweep!r}")
+    (key, values), = sweep.items()
+    if "." not in str(key) or not isinstance(values, list) or not values:
+        raise CurryError(f"{source}: {where}sweep key '{key}' needs the form section.key and a non-empty list")
+    if len(set(map(str, values))) != len(values):
+        raise CurryError(f"{source}: {where}sweep '{key}' repeats a value: {values}")
+    return str(key), values
+
+
+def expand_sweeps(arms: dict[str, dict], sweep, source: str = "spec") -> tuple[dict[str, dict], dict[str, dict]]:
+    """Cross every arm with the spec's ``sweep`` (an arm's own ``sweep:`` overrides it; ``sweep: {}`` opts out):
+    arm ``A`` swept over ``optim.lr: [2e-05, 6e-05]`` becomes arms ``A@2e-05`` and ``A@6e-05``."""
+    out, swept = {}, {}
+    for name, over in arms.items():
+        over = dict(over or {})
+        own = _one_sweep(over.pop("sweep", sweep), source, f"arm '{name}': ")
+        if own is None:
+            out[name] = over
+            continue
+        key, values = own
+        section, field_name = key.split(".", 1)
+        for value in values:
+            label = f"{name}@{value}"
+            out[label] = _merge(over, {section: {field_name: value}})
+            swept[label] = {"arm": name, "key": key, "value": value}
+    return out, swept
+
+
 def arm_config(spec: CompareSpec, arm: str, seed: int) -> TrainConfig:
     over = _merge(spec.arms.get(arm, {}), {"run": {"seed": seed, "output_dir": os.path.join(
         spec.output_dir, arm, f"seed-{seed}", "train")}})
@@ -84,7 +121,7 @@ def load_spec(path: str, output_dir: str | None = None) -> CompareSpec:
 
 
 def spec_from_dict(raw: dict, output_dir: str | None = None, source: str = "spec") -> CompareSpec:
-    allowed = {"base", "arms", "grid", "seeds", "output_dir", "eval"}
+    allowed = {"base", "arms", "grid", "sweep", "seeds", "output_dir", "eval"}
     unknown = set(raw) - allowed
     if unknown:
         raise CurryError(f"{source}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(allowed)}")
@@ -95,13 +132,15 @@ def spec_from_dict(raw: dict, output_dir: str | None = None, source: str = "spec
         raise CurryError(f"{source}: no arms; give 'arms: {{name: {{section: {{key: value}}}}}}' or a 'grid'")
     if BASELINE in arms:
         raise CurryError(f"{source}: arm name '{BASELINE}' is reserved for the untrained baseline")
+    _one_sweep(raw.get("sweep"), source, "")
+    arms, sweeps = expand_sweeps(arms, raw.get("sweep"), source)
     ev = raw.get("eval") or {}
     bad = set(ev) - {"prompts", "judge", "generation"}
     if bad:
         raise CurryError(f"{source}: unknown eval key(s) {sorted(bad)}; valid: generation, judge, prompts")
     spec = CompareSpec(base=raw.get("base") or {}, arms=arms, seeds=[int(s) for s in raw.get("seeds", [0])],
                        output_dir=output_dir or raw.get("output_dir") or "runs/compare", prompts=ev.get("prompts"),
-                       judge=ev.get("judge"), generation=ev.get("generation") or {})
+                       judge=ev.get("judge"), generation=ev.get("generation") or {}, sweeps=sweeps)
     GenerationConfig(**spec.generation)  # validates the generation keys
     for arm in spec.arms:
         arm_config(spec, arm, spec.seeds[0])
@@ -140,7 +179,8 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
 
             metrics["win_rate"] = win_rate_report(judge, prompts, answers, answers, seed=seed)
         write_json(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"), answers)
-    result = {"arm": arm, "seed": seed, "metrics": metrics, "train": summary,
+    result = {"arm": arm, "seed": seed, **({"sweep": spec.sweeps[arm]} if arm in spec.sweeps else {}),
+              "metrics": metrics, "train": summary,
               "fairness": fairness(cfg, summary), "answers_sample": answers[:5]}
     write_json(path, result)
     return result

@@ -31,7 +31,8 @@ def aggregate(results: list[dict], arms: list[str]) -> list[dict]:
         if not rs:
             continue
         m = rs[0]["metrics"]
-        row = {"arm": arm, "seeds": [r["seed"] for r in rs], "fairness": rs[0]["fairness"],
+        row = {"arm": arm, **({"sweep": rs[0]["sweep"]} if "sweep" in rs[0] else {}),  # ARM@VALUE: arm, key, value
+               "seeds": [r["seed"] for r in rs], "fairness": rs[0]["fairness"],
                "updates_per_seed": [r["fairness"]["updates"] for r in rs],  # differ with run.final_model best
                "data": {"heldout_pairs": (m.get("preference") or {}).get("n"),  # of the first seed
                         "eval_prompts": (m.get("win_rate") or {}).get("n")}}
