@@ -168,8 +168,9 @@ def test_sweep_crosses_every_arm_with_the_values_and_applies_each(spec_file, tmp
     assert set(arms) == {"sft", "random@0.001", "random@3e-05", "betas@0.1", "betas@0.5", "plain"}
     assert arms["random@3e-05"]["sweep"] == {"arm": "random", "key": "optim.lr", "value": 3e-05}
     assert "sweep" not in arms["plain"] and "sweep" not in arms["sft"]
-    for label, (section, key, value) in {"random@0.001": ("optim", "lr", 1e-3), "random@3e-05": ("optim", "lr", 3e-5),
-                                         "betas@0.5": ("loss", "beta", 0.5), "betas@0.1": ("loss", "beta", 0.1)}.items():
+    applied = {"random@0.001": ("optim", "lr", 1e-3), "random@3e-05": ("optim", "lr", 3e-5),
+               "betas@0.5": ("loss", "beta", 0.5), "betas@0.1": ("loss", "beta", 0.1)}
+    for label, (section, key, value) in applied.items():
         cfg = yaml.safe_load((out / label / "seed-1" / "train" / "config.yaml").read_text())
         assert cfg[section][key] == value, label  # the swept value reached the training run
     assert yaml.safe_load((out / "betas@0.5" / "seed-1" / "train" / "config.yaml").read_text())["optim"]["lr"] == 1e-3

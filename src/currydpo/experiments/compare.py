@@ -4,8 +4,8 @@ A spec (YAML) holds a ``base`` config (the sections of `TrainConfig`), the ``arm
 (each a name + config overrides; or a ``grid`` of keys → value lists, expanded as a
 cartesian product), ``seeds`` and ``eval`` settings. A ``sweep`` of one budget key (``{optim.lr:
 [2e-5, 6e-5, 2e-4]}``) crosses every arm with its values as arms ``ARM@VALUE`` (an arm's own
-``sweep:`` overrides it, ``sweep: {}`` opts out): the points of each arm's reward–KL frontier. The untrained base model is
-always evaluated too, as the ``sft`` arm: it is the baseline every win rate is
+``sweep:`` overrides it, ``sweep: {}`` opts out): the points of each arm's reward–KL frontier.
+The untrained base model is always evaluated too, as the ``sft`` arm: it is the baseline every win rate is
 judged against, with answers sampled under the same seed.
 
 Every (arm, seed) writes ``ARM/seed-S/result.json`` last; a re-run skips finished
