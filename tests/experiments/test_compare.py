@@ -174,6 +174,7 @@ def test_sweep_crosses_every_arm_with_the_values_and_applies_each(spec_file, tmp
         cfg = yaml.safe_load((out / label / "seed-1" / "train" / "config.yaml").read_text())
         assert cfg[section][key] == value, label  # the swept value reached the training run
     assert yaml.safe_load((out / "betas@0.5" / "seed-1" / "train" / "config.yaml").read_text())["optim"]["lr"] == 1e-3
+    assert (out / "frontier.png").exists() and "Reward–KL frontier" in (out / "frontier.md").read_text()
 
 
 @pytest.mark.parametrize("sweep", [{"optim.lr": []}, {"lr": [1e-3]}, {"optim.lr": [1e-3], "loss.beta": [0.1]},

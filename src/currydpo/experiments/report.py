@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from ..evaluation.winrate import mean_ci
 from ..io import atomic_path, write_json, write_text
+from .frontier import write_frontier
 
 # (key in the table, label, getter on one result's metrics)
 METRICS = [
@@ -130,7 +131,9 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
 
     paths = []
     arms = [r["arm"] for r in rows]
-    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
+    palette = plt.cm.tab10 if len(arms) <= 10 else plt.cm.tab20  # every arm its own colour
+    colors = {a: palette(i % palette.N) for i, a in enumerate(arms)}
+    markers = dict(zip(arms, "osD^vP*Xph<>" * (len(arms) // 12 + 1)))
     panels = [(key, label) for key, label in (("judge_score", "gold reward of sampled answers"),
                                               ("win_rate", "adjusted win rate vs SFT"))
               if any(key in r for r in rows)]  # none without a judge (held-out metrics only)
@@ -154,7 +157,8 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
     if points:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for r in points:
-            ax.scatter(r["metrics"]["kl"], r["metrics"]["judge_score"], color=colors.get(r["arm"]), label=r["arm"])
+            ax.scatter(r["metrics"]["kl"], r["metrics"]["judge_score"], color=colors.get(r["arm"]),
+                       marker=markers.get(r["arm"], "o"), label=r["arm"])
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=8)
@@ -232,7 +236,9 @@ def write_report(output_dir: str, results: list[dict], arms: list[str], notes: d
     rows = aggregate(results, arms)
     md = setup_lines(notes or {}) + markdown(rows)  # the setup first: a table is never read without it
     write_text(os.path.join(output_dir, "results.md"), md)
-    report = {"rows": rows, "results": results, "plots": plots(output_dir, rows, results), "markdown": md,
+    frontier_md, frontier_plots = write_frontier(output_dir, rows)  # when an arm was swept
+    report = {"rows": rows, "results": results, "plots": plots(output_dir, rows, results) + frontier_plots,
+              "markdown": md + ("\n" + frontier_md if frontier_md else ""),
               "notes": dict(notes or {})}
     write_json(os.path.join(output_dir, "results.json"), {k: v for k, v in report.items() if k != "markdown"})
     return report
