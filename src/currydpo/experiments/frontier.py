@@ -106,8 +106,9 @@ def frontier_markdown(rows: list[dict]) -> str:
         best = max(rs, key=lambda r: r[key]["mean"])
         default = next((r for r in rs if str(r["sweep"]["value"]) == str(ref_best)), None)
         matched[arm] = [at_kl(rs, key, k) for k in kls]
-        lines.append(f"| {arm} | {_cell(best[key])} | {best['sweep']['value']} | {_cell(best['kl'], 2)} | "
-                     (f"{_cell(default and default[key])} | " + "".join(f"{_cell(c)} | " for c in matched[arm])).rstrip())
+        cells = [_cell(best[key]), str(best["sweep"]["value"]), _cell(best["kl"], 2), _cell(default and default[key]),
+                 *map(_cell, matched[arm])]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if kls:
         lines += ["", "Upper envelope at each matched KL (the best mean; arms whose CI overlaps the best's are level "
                   "with it):", ""]
