@@ -98,3 +98,20 @@ def test_demo_spec_records_the_response_regime(tmp_path):
         assert demo_spec(world, str(tmp_path), [1], responses=regime).notes["responses"] == regime
     assert build_parser().parse_args(["demo"]).responses == "pool"
     assert build_parser().parse_args(["demo", "--responses", "self"]).responses == "self"
+
+
+def test_frontier_spec_sweeps_every_frontier_arm_over_the_lr(tmp_path):
+    from types import SimpleNamespace
+
+    from currydpo.config import reference_mode
+    from currydpo.experiments.compare import arm_config
+    from currydpo.experiments.demo import FRONTIER_ARMS, FRONTIER_SWEEP, demo_spec
+
+    world = SimpleNamespace(sft_model="m", train_data=str(tmp_path / "t.jsonl"), eval_prompts="e")
+    spec = demo_spec(world, str(tmp_path), [1, 2, 3], frontier=True)
+    lrs = FRONTIER_SWEEP["optim.lr"]
+    assert set(spec.arms) == {f"{a}@{lr}" for a in FRONTIER_ARMS for lr in lrs} and len(lrs) >= 3
+    for label, meta in spec.sweeps.items():
+        assert arm_config(spec, label, 1).optim.lr == meta["value"]
+    mix = arm_config(spec, "iterative-mixture@6e-05", 1)
+    assert reference_mode(mix) == "mixture" and mix.curriculum.reference_mix == 0.5

@@ -22,6 +22,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "reference, the anti (hard -> easy) order, the best stage by held-out metrics, and "
                         "curry-online (stages 2-3 sampled from the current policy and judged); and evaluate "
                         "curry-iterative's stage-K/ checkpoints like every arm")
+    p.add_argument("--frontier", action="store_true",
+                   help="sweep the peak lr (2e-5, 6e-5, 2e-4) of the main arms, curry-online, iterative-fixed-ref "
+                        "and iterative-mixture, and write the reward-KL frontier (frontier.md, frontier.png)")
     p.add_argument("--responses", choices=("pool", "self"), default="pool",
                    help="who writes each prompt's 4 answers: pool (default, the paper's regime: 4 distinct writers "
                         "of graded quality, as UltraFeedback's 4 of 17 models) | self (4 samples of the SFT model, "
@@ -46,7 +49,7 @@ def run(args) -> int:
         raise CurryError("--seeds needs at least one seed")
     start = time.time()
     report = run_demo(args.out, seeds, quick=args.quick, cache_dir=args.cache_dir, world_seed=args.world_seed,
-                      progress=not args.no_progress, ablations=args.ablations,
+                      progress=not args.no_progress, ablations=args.ablations, frontier=args.frontier,
                       responses=args.responses)
     print_report(report, args.out)
     print(f"demo finished in {time.time() - start:.0f} s")

@@ -51,7 +51,7 @@ import json
 import os
 
 from ..world.build import build_world
-from .compare import CompareSpec, arm_config, evaluate_checkpoint, run_compare
+from .compare import CompareSpec, arm_config, evaluate_checkpoint, expand_sweeps, run_compare
 
 # Set explicitly (not left to the library's `auto`), so the demo's arms do not move when defaults do.
 ITERATIVE = {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True}
@@ -74,6 +74,12 @@ ABLATIONS = {
         "judge": "gold:currydpo.world.preferences:judge_score"}, "generation": {"batch_size": 32}},
 }
 
+# --frontier: the main arms, the online and fixed-reference ablations and the soft (mixture) reference, each
+# swept over the peak learning rate (values bracketing every arm's peak in a 2-seed probe, issue #23).
+FRONTIER_ARMS = [*ARMS, "curry-online", "iterative-fixed-ref", "iterative-mixture"]
+FRONTIER_SWEEP = {"optim.lr": [2.0e-5, 6.0e-5, 2.0e-4]}
+MIXTURE = {"iterative-mixture": {"curriculum": {**ITERATIVE, "reference": "mixture", "reference_mix": 0.5}}}
+
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and
 # the same number of updates, so only the data order and the reference differ between arms.
 SETTINGS = {
@@ -93,7 +99,7 @@ RESPONSES = {
 
 
 def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, progress: bool = True,
-              ablations: bool = False, responses: str = "pool") -> CompareSpec:
+              ablations: bool = False, responses: str = "pool", frontier: bool = False) -> CompareSpec:
     s = SETTINGS["quick" if quick else "default"]
     base = {
         "model": {"path": str(world.sft_model)},
@@ -106,21 +112,28 @@ def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, pro
         "run": {"progress": progress},
     }
     arms = {**ARMS, **(ABLATIONS if ablations else {})}
+    sweeps = {}
+    if frontier:  # arm x lr: each arm's reward-KL frontier (frontier.md); the default budget by the stated rule
+        every = {**ARMS, **ABLATIONS, **MIXTURE}
+        arms, sweeps = expand_sweeps({a: every[a] for a in FRONTIER_ARMS}, FRONTIER_SWEEP, "demo")
     return CompareSpec(base=base, arms=arms, seeds=seeds, output_dir=output_dir, prompts=str(world.eval_prompts),
                        judge="gold:currydpo.world.language:gold_reward",
                        generation={"max_new_tokens": s["max_new_tokens"], "temperature": 1.0, "top_p": 1.0,
                                    "do_sample": True, "batch_size": 50},
-                       notes={"responses": responses, "responses_detail": RESPONSES[responses]})
+                       notes={"responses": responses, "responses_detail": RESPONSES[responses]}, sweeps=sweeps)
 
 
 def run_demo(output_dir: str = "runs/demo", seeds: list[int] | None = None, quick: bool = False,
              cache_dir: str | None = None, world_seed: int = 0, progress: bool = True,
-             ablations: bool = False, responses: str = "pool") -> dict:
+             ablations: bool = False, responses: str = "pool", frontier: bool = False) -> dict:
     """Build (or reuse) the world of the ``responses`` regime, run every arm for every seed, write the report
     (+ the per-stage report)."""
     world = build_world(cache_dir, seed=world_seed, quick=quick, progress=progress, responses=responses)
     spec = demo_spec(world, output_dir, seeds or [1], quick=quick, progress=progress, ablations=ablations,
-                     responses=responses)
+                     responses=responses, frontier=frontier)
+    if frontier:  # the swept arms are reported on the frontier (frontier.md); no per-stage report
+        os.makedirs(output_dir, exist_ok=True)
+        return run_compare(spec, progress=progress)
     os.makedirs(output_dir, exist_ok=True)
     report = run_compare(spec, progress=progress)
     checkpoints = stage_checkpoints(spec, progress=progress) if ablations else []
