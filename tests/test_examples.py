@@ -86,3 +86,10 @@ def test_example_real_model_compare_spec_validates():
     spec = load_spec(str(ROOT / "examples" / "smollm2_oasst.yaml"))
     assert sorted(spec.arms) == ["curry-iterative", "multi-pair-random", "single-pair"]
     assert spec.base["data"]["format"] == "oasst" and spec.prompts is None and spec.judge is None
+
+
+def test_example_compare_losses_frontier_sweeps_every_loss_over_the_lr():
+    plain = load_spec(str(ROOT / "examples" / "compare_losses.yaml"))
+    spec = load_spec(str(ROOT / "examples" / "compare_losses_frontier.yaml"))
+    assert set(spec.arms) == {f"{a}@{lr}" for a in plain.arms for lr in (2e-05, 6e-05, 0.0002)}
+    assert spec.base == plain.base and spec.output_dir != plain.output_dir
