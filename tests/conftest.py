@@ -1,9 +1,11 @@
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: CLI subprocesses inherit it (2 workers, 2 cores)
 
-torch.set_num_threads(1)  # tests run in parallel workers on 2 cores
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tests run in parallel workers on 2 cores; oversubscribed threads run ~10x slower
 
 CORPUS = [
     "the cat sat on the mat and the dog ran in the park.",

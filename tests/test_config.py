@@ -31,7 +31,7 @@ def test_yaml_and_overrides(tmp_path):
     ("", ["curriculum.difficulty=vibes"], "unknown difficulty measure 'vibes'"),
     ("", ["data.max_prompt_length=600"], "must be below 'data.max_length'"),
     ("", ["curriculum.difficulty=reward-margin"], "needs 'curriculum.reward_model'"),
-    ("", ["beta=1"], "section.key=value"),
+    ("", ["betta=1"], "section.key=value (or a TRL name"),
     ("model: [1, 2]\n", [], "section 'model' must be a mapping"),
     ("model: {path: x\n", [], "invalid YAML"),
     ("", ["model.precision=fp16"], "fp16 is not supported: fp16 training needs dynamic loss scaling"),

@@ -303,10 +303,17 @@ def from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig
 
 def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
     """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars)."""
+    from .trl_names import SAME, from_trl
+
     out: dict[str, dict[str, Any]] = {}
     for item in pairs:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise CurryError(f"--set expects section.key=value, got {item!r}")
+        key = item.split("=", 1)[0]
+        if "=" in item and key in SAME:  # a TRL name (learning_rate=1e-6)
+            for section, values in from_trl({key: yaml.safe_load(item.split("=", 1)[1])}, "--set").items():
+                out.setdefault(section, {}).update(values)
+            continue
+        if "=" not in item or "." not in key:
+            raise CurryError(f"--set expects section.key=value (or a TRL name: learning_rate=1e-6), got {item!r}")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         out.setdefault(section, {})[name] = yaml.safe_load(value) if value != "" else ""
@@ -324,7 +331,9 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                 data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise CurryError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-        cfg = from_dict(data, cfg)
+        from .trl_names import from_trl, is_flat_trl
+
+        cfg = from_dict(from_trl(data, source=path) if is_flat_trl(data) else data, cfg)
     if overrides:
         cfg = from_dict(parse_overrides(overrides), cfg)
     return validate(cfg)

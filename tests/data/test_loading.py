@@ -7,6 +7,7 @@ import pytest
 
 from currydpo.data import loading
 from currydpo.data.loading import load_records
+from currydpo.data.pairs import build_pairs
 from currydpo.errors import BadRow, CurryError
 
 ROOT = Path(__file__).parents[2]
@@ -161,3 +162,61 @@ def test_real_hh_rlhf():
     assert len(res.records) + sum(res.bad_rows.values()) == 2312
     assert len(res.records) > 2250
     assert all(r.prompt.endswith("\n\nAssistant:") and r.prompt.startswith("\n\nHuman:") for r in res.records)
+
+
+# ----------------------------------------------------------------------------- TRL pairwise rows regrouped
+
+def _pairwise_file(tmp_path, rows):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def test_pairwise_rows_sharing_a_prompt_become_one_ranked_record(tmp_path, capsys):
+    rows = [{"prompt": f"q{i}", "chosen": f"{w}{i}", "rejected": f"{lo}{i}"}
+            for i in range(6) for w, lo in (("B", "C"), ("A", "B"), ("A", "C"))]
+    recs = load_records(_pairwise_file(tmp_path, rows)).records
+    assert len(recs) == 6
+    assert [(r.text, r.rank) for r in recs[0].responses] == [("A0", 0), ("B0", 1), ("C0", 2)]
+    assert recs[0].meta["rows"] == [1, 2, 3] and recs[0].row == 1
+    assert "18 pairwise rows sharing a prompt regrouped into 6 ranked records" in capsys.readouterr().err
+    pairs = build_pairs(recs, "best-vs-rest")
+    assert sorted((p.chosen, p.rejected_position) for p in pairs if p.record == 0) == [(0, 2), (0, 3)]
+
+
+def test_inconsistent_pairwise_rows_stay_pairs_with_one_warning(tmp_path, capsys):
+    rows = [{"prompt": "cycle", "chosen": "x", "rejected": "y"}, {"prompt": "cycle", "chosen": "y", "rejected": "z"},
+            {"prompt": "cycle", "chosen": "z", "rejected": "x"},
+            {"prompt": "partial", "chosen": "a", "rejected": "b"}, {"prompt": "partial", "chosen": "a", "rejected": "c"},
+            {"prompt": "alone", "chosen": "p", "rejected": "q"}]
+    recs = load_records(_pairwise_file(tmp_path, rows)).records
+    assert len(recs) == 6 and all(len(r.responses) == 2 for r in recs)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "2 prompt(s) have pairwise rows whose preferences do not give one total" in err
+
+
+def test_hh_rlhf_rows_regroup_only_where_consistent(capsys):
+    path = SHARED / "hh_rlhf_harmless_base_test.jsonl.gz"
+    if not path.exists():
+        pytest.skip("shared HH-RLHF file absent")
+    res = load_records(str(path), on_bad_row="skip")
+    # 2 prompts occur twice, each with two disjoint pairs (never compared): no total order, kept as 4 pairs
+    assert len(res.records) == res.rows_read - sum(res.bad_rows.values())
+    assert "2 prompt(s) have pairwise rows" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- in-memory datasets
+
+def test_a_dataset_a_datasetdict_and_a_saved_folder_load_like_a_file(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "responses": [{"text": f"good {i}", "score": 2.0}, {"text": f"bad {i}", "score": 1.0}]}
+            for i in range(5)]
+    ds = datasets.Dataset.from_list(rows)
+    a = load_records(ds, "ranked").records
+    b = load_records(datasets.DatasetDict({"train": ds, "test": ds.select([0])}), "ranked", split="test").records
+    ds.save_to_disk(str(tmp_path / "saved"))
+    c = load_records(str(tmp_path / "saved")).records
+    assert [r.prompt for r in a] == [r.prompt for r in c] == [f"p{i}" for i in range(5)] and len(b) == 1
+    with pytest.raises(CurryError, match=r"DatasetDict\[?.*no split 'validation'; it has train, test"):
+        load_records(datasets.DatasetDict({"train": ds, "test": ds}), split="validation")

@@ -300,6 +300,60 @@ def pairwise(row: dict, source: str | None, rowno: int, score: str = "mean-aspec
     return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
 
 
+def regroup_pairwise(records: list[Record]) -> tuple[list[Record], int]:
+    """TRL's flattened rows back into one ranked record per prompt, so a prompt's several pairs form the
+    curriculum again (issue #26). Rows sharing a prompt are merged when their relations chosen > rejected
+    determine one total order of the distinct responses (a unique topological order); that order is the
+    ranking (rank 0 = best; a repeated pair counts once). A group with a cycle or an incomparable pair keeps its rows as they are.
+    Returns (records, number of prompts whose rows were kept apart)."""
+    groups: dict[str, list[Record]] = {}
+    for rec in records:
+        groups.setdefault(json.dumps(rec.prompt, sort_keys=True), []).append(rec)
+    out, kept_apart = [], 0
+    for rows in groups.values():
+        distinct = {json.dumps([r.responses[0].text, r.responses[1].text], sort_keys=True) for r in rows}
+        if len(distinct) == 1:  # one pair (perhaps repeated): nothing to regroup; repeats stay the user's choice
+            out.extend(rows)
+            continue
+        order = _total_order(rows)
+        if order is None:
+            kept_apart += 1
+            out.extend(rows)
+            continue
+        first = rows[0]
+        responses = [Response(text, rank=k) for k, text in enumerate(order)]
+        out.append(Record(first.id, first.prompt, responses, meta={"rows": [r.row for r in rows]},
+                          source=first.source, row=first.row))
+    return out, kept_apart
+
+
+def _total_order(rows: list[Record]):
+    """The response texts best first when the pairs (chosen = responses[0] > rejected = responses[1])
+    order them totally, else None."""
+    key = lambda t: json.dumps(t, sort_keys=True)  # noqa: E731
+    text = {}
+    beats: dict[str, set[str]] = {}
+    for r in rows:
+        w, loser = key(r.responses[0].text), key(r.responses[1].text)
+        text.setdefault(w, r.responses[0].text)
+        text.setdefault(loser, r.responses[1].text)
+        beats.setdefault(w, set()).add(loser)
+    indegree = {t: 0 for t in text}
+    for w in beats:
+        for loser in beats[w]:
+            indegree[loser] += 1
+    order = []
+    while indegree:
+        top = [t for t, d in indegree.items() if d == 0]
+        if len(top) != 1:  # none: a cycle; several: two responses never compared, even transitively
+            return None
+        order.append(top[0])
+        del indegree[top[0]]
+        for loser in beats.get(top[0], ()):
+            indegree[loser] -= 1
+    return [text[t] for t in order]
+
+
 # ----------------------------------------------------------------------------- ranked (ours)
 
 def ranked(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:

@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from ..errors import BadRow, CurryError
-from .formats import check_format, check_score, convert_rows, detect_format
+from .formats import check_format, check_score, convert_rows, detect_format, regroup_pairwise
 from .records import Record
 
 BUILDER_OF = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -244,10 +245,36 @@ def read_hub(name: str, split: str, subset: str | None, trust_remote_code: bool)
 
 # ----------------------------------------------------------------------------- records
 
-def load_records(source: str, format: str = "auto", *, split: str = "train", subset: str | None = None,
+def in_memory_tables(source, split: str) -> list[Table] | None:
+    """A `datasets.Dataset`, a `DatasetDict` (its ``split``) or a ``save_to_disk`` folder as a table;
+    None for anything else (a file, a glob, a hub name)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(os.path.expanduser(source))
+        if not (path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())):
+            return None
+    import datasets
+
+    if isinstance(source, (str, os.PathLike)):
+        with quiet_datasets():
+            source = datasets.load_from_disk(str(path))
+        name = str(path)
+    else:
+        name = type(source).__name__
+    if isinstance(source, datasets.DatasetDict):
+        if split not in source:
+            raise CurryError(f"{name}: no split {split!r}; it has {', '.join(source)} (set data.split)")
+        source, name = source[split], f"{name}[{split}]"
+    if not isinstance(source, datasets.Dataset):
+        raise CurryError(f"data must be a path, a hub name, a datasets.Dataset or DatasetDict, got "
+                         f"{type(source).__name__}")
+    return [Table(name, source.to_list(), lambda i: i + 1)]
+
+
+def load_records(source, format: str = "auto", *, split: str = "train", subset: str | None = None,
                  score: str = "mean-aspects", on_bad_row: str = "error", limit: int | None = None,
                  trust_remote_code: bool = False) -> LoadResult:
-    """Read ``source`` and convert every row to validated `Record`s.
+    """Read ``source`` and convert every row to validated `Record`s. ``source``: a local file, a glob, a
+    directory of files, a hub name, a `datasets.Dataset` / `DatasetDict` or a ``save_to_disk`` folder.
 
     ``format``: one of `formats.FORMATS` or "auto" (detected from the first row).
     ``on_bad_row``: "error" raises the first `BadRow`; "skip" counts it by reason.
@@ -259,8 +286,10 @@ def load_records(source: str, format: str = "auto", *, split: str = "train", sub
         raise CurryError(f"unknown on_bad_row {on_bad_row!r}; choose one of: {', '.join(ON_BAD_ROW)}")
     if limit is not None and limit < 1:
         raise CurryError(f"limit must be >= 1, got {limit}")
-    files = local_files(source)
-    if files is None:
+    tables = in_memory_tables(source, split)
+    if tables is not None:
+        source = tables[0].source
+    elif (files := local_files(source)) is None:
         tables = [read_hub(source, split, subset, trust_remote_code)]
     else:
         tables = [read_file(f) for f in files]
@@ -295,4 +324,22 @@ def load_records(source: str, format: str = "auto", *, split: str = "train", sub
             if full:
                 break
             bar.update(len(table.rows) - done)
+    if fmt == "pairwise":
+        records = regroup(records, source)
     return LoadResult(records, rows_read, dict(bad), fmt)
+
+
+def regroup(records: list[Record], source) -> list[Record]:
+    """Pairwise rows sharing a prompt -> one ranked record (`formats.regroup_pairwise`), reported once."""
+    n_rows = len(records)
+    records, kept_apart = regroup_pairwise(records)
+    merged = sum(len(r.meta.get("rows", ())) for r in records)
+    if merged:
+        print(f"currydpo: {source}: {merged} pairwise rows sharing a prompt regrouped into "
+              f"{sum(1 for r in records if 'rows' in r.meta)} ranked records ({n_rows} rows -> {len(records)} "
+              f"records), so each prompt's pairs form one curriculum", file=sys.stderr)
+    if kept_apart:
+        print(f"currydpo: warning: {source}: {kept_apart} prompt(s) have pairwise rows whose preferences do not "
+              f"give one total order (a cycle, or responses never compared); their rows stay separate pairs",
+              file=sys.stderr)
+    return records
