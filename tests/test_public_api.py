@@ -7,7 +7,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import make_records
+from conftest import make_records
 
 
 def test_import_currydpo_is_light_and_lists_the_api():

@@ -10,7 +10,8 @@ import pytest
 from currydpo.config import load_config
 from currydpo.errors import CurryError
 from currydpo.trl_names import LOSSES, NO_EFFECT, OLDER_TRL, SAME, from_trl
-from tests.conftest import make_records
+
+from conftest import make_records
 
 
 def test_every_mapped_name_is_a_trl_option():

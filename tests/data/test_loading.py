@@ -187,7 +187,8 @@ def test_pairwise_rows_sharing_a_prompt_become_one_ranked_record(tmp_path, capsy
 def test_inconsistent_pairwise_rows_stay_pairs_with_one_warning(tmp_path, capsys):
     rows = [{"prompt": "cycle", "chosen": "x", "rejected": "y"}, {"prompt": "cycle", "chosen": "y", "rejected": "z"},
             {"prompt": "cycle", "chosen": "z", "rejected": "x"},
-            {"prompt": "partial", "chosen": "a", "rejected": "b"}, {"prompt": "partial", "chosen": "a", "rejected": "c"},
+            {"prompt": "partial", "chosen": "a", "rejected": "b"},
+            {"prompt": "partial", "chosen": "a", "rejected": "c"},
             {"prompt": "alone", "chosen": "p", "rejected": "q"}]
     recs = load_records(_pairwise_file(tmp_path, rows)).records
     assert len(recs) == 6 and all(len(r.responses) == 2 for r in recs)

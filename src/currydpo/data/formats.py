@@ -304,7 +304,8 @@ def regroup_pairwise(records: list[Record]) -> tuple[list[Record], int]:
     """TRL's flattened rows back into one ranked record per prompt, so a prompt's several pairs form the
     curriculum again (issue #26). Rows sharing a prompt are merged when their relations chosen > rejected
     determine one total order of the distinct responses (a unique topological order); that order is the
-    ranking (rank 0 = best; a repeated pair counts once). A group with a cycle or an incomparable pair keeps its rows as they are.
+    ranking (rank 0 = best; a repeated pair counts once). A group with a cycle or an incomparable pair
+    keeps its rows as they are.
     Returns (records, number of prompts whose rows were kept apart)."""
     groups: dict[str, list[Record]] = {}
     for rec in records:
