@@ -76,3 +76,22 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bars_off(progress: bool) -> bool | None:
+    """tqdm's ``disable``: off when asked, and off when stderr is not a terminal (tqdm's None), so log
+    files get no carriage-return escape codes. Third-party bars (transformers, datasets) follow `quiet_bars`."""
+    return None if progress else True
+
+
+def quiet_bars(progress: bool) -> None:
+    """Silence transformers' and datasets' own progress bars too when ours are off or stderr is a file."""
+    import sys
+
+    if progress and sys.stderr.isatty():
+        return
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()

@@ -53,7 +53,7 @@ def test_iterative_three_stages_swap_reference_and_learn(tiny_model_dir, tmp_pat
         assert stage[-1]["loss"] < stage[0]["loss"]
         assert stage[-1]["rewards/accuracies"] >= stage[0]["rewards/accuracies"]
     assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-            "logps/rejected", "stage", "difficulty", "lr", "grad_norm"} <= set(log[0])
+            "logps/rejected", "stage", "difficulty", "learning_rate", "grad_norm", "epoch", "num_tokens"} <= set(log[0])
     AutoModelForCausalLM.from_pretrained(out / "final")  # plain HF loading
     a, b, init = weights(out / "final"), weights(out / "stage-3"), weights(tiny_model_dir)
     assert all(torch.equal(a[n], b[n]) for n in a)  # final/ = the last stage's policy

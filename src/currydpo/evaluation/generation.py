@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from ..data.records import check_messages
 from ..errors import BadRow, CurryError
-from ..io import write_json, write_jsonl
+from ..io import bars_off, write_json, write_jsonl
 
 PROMPT_KEYS = ("messages", "prompt", "turns", "instruction", "text")
 
@@ -173,7 +173,7 @@ def generate(model, tokenizer, prompts: Sequence[Prompt | str], cfg: GenerationC
     outputs: list[str] = []
     starts = range(0, len(encoded), cfg.batch_size)
     try:
-        for b, start in enumerate(tqdm(starts, desc="generate", unit="batch", disable=not progress)):
+        for b, start in enumerate(tqdm(starts, desc="generate", unit="batch", disable=bars_off(progress))):
             batch = encoded[start:start + cfg.batch_size]
             width = max(len(ids) for ids in batch)
             input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=device)  # (B, T)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.records import Record, Response
 from ..errors import CurryError
-from ..io import write_json
+from ..io import bars_off, write_json
 from ..training.online import ONLINE_DIR, stage_dir
 from .engines import make_engine
 from .generation import GenerationConfig, Prompt, load_prompts
@@ -101,7 +101,7 @@ def _read_chunk(path: str, prompts: list[Prompt], replay: bool) -> dict | None:
 
 def _bar(run, k: int, what: str, total: int):
     return tqdm(total=total, desc=f"online stage {k + 1}: {what}", unit="prompt",
-                disable=not (run.cfg.run.progress and run.accelerator.is_main_process))
+                disable=bars_off(run.cfg.run.progress and run.accelerator.is_main_process))
 
 
 def sample(run, k: int, prompts: list[Prompt], chunks: list[list[Prompt]], replay: bool) -> list[dict]:

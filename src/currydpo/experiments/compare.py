@@ -30,7 +30,7 @@ from ..config import TrainConfig, across_stages, from_dict, reference_mode, vali
 from ..device import default_device
 from ..errors import CurryError
 from ..evaluation.generation import GenerationConfig, load_prompts
-from ..io import write_json
+from ..io import bars_off, write_json
 
 BASELINE = "sft"
 
@@ -47,6 +47,7 @@ class CompareSpec:
     trust_remote_code: bool = False
     notes: dict = field(default_factory=dict)  # facts about the setup the report states (e.g. the data regime)
     sweeps: dict[str, dict] = field(default_factory=dict)  # "ARM@VALUE" -> {"arm", "key", "value"}
+    source: str = "spec"  # where the spec came from, for error messages
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -140,7 +141,7 @@ def spec_from_dict(raw: dict, output_dir: str | None = None, source: str = "spec
         raise CurryError(f"{source}: unknown eval key(s) {sorted(bad)}; valid: generation, judge, prompts")
     spec = CompareSpec(base=raw.get("base") or {}, arms=arms, seeds=[int(s) for s in raw.get("seeds", [0])],
                        output_dir=output_dir or raw.get("output_dir") or "runs/compare", prompts=ev.get("prompts"),
-                       judge=ev.get("judge"), generation=ev.get("generation") or {}, sweeps=sweeps)
+                       judge=ev.get("judge"), generation=ev.get("generation") or {}, sweeps=sweeps, source=source)
     GenerationConfig(**spec.generation)  # validates the generation keys
     for arm in spec.arms:
         arm_config(spec, arm, spec.seeds[0])
@@ -238,10 +239,42 @@ def _per_update(summary: dict):
     return f"{summary['pairs_per_update']} lists ≈ {summary['pairs_per_update'] * per_list:.1f} pairs"
 
 
+def preflight(spec: CompareSpec) -> None:
+    """Every model, data file, prompt file and reward model the spec names can be found, checked before
+    anything is written or trained: an example's placeholder path fails here in one line, not after the
+    baseline has been evaluated."""
+    from ..data.loading import in_memory_tables, local_files
+    from ..training.model import _check_path
+
+    seen = set()
+    for arm in [BASELINE, *spec.arms]:
+        cfg = arm_config(spec, arm, spec.seeds[0])
+        for key, value, check in (("model.path", cfg.model.path, "model"), ("model.ref_model", cfg.model.ref_model,
+                                  "model"), ("data.path", cfg.data.path, "data"),
+                                  ("curriculum.reward_model", cfg.curriculum.reward_model, "model")):
+            if not value or (key, value) in seen:
+                continue
+            seen.add((key, value))
+            try:
+                if check == "model":
+                    _check_path(value, key)
+                elif in_memory_tables(value, cfg.data.split) is None:
+                    local_files(value)  # a missing local path is an error; a hub dataset name is left to loading
+            except CurryError as e:
+                raise CurryError(f"{spec.source}: arm {arm}: {e}") from None
+    if spec.prompts and not os.path.exists(spec.prompts):
+        raise CurryError(f"{spec.source}: eval.prompts {spec.prompts}: file not found")
+    if spec.judge and spec.judge.startswith("reward-model:"):
+        try:
+            _check_path(spec.judge.split(":", 1)[1], "eval.judge reward model")
+        except CurryError as e:
+            raise CurryError(f"{spec.source}: {e}") from None
+
+
 def check_same_spec(spec: CompareSpec) -> None:
     """Refuse to mix results of different comparisons in one directory (adding seeds is fine)."""
     path = os.path.join(spec.output_dir, "spec.json")
-    mine = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("seeds", "output_dir")}
+    mine = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("seeds", "output_dir", "source")}
     mine = json.loads(json.dumps(mine, default=str))
     if os.path.exists(path):
         if _read(path) != mine:
@@ -256,13 +289,14 @@ def run_compare(spec: CompareSpec, progress: bool = True) -> dict:
     from ..evaluation.judges import make_judge
     from .report import write_report
 
-    os.makedirs(spec.output_dir, exist_ok=True)
-    check_same_spec(spec)
+    preflight(spec)  # nothing is written for a spec that cannot run (no spec.json left to block the directory)
     judge = make_judge(spec.judge, cache_dir=os.path.join(spec.output_dir, "judge-cache"),
                        trust_remote_code=spec.trust_remote_code) if spec.judge else None
     prompts = load_prompts(spec.prompts) if spec.prompts else []
+    os.makedirs(spec.output_dir, exist_ok=True)
+    check_same_spec(spec)
     jobs = [(a, s) for s in spec.seeds for a in [BASELINE, *spec.arms]]
     results = []
-    for arm, seed in tqdm(jobs, desc="arms", disable=not progress):
+    for arm, seed in tqdm(jobs, desc="arms", disable=bars_off(progress)):
         results.append(run_arm(spec, arm, seed, judge, prompts, progress))
     return write_report(spec.output_dir, results, [BASELINE, *spec.arms], notes=spec.notes)

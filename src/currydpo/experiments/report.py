@@ -181,8 +181,8 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
     if logs:
         fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs), 3.2), sharey=True, squeeze=False)
         for ax, (arm, (seed, log)) in zip(axes[0], logs.items()):
-            for stage in sorted({e["stage"] for e in log}):
-                pts = [(e["step"], e["loss"]) for e in log if e["stage"] == stage]
+            for stage in sorted({e["stage"] for e in log if "loss" in e}):  # eval/* lines: held-out metrics
+                pts = [(e["step"], e["loss"]) for e in log if e["stage"] == stage and "loss" in e]
                 ax.plot(*zip(*pts), label=f"stage {stage}")
             ax.set_title(f"{arm} (seed {seed})", fontsize=9)
             ax.set_xlabel("update")

@@ -39,7 +39,7 @@ from ..curriculum.lists import RankedList, stage_lists
 from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
-from ..io import write_json, write_text
+from ..io import bars_off, quiet_bars, write_json, write_text
 from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, select_pairs, stage_plan
 from . import checkpoint as ckpt
 from . import online, sharding
@@ -55,7 +55,7 @@ from .memory import (
     resolve_token_bound,
     split_by_tokens,
 )
-from .model import add_lora, load_model, load_tokenizer
+from .model import _check_path, add_lora, load_model, load_tokenizer
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .sharding import is_sharded
 from .tokenize import encode_for
@@ -163,6 +163,7 @@ class Position:
     log_lines: int = 0
     stages_done: list[dict] = field(default_factory=list)
     fingerprint: str = ""
+    tokens: int = 0  # tokens trained so far (TRL's num_tokens)
 
     @classmethod
     def load(cls, output_dir: str) -> "Position | None":
@@ -299,8 +300,17 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
     optimizer.zero_grad(set_to_none=True)
     out = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in sums.items()}
     out["grad_norm"] = float(grad_norm)
-    out["lr"] = scheduler.get_last_lr()[0]
+    out["learning_rate"] = scheduler.get_last_lr()[0]
+    out["num_tokens"] = acc.reduce(torch.tensor(float(update_tokens(run, micro)), device=acc.device), "sum").item()
     return out
+
+
+def update_tokens(run: Run, micro: list[list[int]]) -> int:
+    """Tokens this update's items stand for, counted as TRL counts them: every (prompt + response) sequence
+    of every item in full (the packed path computes shared prompts once; this is the data's size, not our cost)."""
+    enc, items = run.table.encoded, run.items([i for idx in micro for i in idx])
+    rows = [run.table.rows([x])[0] if run.lists is None else run.table.list_rows([x])[0] for x in items]
+    return sum(len(enc[r]) for used in rows for r in used)
 
 
 def make_optimizer(run: Run, n_updates: int):
@@ -332,7 +342,7 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
     cfg, acc = run.cfg, run.accelerator
     n_updates = run.stage_updates[k]
     bar = tqdm(range(pos.update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=pos.update,
-               total=n_updates, disable=not (cfg.run.progress and acc.is_main_process))
+               total=n_updates, disable=bars_off(cfg.run.progress and acc.is_main_process))
     for u in bar:
         micro = stage_batches(run, run.stages[k], pos.order, u)
         where = f"stage {k + 1}, update {u + 1}, step {pos.global_step + 1}"
@@ -349,18 +359,25 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
                              f"(lower optim.lr or check the data)") from None
         pos.update, pos.global_step = u + 1, pos.global_step + 1
         run.updates_run += 1
-        log_metrics(run, {"step": pos.global_step, "stage": k + 1, "stage_update": u + 1, **metrics})
+        pos.tokens += int(metrics.pop("num_tokens"))
+        log_metrics(run, {"step": pos.global_step, "stage": k + 1, "stage_update": u + 1,
+                          "epoch": round((u + 1) * run.pairs_per_update / max(1, len(pos.order)), 4),  # of this stage
+                          "num_tokens": pos.tokens, **metrics})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
         if cfg.run.save_every and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates:
             save_position(run, optimizer, scheduler, pos)
 
 
 def log_metrics(run: Run, entry: dict) -> None:
+    """One line of ``metrics.jsonl``; the trackers get the same numbers under ``train/`` (an update) or as
+    logged (``eval/*`` entries: held-out metrics after a stage), as HF Trainer names them."""
     run.log.append(entry)
     if run.accelerator.is_main_process:
         with open(os.path.join(run.cfg.run.output_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
-    run.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
+    values = {k: v for k, v in entry.items() if k != "step" and isinstance(v, (int, float))}
+    tagged = values if any(k.startswith("eval/") for k in values) else {f"train/{k}": v for k, v in values.items()}
+    run.accelerator.log(tagged, step=entry["step"])
 
 
 def weights_finite(run: Run) -> bool:
@@ -384,7 +401,9 @@ def save_position(run: Run, optimizer, scheduler, pos: Position) -> None:
 def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position | None = None) -> Run:
     """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan."""
     c, o = cfg.curriculum, cfg.optim
-    trackers = [t.strip() for t in cfg.run.report_to.split(",") if t.strip()]
+    trackers = check_trackers(cfg.run.report_to)
+    quiet_bars(cfg.run.progress)
+    _check_path(cfg.model.path, "model.path")  # before the data is read: a typo'd model fails at once
     precision = prec.resolve_precision(cfg.model.precision, prec.training_device(),
                                        os.environ.get("ACCELERATE_MIXED_PRECISION"))
     acc = prec.make_accelerator(precision, log_with=trackers or None, project_dir=cfg.run.output_dir)
@@ -439,6 +458,23 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
     return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, memory,
                save_dtype=save_dtype, lists=lists)
+
+
+def check_trackers(report_to: str) -> list[str]:
+    """``run.report_to`` as a list, each tracker installed (accelerate only warns and logs nowhere)."""
+    import accelerate.utils
+
+    names = [t.strip() for t in report_to.split(",") if t.strip()]
+    for name in names:
+        available = getattr(accelerate.utils, f"is_{name.replace('-', '_')}_available", None)
+        if name != "all" and available is None:
+            raise CurryError(f"run.report_to: unknown tracker {name!r}; accelerate's trackers: tensorboard, wandb, "
+                             f"comet_ml, mlflow, aim, clearml, dvclive, swanlab, trackio")
+        if available is not None and not available():
+            extra = " (pip install 'currydpo[tensorboard]')" if name == "tensorboard" else f" (pip install {name})"
+            raise CurryError(f"run.report_to {name}: the {name} package is not installed{extra}; install it or "
+                             f"remove it from run.report_to")
+    return names
 
 
 def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerator, compute_dtype: torch.dtype) -> dict:
@@ -517,6 +553,9 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
                 **evaluate_held_out(run, ref_key="initial")}
         if run.lists is not None:  # "pairs" counts lists; the pairs they stand for, for fair comparisons
             info["pairs_equivalent"] = sum(run.lists[i].n_pairs for i in pos.order)
+        held_out = {key: v for key, v in info.items() if key.startswith("eval/") and isinstance(v, (int, float))}
+        if held_out:  # to metrics.jsonl and the trackers, as HF Trainer logs its evaluations
+            log_metrics(run, {"step": pos.global_step, "stage": k + 1, **held_out})
         model = acc.unwrap_model(run.model)
         weights = ckpt.full_state_dict(model) if is_sharded(model) else None  # gathered whole on the main process
         if acc.is_main_process:
@@ -613,7 +652,7 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
         "optimizer_resets": len(run.stages) - 1 if across_stages(cfg) == "restart" else 0,
         "train_pairs": len(run.data.train_pairs), "eval_pairs": len(run.data.eval_pairs),
         "unique_responses": len(run.table.keys), "stages": stage_info,
-        "final_loss": run.log[-1]["loss"] if run.log else None, "memory": run.memory,
+        "final_loss": next((e["loss"] for e in reversed(run.log) if "loss" in e), None), "memory": run.memory,
         "resumed_from": run.resumed_from, "updates_run": run.updates_run,
     }
     if acc.is_main_process:

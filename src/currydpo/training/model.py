@@ -16,14 +16,40 @@ from ..errors import CurryError
 
 
 def _check_path(path: str, what: str) -> None:
+    """Refuse, in one line and before any download or retry loop, a model that cannot load: a missing
+    directory, a PEFT adapter directory (no base weights), or a hub name that is neither cached nor on the Hub."""
     if not path:
         raise CurryError(f"no {what} given: set 'model.path' (a local HF model dir or a hub name)")
-    if os.path.isdir(os.path.expanduser(path)):
+    local = os.path.expanduser(path)
+    if os.path.isdir(local):
+        if os.path.exists(os.path.join(local, "adapter_config.json")) and not os.path.exists(
+                os.path.join(local, "config.json")):
+            raise CurryError(f"{what} {path} is a LoRA adapter, not a model: give its base model as model.path with "
+                             f"model.lora true to train adapters, or merge it first (peft merge_and_unload)")
         return
     hub_name = path.count("/") == 1 and not path.startswith((".", "/", "~"))
     if not hub_name:
         raise CurryError(f"{what} not found: {path} (expected a directory saved with save_pretrained, "
                          f"or a hub name like org/model)")
+    check_on_hub(path, what)
+
+
+def check_on_hub(name: str, what: str) -> None:
+    """A hub model name is usable when its config is cached, or when the Hub answers for it (one request,
+    no retries: a typo or an offline machine is reported at once, not after transformers' back-off)."""
+    import huggingface_hub
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise CurryError(f"{what} {name}: no such local directory, not in the Hugging Face cache, and HF_HUB_OFFLINE "
+                         f"is set; download it first or give a local model directory")
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except Exception as e:  # noqa: BLE001 (the Hub's errors are many types; the message is what the user needs)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CurryError(f"{what} {name}: no such local directory, not in the Hugging Face cache, and the Hub "
+                         f"cannot provide it ({reason}); check the name or give a local model directory") from None
 
 
 def dtype_for(precision: str, device: torch.device) -> torch.dtype:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data.pairs import Pair
 from ..errors import CurryError
-from ..io import atomic_path
+from ..io import atomic_path, bars_off
 from .logprobs import response_logps
 from .sharding import is_sharded
 from .tokenize import Encoded
@@ -88,7 +88,7 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
                                                     table.encoded[rows[j]].prompt_ids, -len(table.encoded[rows[j]])))
     logps = torch.empty(len(rows), dtype=torch.float64)
     counts = torch.empty(len(rows), dtype=torch.long)
-    bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=bars_off(progress), leave=False)
     for start in bar:
         chunk = order[start:start + batch_size]
         lp, n = response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id)

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from ..data.records import Record, Text, as_chat
 from ..errors import CurryError
+from ..io import bars_off
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def encode_records(records: Iterable[Record], tokenizer, *, max_length: int, max
     """
     records = list(records)
     out: list[list[Encoded]] = []
-    for rec in tqdm(records, desc="tokenising", unit="prompt", disable=not progress):
+    for rec in tqdm(records, desc="tokenising", unit="prompt", disable=bars_off(progress)):
         pids = _prompt_ids(tokenizer, rec.prompt)
         encoded = []
         for i, resp in enumerate(rec.responses):
