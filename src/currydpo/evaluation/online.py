@@ -162,12 +162,16 @@ def judge_chunk(judge, chunk: dict) -> dict:
     scores = []
     for prompt, ans in zip(chunk["prompts"], texts):  # one prompt at a time: a kill loses at most one prompt's asks
         ij = [(i, j) for i in range(len(ans)) for j in range(i + 1, len(ans))]
-        wins = [0.0] * len(ans)
+        wins, judged = [0.0] * len(ans), [0] * len(ans)
         outcomes = judge.compare([prompt] * len(ij), [ans[i] for i, _ in ij], [ans[j] for _, j in ij]) if ij else []
         for (i, j), o in zip(ij, outcomes):
+            if o is None:  # the judge abstained: this comparison counts for neither answer
+                continue
             wins[i] += o
             wins[j] += 1.0 - o
-        scores.append([w / max(1, len(ans) - 1) for w in wins])  # share of comparisons won, in [0, 1]
+            judged[i] += 1
+            judged[j] += 1
+        scores.append([w / max(1, c) for w, c in zip(wins, judged)])  # share of comparisons won, in [0, 1]
     return {"scores": scores}
 
 

@@ -121,6 +121,10 @@ def win_rate_report(judge: Any, prompts: Sequence[Any], candidate: Sequence[str]
                     seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
     """Judge ``candidate`` against ``baseline`` on ``prompts``; adjusted win rate with bootstrap CI.
 
+    Comparisons the judge abstained on are left out of the rate and counted in ``abstained``
+    (``n`` is the number judged); all abstained is an error. The percentile bootstrap of a
+    mean of outcomes in [0, 1] stays in [0, 1].
+
     ``prompts`` are strings or `Prompt`s (their ``text`` is shown to the judge). For a
     pointwise judge (one with ``score``) the responses are scored once and the
     comparison is derived from the scores; the mean scores are reported too.
@@ -141,12 +145,16 @@ def win_rate_report(judge: Any, prompts: Sequence[Any], candidate: Sequence[str]
         report["mean_score_candidate"] = float(np.mean(s_cand))
         report["mean_score_baseline"] = float(np.mean(s_base))
     else:
-        outcomes = [float(o) for o in judge.compare(texts, list(candidate), list(baseline))]
-    lo, hi = bootstrap_ci(outcomes, n_boot=n_boot, alpha=alpha, seed=seed)
+        outcomes = [None if o is None else float(o) for o in judge.compare(texts, list(candidate), list(baseline))]
+    judged = [o for o in outcomes if o is not None]  # None: the judge abstained (no verdict), not a tie
+    if not judged:
+        raise CurryError(f"judge {getattr(judge, 'spec', judge)!r} gave no readable verdict on any of the {n} "
+                         "comparisons; check the endpoint and model (its replies must end with [[A]], [[B]] or [[C]])")
+    lo, hi = bootstrap_ci(judged, n_boot=n_boot, alpha=alpha, seed=seed)
     report = {
-        "win_rate": adjusted_win_rate(outcomes), "ci_low": lo, "ci_high": hi,
-        "wins": sum(o == 1.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
-        "losses": sum(o == 0.0 for o in outcomes), "n": n, **report,
+        "win_rate": adjusted_win_rate(judged), "ci_low": lo, "ci_high": hi,
+        "wins": sum(o == 1.0 for o in judged), "ties": sum(o == 0.5 for o in judged),
+        "losses": sum(o == 0.0 for o in judged), "abstained": n - len(judged), "n": len(judged), **report,
         "judge": getattr(judge, "spec", type(judge).__name__),
     }
     stats = getattr(judge, "stats", None)
