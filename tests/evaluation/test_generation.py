@@ -196,8 +196,8 @@ def test_answer_turns_feeds_own_answers_batches_across_questions_and_uses_catego
     assert out == [["A0-1", "A1-1"], ["A0-2", "A1-2"], ["A0-3"], ["A0-4", "A1-4"], ["A0-5", "A1-5"]]
     # one call per (turn, temperature): greedy math; stem overridden to 0.4; writing 0.7 batched; other -> default
     got = [([p.id for p in ps], c.temperature, c.greedy, c.seed) for ps, c in engine.calls]
-    assert got == [([2], 0.0, True, 3), ([3], 0.4, False, 10_003), ([1, 4], 0.7, False, 20_003), ([5], 0.9, False, 30_003),
-                   ([2], 0.0, True, 100_003), ([1, 4], 0.7, False, 110_003), ([5], 0.9, False, 120_003)]
+    assert got == [([2], 0.0, True, 3), ([3], 0.4, False, 10_003), ([1, 4], 0.7, False, 20_003),
+                   ([5], 0.9, False, 30_003), ([2], 0.0, True, 100_003), ([1, 4], 0.7, False, 110_003), ([5], 0.9, False, 120_003)]
     second = engine.calls[5][0][0]  # turn 2 of question 1: its own first answer between the user turns
     assert second.messages == [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "A0-1"},
                                {"role": "user", "content": "w2"}]
@@ -225,8 +225,9 @@ def test_answer_turns_with_hf_equals_generate_on_the_conversation(model_and_toke
 
 
 def test_answer_turns_with_vllm_renders_the_conversation(model_and_tokenizer):
-    from currydpo.evaluation.engines import VLLMEngine
     from test_engines import FakeVLLM
+
+    from currydpo.evaluation.engines import VLLMEngine
 
     _, tok = model_and_tokenizer
     fake = FakeVLLM()
