@@ -197,7 +197,8 @@ def test_answer_turns_feeds_own_answers_batches_across_questions_and_uses_catego
     # one call per (turn, temperature): greedy math; stem overridden to 0.4; writing 0.7 batched; other -> default
     got = [([p.id for p in ps], c.temperature, c.greedy, c.seed) for ps, c in engine.calls]
     assert got == [([2], 0.0, True, 3), ([3], 0.4, False, 10_003), ([1, 4], 0.7, False, 20_003),
-                   ([5], 0.9, False, 30_003), ([2], 0.0, True, 100_003), ([1, 4], 0.7, False, 110_003), ([5], 0.9, False, 120_003)]
+                   ([5], 0.9, False, 30_003), ([2], 0.0, True, 100_003),
+                   ([1, 4], 0.7, False, 110_003), ([5], 0.9, False, 120_003)]
     second = engine.calls[5][0][0]  # turn 2 of question 1: its own first answer between the user turns
     assert second.messages == [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "A0-1"},
                                {"role": "user", "content": "w2"}]
