@@ -1,4 +1,4 @@
-"""MT-bench single-answer grading: what the judge is sent, the rating rule, abstentions, the cache, `eval --mt-bench`."""
+"""MT-bench single-answer grading: what the judge is sent, the rating rule, abstentions, the cache, eval --mt-bench."""
 
 import json
 import os
@@ -166,6 +166,28 @@ def test_eval_mt_bench_two_turns_end_to_end(tmp_path, talkative_model_dir):
     assert (out / "mt_bench_categories.png").stat().st_size > 1000
     other = [json.loads(x) for x in (out / "model_answer" / "other-model.jsonl").read_text().splitlines()]
     assert other[0]["choices"][0]["turns"] == ["b1011", "b1012"]
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "mt_bench")), reason="shared data absent")
+def test_eval_mt_bench_on_the_real_80_questions(tmp_path, talkative_model_dir):
+    """The README's command on FastChat's question.jsonl; its flat reference file beside it is found."""
+    def reply(req):  # 1 or 2 (by the parity of the request's length) times the turn graded
+        content = req["messages"][-1]["content"]
+        turn = len(re.findall(r"<<assistant, turn \d+>>", content))
+        return f"Rating: [[{(1 + (len(content) % 2)) * turn}]]"
+
+    out = tmp_path / "out"
+    with JudgeServer(reply=reply) as srv:
+        assert main(["eval", str(talkative_model_dir), "--mt-bench", os.path.join(SHARED_DATA, "mt_bench",
+                     "question.jsonl"), "--judge", f"openai:{srv.url}#judge", "--max-new-tokens", "3",
+                     "--batch-size", "40", "--out", str(out), "--no-progress"]) == 0
+        with_ref = [b for b in srv.bodies if "<<reference answer, turn 1>>" in b["messages"][-1]["content"]]
+    res = json.loads((out / "mt_bench.json").read_text())
+    assert res["n_questions"] == 80 and res["n_ratings"] == 160 and len(res["categories"]) == 8
+    assert len(with_ref) == 60  # 30 math/reasoning/coding questions x 2 turns
+    assert 1.0 <= res["turn_1"] <= 2.0 and 2.0 <= res["turn_2"] <= 4.0
+    rows = [json.loads(x) for x in (out / "model_answer" / "model.jsonl").read_text().splitlines()]
+    assert len(rows) == 80 and all(len(r["choices"][0]["turns"]) == 2 for r in rows)
 
 
 def test_eval_mt_bench_needs_an_openai_judge(tmp_path, tiny_model_dir, capsys):
