@@ -31,15 +31,17 @@ def test_eval_gives_preference_metrics_win_rate_kl_and_exports(tiny_model_dir, t
                "--out", str(out), "--no-progress"])
     assert rc == 0
     m = json.loads((out / "eval.json").read_text())
-    # The model is its own reference and baseline: zero margins, KL 0, and every comparison a tie.
-    assert m["preference"]["rewards/margins"] == 0.0 and m["preference"]["n"] == 18
+    # The model is its own reference and baseline: no implicit reward (n/a, not 0), KL 0, every comparison a tie.
+    assert m["preference"]["rewards/margins"] is None and m["preference"]["rewards/accuracies"] is None
+    assert m["preference"]["n"] == 18
     assert abs(m["kl"]) < 1e-6
     assert m["win_rate"]["win_rate"] == 0.5 and m["win_rate"]["ties"] == 6
     assert "bucket=4/ranking_accuracy" in m["preference"]
     alpaca = json.loads((out / "alpaca_eval.json").read_text())
     assert len(alpaca) == 6 and set(alpaca[0]) == {"instruction", "output", "generator"}
     assert len((out / "mt_bench_answers.jsonl").read_text().splitlines()) == 6
-    assert "adjusted win rate" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "adjusted win rate" in out_text and "| held-out rewards/accuracies | n/a (the model is its own" in out_text
 
 
 def test_eval_of_a_trained_model_against_its_sft_model_is_not_trivial(tiny_model_dir, tmp_path):

@@ -86,7 +86,8 @@ def run(args) -> int:
     mcfg = ModelConfig(path=args.model, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
     policy = load_model(args.model, mcfg, device)
-    reference = load_model(args.reference, mcfg, device) if args.reference else None
+    same = args.reference and os.path.normpath(args.reference) == os.path.normpath(args.model)
+    reference = policy if same else (load_model(args.reference, mcfg, device) if args.reference else None)
     heldout = load_records(args.data, args.format, limit=args.limit).records if args.data else None
     prompts = load_prompts(args.prompts) if args.prompts else []
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -226,13 +227,16 @@ def summary_markdown(m: dict) -> str:
         lines.append(f"| mean judge score | {m['judge_score']:.4f} (95% CI {lo:.4f}–{hi:.4f}) |")
     if "win_rate" in m:
         w = m["win_rate"]
+        abstained = f" / {w['abstained']} abstained" if w.get("abstained") else ""
         lines.append(f"| adjusted win rate vs baseline | {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}–"
-                     f"{w['ci_high']:.3f}; {w['wins']} W / {w['ties']} T / {w['losses']} L) |")
+                     f"{w['ci_high']:.3f}; {w['wins']} W / {w['ties']} T / {w['losses']} L{abstained}) |")
     if m.get("kl") is not None:
-        lines.append(f"| KL(model ‖ reference), nats/answer | {m['kl']:.3f} |")
+        noise = " (negative: Monte-Carlo noise around a small KL; KL itself is >= 0)" if m.get("kl_noise") else ""
+        lines.append(f"| KL(model ‖ reference), nats/answer | {m['kl']:.3f}{noise} |")
     for k, v in (m.get("preference") or {}).items():
         if not k.startswith("bucket=") and k != "n":
-            lines.append(f"| held-out {k} | {v:.4f} |")
+            lines.append(f"| held-out {k} | " + ("n/a (the model is its own reference)" if v is None else f"{v:.4f}")
+                         + " |")
     buckets = sorted({k.split("/")[0] for k in m.get("preference", {}) if k.startswith("bucket=")})
     for b in buckets:
         p = m["preference"]

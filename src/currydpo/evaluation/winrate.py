@@ -98,10 +98,13 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def mean_ci(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float, float]:
+def mean_ci(values: Sequence[float], *, confidence: float = 0.95,
+            bounds: tuple[float | None, float | None] = (None, None)) -> tuple[float, float, float]:
     """``(mean, lo, hi)``: mean over seeds with a t-distribution interval (df = n - 1).
 
-    One value gives ``(v, v, v)`` — no spread can be estimated from a single seed.
+    One value gives ``(v, v, v)`` — no spread can be estimated from a single seed. ``bounds``
+    is the metric's range (a win rate's (0, 1)): the interval is clipped to it, since with
+    two seeds a t-interval easily reaches past it (-0.2 to 1.37) where no value can lie.
     """
     x = [float(v) for v in values]
     if not x:
@@ -114,7 +117,12 @@ def mean_ci(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float
         return m, m, m
     sd = math.sqrt(sum((v - m) ** 2 for v in x) / (n - 1))
     half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if bounds[0] is not None:
+        lo = max(lo, bounds[0])
+    if bounds[1] is not None:
+        hi = min(hi, bounds[1])
+    return m, lo, hi
 
 
 def win_rate_report(judge: Any, prompts: Sequence[Any], candidate: Sequence[str], baseline: Sequence[str], *,
