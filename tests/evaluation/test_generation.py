@@ -34,11 +34,12 @@ def test_load_prompts_all_formats(tmp_path):
         {"question_id": 81, "category": "writing", "turns": ["first turn", "second turn"]},
         {"instruction": "alpaca style"},
         {"id": "w1", "text": "wizard style"},
+        {"idx": 7, "Skill": "Math", "Difficulty": 1, "Instruction": "WizardLM test set"},
         "",
     ])
     ps = load_prompts(f)
-    assert [p.text for p in ps] == ["plain", "chat", "first turn", "alpaca style", "wizard style"]
-    assert [p.id for p in ps] == [0, 1, 81, 3, "w1"]
+    assert [p.text for p in ps] == ["plain", "chat", "first turn", "alpaca style", "wizard style", "WizardLM test set"]
+    assert [p.id for p in ps] == [0, 1, 81, 3, "w1", 7]
     assert ps[1].messages[0]["role"] == "system" and ps[0].messages is None
     j = tmp_path / "alpaca.json"
     j.write_text(json.dumps([{"instruction": "a", "dataset": "x"}, {"instruction": "b"}]))

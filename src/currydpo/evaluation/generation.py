@@ -2,8 +2,8 @@
 
 `load_prompts` reads evaluation prompt files (JSONL or a JSON list): plain
 ``prompt`` strings, chat ``messages``, FastChat question files (MT-bench, Vicuna-80:
-``question_id``, ``category``, ``turns``) and ``instruction`` / ``text`` rows
-(AlpacaEval, WizardLM). `generate` samples completions in left-padded batches,
+``question_id``, ``category``, ``turns``), ``instruction`` / ``text`` rows (AlpacaEval)
+and WizardLM's test set (``idx``, ``Instruction``). `generate` samples completions in left-padded batches,
 reproducibly for a seed; `answer_turns` answers every turn of multi-turn questions, each
 next user turn after the model's own previous answers (MT-bench). The exports write the
 formats AlpacaEval and FastChat's MT-bench judge read.
@@ -23,7 +23,8 @@ from ..data.records import check_messages
 from ..errors import BadRow, CurryError
 from ..io import write_json, write_jsonl
 
-PROMPT_KEYS = ("messages", "prompt", "turns", "instruction", "text")
+# "Instruction" + "idx": WizardLM's test set (nlpxucan/WizardLM, WizardLM/data/WizardLM_testset.jsonl, 218 rows)
+PROMPT_KEYS = ("messages", "prompt", "turns", "instruction", "Instruction", "text")
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Prompt:
 def _row_to_prompt(row: Any, source: str, line: int, index: int) -> Prompt:
     if not isinstance(row, dict):
         raise BadRow(source, line, None, "bad row", f"expected a JSON object, got {type(row).__name__}")
-    pid = row.get("question_id", row.get("id", index))
+    pid = row.get("question_id", row.get("id", row.get("idx", index)))
     key = next((k for k in PROMPT_KEYS if k in row), None)
     if key is None:
         raise BadRow(source, line, None, "no prompt field",
