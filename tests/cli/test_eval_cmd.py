@@ -121,3 +121,14 @@ def test_eval_without_reference_gives_the_reference_free_ranking_accuracies(tiny
         assert m[f"bucket={rank}/ranking_accuracy"] == sum(oks) / len(oks)
     assert {f"bucket={b}/idealised_ranking_accuracy" for b in (2, 3, 4)} <= set(m)
     assert "ranking acc / normalised / idealised" in capsys.readouterr().out
+
+
+def test_eval_prompts_with_two_turn_questions_writes_no_one_turn_mt_bench_file(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "q.jsonl"
+    prompts.write_text("".join(json.dumps({"question_id": i, "turns": [f"the dog {i}", "and then?"]}) + "\n"
+                               for i in range(2)))
+    out = tmp_path / "ev"
+    assert main(["eval", tiny_model_dir, "--prompts", str(prompts), "--max-new-tokens", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert (out / "alpaca_eval.json").exists() and not (out / "mt_bench_answers.jsonl").exists()
+    assert "use --mt-bench" in capsys.readouterr().err

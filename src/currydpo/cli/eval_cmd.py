@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -112,11 +113,18 @@ def run(args) -> int:
                                       beta=args.beta, seed=args.seed, data=data_cfg,
                                       progress=not args.no_progress, engine=engine)
     os.makedirs(args.out, exist_ok=True)
+    written = ["eval.json", "eval.md"]
     if prompts:
         name = os.path.basename(os.path.normpath(args.model))
         export_alpaca_eval(os.path.join(args.out, "alpaca_eval.json"), prompts, answers, name)
-        export_mt_bench(os.path.join(args.out, "mt_bench_answers.jsonl"), [p.id for p in prompts], answers, name)
-    written = ["eval.json", "eval.md"] + (["alpaca_eval.json", "mt_bench_answers.jsonl"] if prompts else [])
+        written.append("alpaca_eval.json")
+        if any(p.turns and len(p.turns) > 1 for p in prompts):  # FastChat's grader would read a missing turn 2
+            print("currydpo eval: --prompts answers the first turn only, so no mt_bench_answers.jsonl is written for "
+                  "multi-turn questions; use --mt-bench QUESTIONS.jsonl to answer and grade every turn",
+                  file=sys.stderr)
+        else:
+            export_mt_bench(os.path.join(args.out, "mt_bench_answers.jsonl"), [p.id for p in prompts], answers, name)
+            written.append("mt_bench_answers.jsonl")
     md_mt = ""
     if mt is not None:
         results = run_mt_bench(args, mt, tokenizer, policy, mcfg, device, gen)
