@@ -37,6 +37,9 @@ class AbstainsOnA(LongerWins):
 
 
 def test_pairwise_abstentions_count_for_neither_answer():
-    got = sampling.judge_chunk(AbstainsOnA(), {"prompts": ["p"], "answers": [["bb", "a", "ccc"]]})
-    # "bb" vs "ccc" is the only judged comparison: bb 0 of 1, ccc 1 of 1; "a" was never judged
-    assert got["scores"] == [[0.0, 0.0, 1.0]]
+    chunk = {"prompts": ["p", "q"], "answers": [["bb", "a", "ccc"], ["a", "dd"]]}
+    got = sampling.judge_chunk(AbstainsOnA(), chunk)
+    # "bb" vs "ccc" is the only judged comparison: bb 0 of 1, ccc 1 of 1; "a" was never judged (None)
+    assert got["scores"] == [[0.0, None, 1.0], [None, None]]
+    records = sampling.ranked_records(0, [[Prompt(0, "p"), Prompt(1, "q")]], [chunk], [got])
+    assert len(records) == 1 and [(x.text, x.score) for x in records[0].responses] == [("bb", 0.0), ("ccc", 1.0)]

@@ -171,7 +171,8 @@ def judge_chunk(judge, chunk: dict) -> dict:
             wins[j] += 1.0 - o
             judged[i] += 1
             judged[j] += 1
-        scores.append([w / max(1, c) for w, c in zip(wins, judged)])  # share of comparisons won, in [0, 1]
+        # share of comparisons won, in [0, 1]; None for an answer the judge never ruled on (left out of the record)
+        scores.append([w / c if c else (None if ij else 0.0) for w, c in zip(wins, judged)])
     return {"scores": scores}
 
 
@@ -208,15 +209,15 @@ def _judge(run):
 
 
 def ranked_records(k: int, chunks: list[list[Prompt]], samples: list[dict], judged: list[dict]) -> list[Record]:
-    """One record per prompt with >= 2 distinct answers, each answer scored by the judge."""
+    """One record per prompt with >= 2 distinct answers the judge scored, each with its score."""
     records = []
     for chunk, s, j in zip(chunks, samples, judged):
         for p, answers, scores in zip(chunk, s["answers"], j["scores"]):
-            texts = distinct(answers)
-            if len(texts) < 2:
+            scored = [(t, sc) for t, sc in zip(distinct(answers), scores) if sc is not None]  # None: abstained
+            if len(scored) < 2:
                 continue
             prompt = p.messages if p.messages is not None else p.text
-            records.append(Record(f"online-{k + 1}-{p.id}", prompt, [Response(t, sc) for t, sc in zip(texts, scores)],
+            records.append(Record(f"online-{k + 1}-{p.id}", prompt, [Response(t, sc) for t, sc in scored],
                                   meta={"online_stage": k + 1}))
     return records
 
