@@ -197,6 +197,9 @@ def test_eval_mt_bench_needs_an_openai_judge(tmp_path, tiny_model_dir, capsys):
     assert main(["eval", str(tiny_model_dir), "--mt-bench", str(questions), "--judge", "openai:http://x/v1#j",
                  "--category-temperature", "writing=hot", "--out", str(tmp_path / "o")]) == 2
     assert "expected CATEGORY=T" in capsys.readouterr().err
+    assert main(["eval", str(tiny_model_dir), "--prompts", str(questions), "--baseline", str(questions),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "a FastChat answer file is a baseline for --mt-bench" in capsys.readouterr().err
 
 
 GRADE_SCRIPT = """

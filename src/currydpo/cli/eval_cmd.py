@@ -82,6 +82,9 @@ def run(args) -> int:
     if not (args.data or args.prompts or args.mt_bench):
         raise CurryError("nothing to evaluate: give --data (preference metrics), --prompts (generation) and/or "
                          "--mt-bench (multi-turn questions rated 1-10)")
+    if args.baseline and args.baseline.endswith(".jsonl") and args.prompts and not args.mt_bench:
+        raise CurryError(f"--baseline {args.baseline}: a FastChat answer file is a baseline for --mt-bench; for "
+                         "--prompts give a baseline model directory or a .json list of answers")
     mt = prepare_mt_bench(args) if args.mt_bench else None  # bad input fails before any model is loaded
     device = default_device()
     mcfg = ModelConfig(path=args.model, trust_remote_code=args.trust_remote_code)
@@ -160,7 +163,7 @@ def prepare_mt_bench(args) -> dict:
             t = float(value)
         except ValueError:
             t = -1.0
-        if not sep or not cat or not t >= 0:
+        if not sep or not cat or not 0 <= t < float("inf"):
             raise CurryError(f"--category-temperature {item!r}: expected CATEGORY=T with T >= 0, e.g. writing=0.7")
         if cat == "default":
             default = t
