@@ -11,6 +11,7 @@ from currydpo.evaluation.judges import (
     OpenAIJudge,
     make_judge,
     parse_verdict,
+    retry_after_seconds,
 )
 from currydpo.evaluation.winrate import win_rate_report
 
@@ -193,10 +194,12 @@ def test_openai_judge_partly_unparseable_abstentions_counted_apart():
 
 def test_openai_judge_honours_retry_after_on_429():
     with JudgeServer("longer", fail_first=1, fail_kind="429", retry_after="1") as srv:
-        j = make_judge(f"openai:{srv.url}#m", **{**FAST, "max_backoff_s": 5.0, "concurrency": 1})
+        j = make_judge(f"openai:{srv.url}#m", **{**FAST, "concurrency": 1})  # back-off cap 0.01 s: not used
         assert j.compare(PROMPTS[:1], CAND[:1], BASE[:1]) == EXPECTED[:1]
         assert srv.received == 3 and j.stats["retries"] == 1
-        assert srv.arrivals[1] - srv.arrivals[0] >= 0.9  # waited what the server asked, not backoff_s
+        assert srv.arrivals[1] - srv.arrivals[0] >= 0.9  # waited what the server asked, not the back-off
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and retry_after_seconds("2.5") == 2.5
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
 
 
 def test_openai_judge_retries_timeouts_then_one_line_error():

@@ -3,8 +3,8 @@
 `load_prompts` reads evaluation prompt files (JSONL or a JSON list): plain
 ``prompt`` strings, chat ``messages``, FastChat question files (MT-bench, Vicuna-80:
 ``question_id``, ``category``, ``turns``), ``instruction`` / ``text`` rows (AlpacaEval)
-and WizardLM's test set (``idx``, ``Instruction``). `generate` samples completions in left-padded batches,
-reproducibly for a seed; `answer_turns` answers every turn of multi-turn questions, each
+and WizardLM's test set (``idx``, ``Instruction``). `generate` samples completions in
+left-padded batches, reproducibly for a seed; `answer_turns` answers every turn of multi-turn questions, each
 next user turn after the model's own previous answers (MT-bench). The exports write the
 formats AlpacaEval and FastChat's MT-bench judge read.
 """
@@ -246,7 +246,7 @@ def answer_turns(engine, prompts: Sequence[Prompt | str], cfg: GenerationConfig,
         return replace(cfg, temperature=t, do_sample=t > 0)
 
     answers: list[list[str]] = [[] for _ in prompts]
-    for k in range(max(len(user_turns(p)) for p in prompts)):
+    for k in range(max((len(user_turns(p)) for p in prompts), default=0)):
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
             if len(user_turns(p)) > k:

@@ -157,6 +157,9 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+RETRY_AFTER_MAX_S = 600.0  # the longest Retry-After we wait
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """HTTP ``Retry-After``: delta-seconds or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable."""
     if not value:
@@ -179,8 +182,9 @@ class ChatClient:
     Shared by the pairwise `OpenAIJudge` and the single-answer MT-bench grader (`mt_bench.py`).
 
     - Connection errors, timeouts, HTTP 429 and 5xx are retried with exponential back-off
-      (``backoff_s * 2**attempt``, capped at ``max_backoff_s``; a 429's ``Retry-After`` is
-      waited instead, under the same cap) up to ``max_attempts`` tries, then `CurryError`
+      (``backoff_s * 2**attempt``, capped at ``max_backoff_s``; when the server sends
+      ``Retry-After`` that is waited instead, up to `RETRY_AFTER_MAX_S`) up to
+      ``max_attempts`` tries, then `CurryError`
       (one line). Other HTTP 4xx (bad model name, bad key) raise at once.
     - A reply ``parse`` cannot read (no verdict, not chat-completions JSON, null content)
       is asked again up to ``max_attempts`` times; then ``ask`` returns None — an
@@ -275,8 +279,10 @@ class ChatClient:
 
     def _sleep(self, attempt: int, retry_after: float | None = None) -> None:
         if attempt + 1 < self.max_attempts:
-            wait = retry_after if retry_after is not None else self.backoff_s * 2 ** attempt
-            time.sleep(min(wait, self.max_backoff_s))
+            if retry_after is not None:  # the server said how long: wait that (bounded, a bad header cannot hang us)
+                time.sleep(min(retry_after, RETRY_AFTER_MAX_S))
+            else:
+                time.sleep(min(self.backoff_s * 2 ** attempt, self.max_backoff_s))
 
     def ask(self, messages: list[dict], parse: Callable[[str], Any], key: str | None = None) -> Any:
         """``parse(reply)`` of the endpoint's reply to ``messages``, from the cache or the server; None = abstained.
