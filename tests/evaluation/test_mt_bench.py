@@ -142,6 +142,11 @@ def test_eval_mt_bench_two_turns_end_to_end(tmp_path, talkative_model_dir):
                      "--baseline", str(baseline), "--max-new-tokens", "6", "--out", str(out), "--no-progress"])
         assert code == 0
         bodies = [b["messages"][-1]["content"] for b in srv.bodies]
+        first = (out / "mt_bench.json").read_text()
+        # the same command again: the same answers (seeded), every rating from the cache, nothing asked
+        assert main(["eval", str(tiny_model_dir), "--mt-bench", str(questions), "--judge", f"openai:{srv.url}#judge",
+                     "--baseline", str(baseline), "--max-new-tokens", "6", "--out", str(out), "--no-progress"]) == 0
+        assert srv.received == 8 and json.loads((out / "mt_bench.json").read_text()) == json.loads(first)
     res = json.loads((out / "mt_bench.json").read_text())
     assert {"score", "turn_1", "turn_2", "categories", "n_questions"} <= set(res)
     assert res["score"] == pytest.approx(5.75) and res["turn_1"] == pytest.approx(5.0)
