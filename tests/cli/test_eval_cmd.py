@@ -132,3 +132,10 @@ def test_eval_prompts_with_two_turn_questions_writes_no_one_turn_mt_bench_file(t
                  "--no-progress"]) == 0
     assert (out / "alpaca_eval.json").exists() and not (out / "mt_bench_answers.jsonl").exists()
     assert "use --mt-bench" in capsys.readouterr().err
+
+
+def test_model_names_of_answer_files():
+    from currydpo.cli.eval_cmd import model_name
+
+    assert [model_name(p) for p in ("runs/curry/final", "runs/x/stage-2/", "/tmp/model", "Org/zephyr-7b", "a/b.jsonl",
+                                    "final")] == ["curry-final", "x-stage-2", "model", "zephyr-7b", "b", "final"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -118,7 +119,7 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     written = ["eval.json", "eval.md"]
     if prompts:
-        name = os.path.basename(os.path.normpath(args.model))
+        name = model_name(args.model)
         export_alpaca_eval(os.path.join(args.out, "alpaca_eval.json"), prompts, answers, name)
         written.append("alpaca_eval.json")
         if any(p.turns and len(p.turns) > 1 for p in prompts):  # FastChat's grader would read a missing turn 2
@@ -141,6 +142,16 @@ def run(args) -> int:
     print(md)
     print(f"written: {args.out}/" + ", ".join(written))
     return 0
+
+
+def model_name(path: str) -> str:
+    """The name answer files and tables use: the directory's name, with its run's name before a checkpoint's
+    (runs/curry/final -> curry-final), a FastChat answer file's stem."""
+    parts = os.path.normpath(path).split(os.sep)
+    name = os.path.splitext(parts[-1])[0] if parts[-1].endswith(".jsonl") else parts[-1]
+    if len(parts) > 1 and re.fullmatch(r"final|stage-\d+", name):
+        name = f"{parts[-2]}-{name}"
+    return name
 
 
 def prepare_mt_bench(args) -> dict:
@@ -190,13 +201,13 @@ def run_mt_bench(args, mt: dict, tokenizer, policy, mcfg, device, gen) -> dict[s
 
     questions = mt["questions"]
     gen = replace(gen, do_sample=True)  # the per-category temperatures decide (0 = greedy)
-    name = os.path.basename(os.path.normpath(args.model))
+    name = model_name(args.model)
     models = [(name, args.model, policy)]
     if args.baseline:
-        base_name = os.path.splitext(os.path.basename(os.path.normpath(args.baseline)))[0]
+        base_name = model_name(args.baseline)
         models.append((base_name if base_name != name else f"{base_name}-baseline", args.baseline, None))
     answers = {}
-    for model_name, path, model in models:
+    for label, path, model in models:
         if path.endswith(".jsonl"):  # a FastChat answer file, e.g. another model's answers
             got = load_answer_file(path)
             missing = [q.id for q in questions if q.id not in got]
@@ -204,16 +215,16 @@ def run_mt_bench(args, mt: dict, tokenizer, policy, mcfg, device, gen) -> dict[s
                 from ..errors import CurryError
 
                 raise CurryError(f"--baseline {path}: no answer for question {missing[0]} ({len(missing)} missing)")
-            answers[model_name] = [got[q.id] for q in questions]
+            answers[label] = [got[q.id] for q in questions]
         else:
             model = model if model is not None else (load_model(path, mcfg, device) if args.engine == "hf" else None)
             engine = make_engine(args.engine, model=model, tokenizer=tokenizer, path=path, seed=args.seed,
                                  trust_remote_code=args.trust_remote_code)
-            answers[model_name] = answer_turns(engine, questions, gen, temperatures=mt["temperatures"],
+            answers[label] = answer_turns(engine, questions, gen, temperatures=mt["temperatures"],
                                                default_temperature=mt["default"], progress=not args.no_progress)
             del engine
-        export_mt_bench(os.path.join(args.out, "model_answer", f"{model_name}.jsonl"), [q.id for q in questions],
-                        answers[model_name], model_name)
+        export_mt_bench(os.path.join(args.out, "model_answer", f"{label}.jsonl"), [q.id for q in questions],
+                        answers[label], label)
     return {n: {"model": n, "judge": args.judge,
                 **summarise(questions, mt["grader"].grade(questions, a, mt["references"]), seed=args.seed)}
             for n, a in answers.items()}
