@@ -81,6 +81,22 @@ def test_grader_abstentions_are_counted_never_cached_and_asked_again(tmp_path):
         summarise(QS[:1], [[None, None]])
 
 
+def test_judge_prompt_file_swaps_the_prompt_and_the_rating_rule(tmp_path):
+    f = tmp_path / "my_prompt.py"
+    f.write_text("def grading_messages(turns, answers, references):\n"
+                 "    return [{'role': 'user', 'content': 'MINE ' + turns[-1] + ' / ' + answers[-1]}]\n\n"
+                 "def parse_rating(text):\n"
+                 "    return float(text.split('score=')[1]) if 'score=' in text else None\n")
+    with JudgeServer(reply=lambda req: "score=" + str(len(req["messages"][0]["content"]) % 9 + 1)) as srv:
+        g = SingleGrader(f"openai:{srv.url}#judge", prompt_file=str(f), **FAST)
+        got = g.grade(QS[:1], ANSWERS[:1], REFS)
+        assert [b["messages"] for b in srv.bodies][0] == [{"role": "user", "content": "MINE add 2 and 3 / 5"}]
+    assert got == [[len("MINE add 2 and 3 / 5") % 9 + 1, len("MINE now times 4 / 20") % 9 + 1]]
+    with pytest.raises(CurryError, match="has no function 'parse_rating'"):
+        (tmp_path / "half.py").write_text("def grading_messages(t, a, r):\n    return []\n")
+        SingleGrader("openai:http://127.0.0.1:1/v1#j", prompt_file=str(tmp_path / "half.py"))
+
+
 def test_references_and_missing_references(tmp_path):
     f = tmp_path / "ref.jsonl"
     f.write_text(json.dumps({"question_id": 1, "choices": [{"index": 0, "turns": ["r1", "r2"]}]}) + "\n"
