@@ -93,3 +93,22 @@ def test_example_compare_losses_frontier_sweeps_every_loss_over_the_lr():
     spec = load_spec(str(ROOT / "examples" / "compare_losses_frontier.yaml"))
     assert set(spec.arms) == {f"{a}@{lr}" for a in plain.arms for lr in (2e-05, 6e-05, 0.0002)}
     assert spec.base == plain.base and spec.output_dir != plain.output_dir
+
+
+def test_readme_paper_reproduction_commands_parse():
+    """Every currydpo command of the paper-reproduction chain names real flags (argparse exits otherwise)."""
+    import shlex
+
+    from currydpo.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Reproducing the paper", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if "currydpo" in words:  # `currydpo ...` or `accelerate launch ... -m currydpo ...`
+            commands.append(words[words.index("currydpo") + 1:])
+    assert [c[0] for c in commands].count("eval") == 6 and any("--mt-bench" in c for c in commands)
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        assert args.command == argv[0]

@@ -31,15 +31,17 @@ def test_eval_gives_preference_metrics_win_rate_kl_and_exports(tiny_model_dir, t
                "--out", str(out), "--no-progress"])
     assert rc == 0
     m = json.loads((out / "eval.json").read_text())
-    # The model is its own reference and baseline: zero margins, KL 0, and every comparison a tie.
-    assert m["preference"]["rewards/margins"] == 0.0 and m["preference"]["n"] == 18
+    # The model is its own reference and baseline: no implicit reward (n/a, not 0), KL 0, every comparison a tie.
+    assert m["preference"]["rewards/margins"] is None and m["preference"]["rewards/accuracies"] is None
+    assert m["preference"]["n"] == 18
     assert abs(m["kl"]) < 1e-6
     assert m["win_rate"]["win_rate"] == 0.5 and m["win_rate"]["ties"] == 6
     assert "bucket=4/ranking_accuracy" in m["preference"]
     alpaca = json.loads((out / "alpaca_eval.json").read_text())
     assert len(alpaca) == 6 and set(alpaca[0]) == {"instruction", "output", "generator"}
     assert len((out / "mt_bench_answers.jsonl").read_text().splitlines()) == 6
-    assert "adjusted win rate" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "adjusted win rate" in out_text and "| held-out rewards/accuracies | n/a (the model is its own" in out_text
 
 
 def test_eval_of_a_trained_model_against_its_sft_model_is_not_trivial(tiny_model_dir, tmp_path):
@@ -119,3 +121,21 @@ def test_eval_without_reference_gives_the_reference_free_ranking_accuracies(tiny
         assert m[f"bucket={rank}/ranking_accuracy"] == sum(oks) / len(oks)
     assert {f"bucket={b}/idealised_ranking_accuracy" for b in (2, 3, 4)} <= set(m)
     assert "ranking acc / normalised / idealised" in capsys.readouterr().out
+
+
+def test_eval_prompts_with_two_turn_questions_writes_no_one_turn_mt_bench_file(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "q.jsonl"
+    prompts.write_text("".join(json.dumps({"question_id": i, "turns": [f"the dog {i}", "and then?"]}) + "\n"
+                               for i in range(2)))
+    out = tmp_path / "ev"
+    assert main(["eval", tiny_model_dir, "--prompts", str(prompts), "--max-new-tokens", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert (out / "alpaca_eval.json").exists() and not (out / "mt_bench_answers.jsonl").exists()
+    assert "use --mt-bench" in capsys.readouterr().err
+
+
+def test_model_names_of_answer_files():
+    from currydpo.cli.eval_cmd import model_name
+
+    assert [model_name(p) for p in ("runs/curry/final", "runs/x/stage-2/", "/tmp/model", "Org/zephyr-7b", "a/b.jsonl",
+                                    "final")] == ["curry-final", "x-stage-2", "model", "zephyr-7b", "b", "final"]

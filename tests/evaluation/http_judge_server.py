@@ -9,12 +9,17 @@ Modes (attributes, may be changed while running):
 - ``mode="always_a"``: position bias, always [[A]];
 - ``mode="garbage"``: HTTP 200 with a body that is not JSON;
 - ``mode="no_verdict"``: valid chat-completions JSON whose content has no verdict tag;
-- ``fail_first=k``: the first k requests fail (HTTP 500, or a dropped connection
-  when ``fail_kind="drop"``);
+- ``reply=fn``: ``fn(request_json) -> str`` is the content of every answer (any grader);
+- ``fail_first=k``: the first k requests fail: HTTP 500 (``fail_kind="500"``), a dropped
+  connection (``"drop"``), HTTP 429 with ``Retry-After: retry_after`` (``"429"``), or an
+  answer sent only after ``delay`` seconds (``"slow"``, a client timeout);
+- ``hang_after=n``: after n answered requests every request waits until ``release`` is
+  set (a judge that stalls while the client is killed);
 - ``die_after=n``: after n answered requests every request is dropped (a dead server).
 
 Counters: ``received`` (every request), ``answered`` (requests answered with a
-verdict or garbage), ``bodies`` (parsed request JSON), ``auth`` (Authorization headers).
+verdict or garbage), ``bodies`` (parsed request JSON of answered requests), ``auth``
+(Authorization headers), ``arrivals`` (time of every request).
 """
 
 from __future__ import annotations
@@ -22,14 +27,19 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _ANSWER = re.compile(r"\[The Start of Assistant (A|B)'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S)
 
 
 class JudgeServer:
-    def __init__(self, mode: str = "longer", fail_first: int = 0, fail_kind: str = "500", die_after: int | None = None):
+    def __init__(self, mode: str = "longer", fail_first: int = 0, fail_kind: str = "500", die_after: int | None = None,
+                 reply=None, retry_after: str = "1", delay: float = 1.0, hang_after: int | None = None):
         self.mode, self.fail_first, self.fail_kind, self.die_after = mode, fail_first, fail_kind, die_after
+        self.reply, self.retry_after, self.delay, self.hang_after = reply, retry_after, delay, hang_after
+        self.release = threading.Event()
+        self.arrivals: list[float] = []
         self.received = 0
         self.answered = 0
         self.bodies: list[dict] = []
@@ -48,6 +58,7 @@ class JudgeServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
@@ -74,14 +85,23 @@ class JudgeServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with server.lock:
                     server.received += 1
+                    server.arrivals.append(time.monotonic())
                     n = server.received
                     dead = server.die_after is not None and server.answered >= server.die_after
+                    hang = server.hang_after is not None and server.answered >= server.hang_after
+                if hang:
+                    server.release.wait()
+                    return self._send(503, b'{"error": "stalled"}')
                 if self.path != "/v1/chat/completions":
                     return self._send(404, b'{"error": "not found"}')
                 if dead or (n <= server.fail_first and server.fail_kind == "drop"):
                     self.close_connection = True  # no response at all: the client sees a dropped connection
                     return
-                if n <= server.fail_first:
+                if n <= server.fail_first and server.fail_kind == "429":
+                    return self._send(429, b'{"error": "rate limited"}', {"Retry-After": server.retry_after})
+                if n <= server.fail_first and server.fail_kind == "slow":
+                    time.sleep(server.delay)
+                elif n <= server.fail_first:
                     return self._send(500, b'{"error": "transient"}')
                 req = json.loads(body)
                 with server.lock:
@@ -90,7 +110,7 @@ class JudgeServer:
                 if server.mode == "garbage":
                     out = b"<html>definitely not json"
                 else:
-                    verdict = server.decide(req["messages"][-1]["content"])
+                    verdict = server.reply(req) if server.reply else server.decide(req["messages"][-1]["content"])
                     out = json.dumps({"id": f"cmpl-{n}", "object": "chat.completion", "model": req.get("model"),
                                       "choices": [{"index": 0, "finish_reason": "stop",
                                                    "message": {"role": "assistant", "content": verdict}}],
@@ -99,11 +119,16 @@ class JudgeServer:
                     server.answered += 1
                 self._send(200, out)
 
-            def _send(self, code: int, out: bytes):
+            def _send(self, code: int, out: bytes, headers: dict | None = None):
                 self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
-                self.wfile.write(out)
+                try:
+                    self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
 
         return Handler

@@ -1,18 +1,23 @@
 import json
+import os
 
 import pytest
 import torch
 
 from currydpo.errors import CurryError
 from currydpo.evaluation.generation import (
+    MT_BENCH_TEMPERATURES,
     GenerationConfig,
     Prompt,
+    answer_turns,
     export_alpaca_eval,
     export_mt_bench,
     generate,
     load_prompts,
     render_prompt,
 )
+
+from conftest import SHARED_DATA
 
 # ------------------------------------------------------------------------ prompt files
 
@@ -29,11 +34,12 @@ def test_load_prompts_all_formats(tmp_path):
         {"question_id": 81, "category": "writing", "turns": ["first turn", "second turn"]},
         {"instruction": "alpaca style"},
         {"id": "w1", "text": "wizard style"},
+        {"idx": 7, "Skill": "Math", "Difficulty": 1, "Instruction": "WizardLM test set"},
         "",
     ])
     ps = load_prompts(f)
-    assert [p.text for p in ps] == ["plain", "chat", "first turn", "alpaca style", "wizard style"]
-    assert [p.id for p in ps] == [0, 1, 81, 3, "w1"]
+    assert [p.text for p in ps] == ["plain", "chat", "first turn", "alpaca style", "wizard style", "WizardLM test set"]
+    assert [p.id for p in ps] == [0, 1, 81, 3, "w1", 7]
     assert ps[1].messages[0]["role"] == "system" and ps[0].messages is None
     j = tmp_path / "alpaca.json"
     j.write_text(json.dumps([{"instruction": "a", "dataset": "x"}, {"instruction": "b"}]))
@@ -144,3 +150,95 @@ def test_exports(tmp_path):
     with pytest.raises(CurryError, match="2 prompts but 1 outputs"):
         export_alpaca_eval(tmp_path / "x.json", prompts, ["o1"], "g")
     assert not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------------------------ multi-turn (MT-bench)
+
+MT_BENCH = os.path.join(SHARED_DATA, "mt_bench", "question.jsonl")
+VICUNA = os.path.join(SHARED_DATA, "vicuna_bench", "question.jsonl")
+
+
+@pytest.mark.skipif(not (os.path.exists(MT_BENCH) and os.path.exists(VICUNA)), reason="shared data absent")
+def test_load_fastchat_question_files():
+    mt = load_prompts(MT_BENCH)
+    assert len(mt) == 80 and all(len(p.turns) == 2 for p in mt) and mt[0].text == mt[0].turns[0]
+    cats = {p.category for p in mt}
+    assert cats == set(MT_BENCH_TEMPERATURES) and all(isinstance(p.id, int) for p in mt)
+    vic = load_prompts(VICUNA)
+    assert len(vic) == 80 and all(len(p.turns) == 1 for p in vic)
+
+
+def test_load_prompts_bad_second_turn(tmp_path):
+    f = write_lines(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["ok", ""]}])
+    with pytest.raises(CurryError, match=r"q.jsonl row 1 field 'turns\[1\]': empty text"):
+        load_prompts(f)
+
+
+class RecordingEngine:
+    """Answers "A<turn>-<id>" and records every call (prompts as given, the config)."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, cfg, progress=True):
+        self.calls.append((list(prompts), cfg))
+        return [f"A{len(p.messages) // 2 if isinstance(p, Prompt) and p.messages else 0}-{p.id}" for p in prompts]
+
+
+def test_answer_turns_feeds_own_answers_batches_across_questions_and_uses_category_temperatures():
+    qs = [Prompt(1, "w1", turns=["w1", "w2"], category="writing"), Prompt(2, "m1", turns=["m1", "m2"], category="math"),
+          Prompt(3, "s1", turns=["s1"], category="stem"), Prompt(4, "x1", turns=["x1", "x2"], category="writing"),
+          Prompt(5, "o1", turns=["o1", "o2"], category="other")]
+    engine = RecordingEngine()
+    out = answer_turns(engine, qs, GenerationConfig(seed=3), temperatures={**MT_BENCH_TEMPERATURES, "stem": 0.4},
+                       default_temperature=0.9, progress=False)
+    assert out == [["A0-1", "A1-1"], ["A0-2", "A1-2"], ["A0-3"], ["A0-4", "A1-4"], ["A0-5", "A1-5"]]
+    # one call per (turn, temperature): greedy math; stem overridden to 0.4; writing 0.7 batched; other -> default
+    got = [([p.id for p in ps], c.temperature, c.greedy, c.seed) for ps, c in engine.calls]
+    assert got == [([2], 0.0, True, 3), ([3], 0.4, False, 10_003), ([1, 4], 0.7, False, 20_003),
+                   ([5], 0.9, False, 30_003), ([2], 0.0, True, 100_003),
+                   ([1, 4], 0.7, False, 110_003), ([5], 0.9, False, 120_003)]
+    second = engine.calls[5][0][0]  # turn 2 of question 1: its own first answer between the user turns
+    assert second.messages == [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "A0-1"},
+                               {"role": "user", "content": "w2"}]
+    assert engine.calls[0][0][0] is qs[1]  # turn 1 is the prompt as a single-turn one
+    plain = RecordingEngine()
+    answer_turns(plain, qs, GenerationConfig(temperature=0.3), progress=False)  # no table: cfg for every turn
+    assert {c.temperature for _, c in plain.calls} == {0.3} and len(plain.calls) == 2
+
+
+def test_answer_turns_with_hf_equals_generate_on_the_conversation(model_and_tokenizer):
+    from currydpo.evaluation.engines import HFEngine
+
+    model, tok = model_and_tokenizer
+    qs = [Prompt(1, "the cat", turns=["the cat", "and the dog?"], category="math"),
+          Prompt(2, "hello", turns=["hello", "two"], category="coding"), Prompt(3, "sea", turns=["sea"])]
+    cfg = GenerationConfig(max_new_tokens=6, batch_size=2)
+    out = answer_turns(HFEngine(model, tok), qs, cfg, temperatures=MT_BENCH_TEMPERATURES, progress=False)
+    assert [len(a) for a in out] == [2, 2, 1] and all(all(t for t in a) for a in out)
+    greedy = GenerationConfig(max_new_tokens=6, do_sample=False)
+    msgs = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": out[0][0]},
+            {"role": "user", "content": "and the dog?"}]
+    assert generate(model, tok, [Prompt(1, "and the dog?", msgs)], greedy, progress=False) == [out[0][1]]
+    text, _ = render_prompt(tok, Prompt(1, "x", msgs))
+    assert text.count("<|user|>") == 2 and out[0][0] in text
+
+
+def test_answer_turns_with_vllm_renders_the_conversation(model_and_tokenizer):
+    from test_engines import FakeVLLM
+
+    from currydpo.evaluation.engines import VLLMEngine
+
+    _, tok = model_and_tokenizer
+    fake = FakeVLLM()
+    engine = VLLMEngine("m", tok, vllm_module=fake)
+    out = answer_turns(engine, [Prompt(1, "q1", turns=["q1", "q2"], category="math")],
+                       GenerationConfig(max_new_tokens=5, seed=7), temperatures=MT_BENCH_TEMPERATURES, progress=False)
+    assert out == [["answer 7", "answer 100007"]]
+    texts, params = fake.calls[1]
+    assert texts[0] == tok.apply_chat_template([{"role": "user", "content": "q1"}, {"role": "assistant",
+                                                "content": "answer 7"}, {"role": "user", "content": "q2"}],
+                                               tokenize=False, add_generation_prompt=True)
+    assert params[0]["temperature"] == 0.0

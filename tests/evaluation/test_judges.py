@@ -11,6 +11,7 @@ from currydpo.evaluation.judges import (
     OpenAIJudge,
     make_judge,
     parse_verdict,
+    retry_after_seconds,
 )
 from currydpo.evaluation.winrate import win_rate_report
 
@@ -160,17 +161,57 @@ def test_openai_judge_client_error_is_not_retried():
 
 
 @pytest.mark.parametrize("mode", ["garbage", "no_verdict"])
-def test_openai_judge_unparseable_is_tie_and_counted(tmp_path, mode):
+def test_openai_judge_unparseable_is_a_counted_abstention_never_cached(tmp_path, mode):
     with JudgeServer(mode) as srv:
         j = make_judge(f"openai:{srv.url}#m", cache_dir=tmp_path, **FAST)
-        rep = win_rate_report(j, PROMPTS[:2], CAND[:2], BASE[:2])
-        assert rep["win_rate"] == 0.5 and rep["ties"] == 2
-        assert rep["judge_stats"]["unparseable"] == 4  # 2 comparisons x 2 orders
-        assert srv.received == 4 * FAST["max_attempts"]  # each retried, then given up
-        # unparseable verdicts are cached too: a re-run does not pay again
+        assert j.compare(PROMPTS[:1], CAND[:1], BASE[:1]) == [None]  # not a tie
+        with pytest.raises(CurryError, match="no readable verdict on any of the 2 comparisons"):
+            win_rate_report(j, PROMPTS[:2], CAND[:2], BASE[:2])
+        assert j.stats["unparseable"] == 2 + 4  # per order
+        assert srv.received == 6 * FAST["max_attempts"]  # each retried, then given up
+        assert not (tmp_path / "judge_verdicts.jsonl").exists() or not (tmp_path / "judge_verdicts.jsonl").read_text()
+        # fixed endpoint: the same cache asks again and gets real verdicts
+        srv.mode = "longer"
         j2 = make_judge(f"openai:{srv.url}#m", cache_dir=tmp_path, **FAST)
-        assert j2.compare(PROMPTS[:2], CAND[:2], BASE[:2]) == [0.5, 0.5]
-        assert srv.received == 4 * FAST["max_attempts"]
+        rep = win_rate_report(j2, PROMPTS[:2], CAND[:2], BASE[:2])
+        assert rep["win_rate"] == 1.0 and rep["abstained"] == 0 and j2.stats["cached"] == 0
+
+
+def test_openai_judge_partly_unparseable_abstentions_counted_apart():
+    def reply(req):  # no verdict for q2, "longer wins" otherwise
+        content = req["messages"][-1]["content"]
+        return "hmm" if "q2" in content else JudgeServer().decide(content)
+
+    with JudgeServer(reply=reply) as srv:
+        j = make_judge(f"openai:{srv.url}#m", **FAST)
+        rep = win_rate_report(j, PROMPTS, CAND, BASE)
+        assert srv.received > 0
+    judged = [e for i, e in enumerate(EXPECTED) if i != 1]
+    assert rep["abstained"] == 1 and rep["n"] == 4
+    assert rep["win_rate"] == pytest.approx(sum(judged) / 4)
+    assert (rep["wins"], rep["ties"], rep["losses"]) == (2, 1, 1)
+
+
+def test_openai_judge_honours_retry_after_on_429():
+    with JudgeServer("longer", fail_first=1, fail_kind="429", retry_after="1") as srv:
+        j = make_judge(f"openai:{srv.url}#m", **{**FAST, "concurrency": 1})  # back-off cap 0.01 s: not used
+        assert j.compare(PROMPTS[:1], CAND[:1], BASE[:1]) == EXPECTED[:1]
+        assert srv.received == 3 and j.stats["retries"] == 1
+        assert srv.arrivals[1] - srv.arrivals[0] >= 0.9  # waited what the server asked, not the back-off
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and retry_after_seconds("2.5") == 2.5
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_openai_judge_retries_timeouts_then_one_line_error():
+    with JudgeServer("longer", fail_first=1, fail_kind="slow", delay=1.0) as srv:
+        j = make_judge(f"openai:{srv.url}#m", **{**FAST, "timeout_s": 0.3, "concurrency": 1})
+        assert j.compare(PROMPTS[:1], CAND[:1], BASE[:1]) == EXPECTED[:1]
+        assert j.stats["retries"] == 1
+    with JudgeServer("longer", fail_first=10**6, fail_kind="slow", delay=1.0) as srv:
+        j = make_judge(f"openai:{srv.url}#m", **{**FAST, "timeout_s": 0.2, "concurrency": 1})
+        with pytest.raises(CurryError, match=r"failed 3 times \(last: .*timed out") as e:
+            j.compare(PROMPTS[:1], CAND[:1], BASE[:1])
+        assert "\n" not in str(e.value)
 
 
 def test_openai_judge_cache_second_run_is_free(tmp_path):

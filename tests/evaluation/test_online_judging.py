@@ -27,3 +27,19 @@ def test_pairwise_judge_ranks_by_share_of_wins():
     records = sampling.ranked_records(1, [[Prompt(0, "p"), Prompt(1, "q")]], [chunk], [got])
     assert [r.id for r in records] == ["online-2-0", "online-2-1"]
     assert [x.text for x in records[0].responses] == ["bb", "a", "ccc"] and records[0].meta == {"online_stage": 2}
+
+
+class AbstainsOnA(LongerWins):
+    """Abstains (None) on every comparison that involves the answer "a"."""
+
+    def compare(self, prompts, a, b):
+        return [None if "a" in (x, y) else o for x, y, o in zip(a, b, super().compare(prompts, a, b))]
+
+
+def test_pairwise_abstentions_count_for_neither_answer():
+    chunk = {"prompts": ["p", "q"], "answers": [["bb", "a", "ccc"], ["a", "dd"]]}
+    got = sampling.judge_chunk(AbstainsOnA(), chunk)
+    # "bb" vs "ccc" is the only judged comparison: bb 0 of 1, ccc 1 of 1; "a" was never judged (None)
+    assert got["scores"] == [[0.0, None, 1.0], [None, None]]
+    records = sampling.ranked_records(0, [[Prompt(0, "p"), Prompt(1, "q")]], [chunk], [got])
+    assert len(records) == 1 and [(x.text, x.score) for x in records[0].responses] == [("bb", 0.0), ("ccc", 1.0)]

@@ -5,8 +5,11 @@
   CI, mean judge score for pointwise judges;
 - KL to the reference: mean over prompts of log pi(y|x) - log ref(y|x) on the sampled
   answers y ~ pi (a Monte-Carlo estimate of KL(pi || ref), valid when answers are sampled
-  at temperature 1 without top-p; otherwise reported as None);
-- preference metrics on held-out ranked records (see `training/preference.py`, shared with training).
+  at temperature 1 without top-p; otherwise reported as None). A negative estimate is
+  sampling noise (KL >= 0) and is flagged ``kl_noise``;
+- preference metrics on held-out ranked records (see `training/preference.py`, shared with training);
+  a model that is its own reference has no implicit reward, so its reward accuracy and margin
+  are None (n/a), not 0.
 """
 
 from __future__ import annotations
@@ -86,9 +89,14 @@ def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), g
             kl = sample_logratio(policy, reference, tokenizer, prompts, answers, data=data,
                                   batch_size=gen.batch_size)
             out["kl"] = sum(kl) / len(kl)
+            if out["kl"] < 0:  # KL >= 0: a negative Monte-Carlo estimate is noise around a small KL, not a value
+                out["kl_noise"] = True
         elif reference is not None:
             out["kl"] = None  # samples at temperature != 1 do not estimate KL(pi || ref)
     if heldout:  # without a reference: the reference-free preference metrics only
-        out["preference"] = heldout_preference(policy, reference, tokenizer, heldout, beta=beta, data=data,
-                                               seed=seed)
+        same = reference is policy  # e.g. the SFT model against itself: every implicit reward is 0
+        out["preference"] = heldout_preference(policy, None if same else reference, tokenizer, heldout, beta=beta,
+                                               data=data, seed=seed)
+        if same and out["preference"]:  # undefined, not 0.000: reported as n/a
+            out["preference"].update({"rewards/accuracies": None, "rewards/margins": None})
     return out, answers

@@ -1,11 +1,12 @@
 """Sampling answers from a policy for evaluation prompts, and exporting them.
 
 `load_prompts` reads evaluation prompt files (JSONL or a JSON list): plain
-``prompt`` strings, chat ``messages``, MT-bench / Vicuna / WizardLM question files
-(``question_id`` + ``turns`` — the first turn is used) and ``instruction`` / ``text``
-rows (AlpacaEval, WizardLM). `generate` samples completions in left-padded batches,
-reproducibly for a seed. The exports write the formats AlpacaEval and FastChat's
-MT-bench judge read.
+``prompt`` strings, chat ``messages``, FastChat question files (MT-bench, Vicuna-80:
+``question_id``, ``category``, ``turns``), ``instruction`` / ``text`` rows (AlpacaEval)
+and WizardLM's test set (``idx``, ``Instruction``). `generate` samples completions in
+left-padded batches, reproducibly for a seed; `answer_turns` answers every turn of multi-turn questions, each
+next user turn after the model's own previous answers (MT-bench). The exports write the
+formats AlpacaEval and FastChat's MT-bench judge read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,24 +23,28 @@ from ..data.records import check_messages
 from ..errors import BadRow, CurryError
 from ..io import bars_off, write_json, write_jsonl
 
-PROMPT_KEYS = ("messages", "prompt", "turns", "instruction", "text")
+# "Instruction" + "idx": WizardLM's test set (nlpxucan/WizardLM, WizardLM/data/WizardLM_testset.jsonl, 218 rows)
+PROMPT_KEYS = ("messages", "prompt", "turns", "instruction", "Instruction", "text")
 
 
 @dataclass
 class Prompt:
     """One evaluation prompt. ``messages`` is set for chat prompts (then ``text`` is the
     last user turn, which is what judges and exports show); ``id`` is the file's
-    ``question_id``/``id`` or the 0-based row index."""
+    ``question_id``/``id`` or the 0-based row index. Question files set ``turns`` (every
+    user turn; ``text`` is the first) and ``category``."""
 
     id: Any
     text: str
     messages: list[dict[str, str]] | None = None
+    turns: list[str] | None = None
+    category: str | None = None
 
 
 def _row_to_prompt(row: Any, source: str, line: int, index: int) -> Prompt:
     if not isinstance(row, dict):
         raise BadRow(source, line, None, "bad row", f"expected a JSON object, got {type(row).__name__}")
-    pid = row.get("question_id", row.get("id", index))
+    pid = row.get("question_id", row.get("id", row.get("idx", index)))
     key = next((k for k in PROMPT_KEYS if k in row), None)
     if key is None:
         raise BadRow(source, line, None, "no prompt field",
@@ -54,12 +59,19 @@ def _row_to_prompt(row: Any, source: str, line: int, index: int) -> Prompt:
     if key == "turns":
         if not isinstance(value, list) or not value:
             raise BadRow(source, line, key, "bad turns", "expected a non-empty list of strings")
-        value, key = value[0], "turns[0]"
+        for i, turn in enumerate(value):
+            _check_text(turn, source, line, f"turns[{i}]")
+        category = row.get("category")
+        return Prompt(pid, value[0], turns=list(value), category=None if category is None else str(category))
+    _check_text(value, source, line, key)
+    return Prompt(pid, value)
+
+
+def _check_text(value: Any, source: str, line: int, key: str) -> None:
     if not isinstance(value, str):
         raise BadRow(source, line, key, "bad type", f"expected a string, got {type(value).__name__}")
     if not value.strip():
         raise BadRow(source, line, key, "empty text")
-    return Prompt(pid, value)
 
 
 def load_prompts(path: str | os.PathLike) -> list[Prompt]:
@@ -187,6 +199,67 @@ def generate(model, tokenizer, prompts: Sequence[Prompt | str], cfg: GenerationC
     return outputs
 
 
+# MT-bench's sampling temperature per question category (FastChat llm_judge/common.py temperature_config,
+# Zheng et al. 2023, arXiv 2306.05685); categories not listed get DEFAULT_TEMPERATURE there.
+MT_BENCH_TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+MT_BENCH_DEFAULT_TEMPERATURE = 0.7
+
+
+def user_turns(prompt: Prompt | str) -> list[str]:
+    """A prompt's user turns: a question file's ``turns``, else its one (last) user message."""
+    if isinstance(prompt, Prompt):
+        return prompt.turns or [prompt.text]
+    return [prompt]
+
+
+def conversation(prompt: Prompt | str, answers: Sequence[str], k: int) -> Prompt | str:
+    """What the model sees for turn ``k``: user turns 0..k with its own ``answers`` to turns < k between them."""
+    if k == 0:
+        return prompt  # the first turn exactly as a single-turn prompt
+    turns = user_turns(prompt)
+    msgs = []
+    for user, answer in zip(turns[:k], answers[:k]):
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    msgs.append({"role": "user", "content": turns[k]})
+    return Prompt(prompt.id if isinstance(prompt, Prompt) else k, turns[k], msgs)
+
+
+def answer_turns(engine, prompts: Sequence[Prompt | str], cfg: GenerationConfig, *,
+                 temperatures: dict[str, float] | None = None, default_temperature: float | None = None,
+                 progress: bool = True) -> list[list[str]]:
+    """Every turn of every prompt answered, as MT-bench asks: turn k follows the model's own answers to turns < k.
+
+    All prompts at turn k that share a temperature are one ``engine.generate`` call (batched across
+    questions). ``temperatures`` maps a prompt's ``category`` to its temperature (0 = greedy), e.g.
+    `MT_BENCH_TEMPERATURES`; other prompts get ``default_temperature`` (default ``cfg.temperature``).
+    Without ``temperatures`` every turn samples with ``cfg`` unchanged. Turn k, group g is seeded
+    ``cfg.seed + 100_000 * k + 10_000 * g``: distinct streams, the same answers for the same seed.
+    """
+    default = cfg.temperature if default_temperature is None else default_temperature
+
+    def cfg_for(p) -> GenerationConfig:
+        if temperatures is None:
+            return cfg
+        cat = p.category if isinstance(p, Prompt) else None
+        t = temperatures.get(cat, default) if cat is not None else default
+        return replace(cfg, temperature=t, do_sample=t > 0)
+
+    answers: list[list[str]] = [[] for _ in prompts]
+    for k in range(max((len(user_turns(p)) for p in prompts), default=0)):
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            if len(user_turns(p)) > k:
+                c = cfg_for(p)
+                groups.setdefault((c.temperature, c.do_sample), []).append(i)
+        for g, ((temperature, do_sample), idx) in enumerate(sorted(groups.items())):
+            gcfg = replace(cfg, temperature=temperature, do_sample=do_sample, seed=cfg.seed + 100_000 * k + 10_000 * g)
+            outs = engine.generate([conversation(prompts[i], answers[i], k) for i in idx], gcfg, progress=progress)
+            for i, out in zip(idx, outs, strict=True):
+                answers[i].append(out)
+    return answers
+
+
 def _check_same_length(what: str, a: Sequence, b: Sequence) -> None:
     if len(a) != len(b):
         raise CurryError(f"{what}: {len(a)} prompts but {len(b)} outputs; pass one output per prompt")
@@ -206,8 +279,8 @@ def export_mt_bench(path: str | os.PathLike, question_ids: Sequence[Any], output
     """Write FastChat MT-bench answers as JSONL (atomic).
 
     One row per question: {question_id, answer_id, model_id, choices: [{index: 0,
-    turns: [...]}], tstamp}. An output string is one turn (we generate the first turn
-    only); pass a list of strings to write several turns. ``answer_id`` is a stable
+    turns: [...]}], tstamp}. An output string is one turn; a list of strings (from
+    `answer_turns`) is every turn. ``answer_id`` is a stable
     hash of (model_id, question_id, turns).
     """
     _check_same_length("export_mt_bench", question_ids, outputs)

@@ -1,7 +1,8 @@
 """Judges behind one interface: gold functions, reward models, OpenAI-compatible LLM judges.
 
 A judge compares two responses to the same prompt: ``compare(prompts, responses_a,
-responses_b) -> list[float]`` with 1 = a wins, 0 = b wins, 0.5 = tie. Pointwise judges
+responses_b) -> list[float | None]`` with 1 = a wins, 0 = b wins, 0.5 = tie and None =
+the judge abstained (its reply held no verdict; LLM judges only). Pointwise judges
 also have ``score(prompts, responses) -> list[float]`` (higher is better) and get
 ``compare`` from their scores: equal scores (within ``tie_tolerance``) are a tie.
 
@@ -14,7 +15,9 @@ Specs accepted by `make_judge`:
   template when it has one;
 - ``openai:URL[#model]`` — a pairwise LLM judge behind an OpenAI-compatible
   ``POST {URL}/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp server ...). See
-  `OpenAIJudge` for the judge prompt, order swapping, retries and the verdict cache.
+  `OpenAIJudge` for the judge prompt and order swapping, `ChatClient` for retries,
+  abstentions and the verdict cache. MT-bench's single-answer 1-10 grading over the same
+  transport is `mt_bench.py`.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class Judge(Protocol):
     spec: str
 
     def compare(self, prompts: Sequence[str], responses_a: Sequence[str],
-                responses_b: Sequence[str]) -> list[float]: ...
+                responses_b: Sequence[str]) -> list[float | None]: ...
 
 
 def prompt_texts(prompts: Sequence[Any]) -> list[str]:
@@ -154,61 +157,64 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-class OpenAIJudge:
-    """Pairwise LLM judge over an OpenAI-compatible chat-completions endpoint.
+RETRY_AFTER_MAX_S = 600.0  # the longest Retry-After we wait
 
-    Each comparison is asked twice, with the answers in both orders (A, B) and (B, A).
-    The outcome for ``a`` is its verdict when both orders agree and a tie (0.5) when
-    they disagree — so a judge that always prefers the first position yields ties
-    (MT-bench's pairwise "swap" rule; the paper's adjusted win rate counts ties as 1/2).
 
-    Failures:
+def retry_after_seconds(value: str | None) -> float | None:
+    """HTTP ``Retry-After``: delta-seconds or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
 
-    - connection errors, timeouts, HTTP 429 and 5xx are retried with exponential
-      backoff (``backoff_s * 2**attempt``, capped at ``max_backoff_s``, or the server's
-      ``Retry-After``) up to ``max_attempts`` tries; if still failing, `CurryError` is
-      raised. Verdicts already obtained stay cached, so re-running resumes.
-    - other HTTP 4xx (bad model name, bad API key) raise `CurryError` at once.
-    - an answer without a verdict tag (or a body that is not chat-completions JSON) is
-      asked again up to ``max_attempts`` times; if it stays unparseable the verdict is
-      recorded as unparseable, **counts as a tie for that order**, is cached like any
-      verdict (a re-run does not pay for it again) and is counted in
-      ``stats["unparseable"]`` so the report shows it.
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
-    Cache: with ``cache_dir`` every verdict is appended (and flushed) as one JSON line
-    to ``{cache_dir}/judge_verdicts.jsonl`` keyed by the sha256 of (judge identity,
-    judge-prompt version, prompt, first answer, second answer). The identity is the
-    model name when given (``#model``), else the URL — so a restarted server on a new
-    port reuses the cache. Without ``cache_dir`` the cache lives in memory only.
+
+class ChatClient:
+    """Asks an OpenAI-compatible ``POST {URL}/chat/completions`` endpoint, parses the reply, caches the result.
+
+    Shared by the pairwise `OpenAIJudge` and the single-answer MT-bench grader (`mt_bench.py`).
+
+    - Connection errors, timeouts, HTTP 429 and 5xx are retried with exponential back-off
+      (``backoff_s * 2**attempt``, capped at ``max_backoff_s``; when the server sends
+      ``Retry-After`` that is waited instead, up to `RETRY_AFTER_MAX_S`) up to
+      ``max_attempts`` tries, then `CurryError`
+      (one line). Other HTTP 4xx (bad model name, bad key) raise at once.
+    - A reply ``parse`` cannot read (no verdict, not chat-completions JSON, null content)
+      is asked again up to ``max_attempts`` times; then ``ask`` returns None — an
+      abstention, counted in ``stats["unparseable"]`` and **never cached**, so a re-run
+      against a fixed endpoint asks again.
+    - Cache: with ``cache_path`` every parsed result is appended (flushed, fsynced) as one
+      JSON line ``{key, verdict, judge}``; a torn last line from a kill is skipped. Rows
+      with a null verdict (older versions cached abstentions) are ignored.
     """
 
-    def __init__(self, url: str, model: str | None = None, *, spec: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, max_attempts: int = 5, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, timeout_s: float = 120.0, concurrency: int = 4,
-                 temperature: float = 0.0, max_tokens: int = 1024, api_key: str | None = None,
-                 progress: bool = False):
-        if max_attempts < 1 or concurrency < 1:
-            raise CurryError(f"openai judge: max_attempts ({max_attempts}) and concurrency ({concurrency}) "
-                             "must be >= 1")
-        self.url = url.rstrip("/")
-        self.model = model
-        self.spec = spec or (f"openai:{url}" + (f"#{model}" if model else ""))
+    def __init__(self, url: str, model: str | None, *, spec: str, cache_path: str | os.PathLike | None = None,
+                 max_attempts: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 timeout_s: float = 120.0, temperature: float = 0.0, max_tokens: int = 1024,
+                 api_key: str | None = None):
+        if max_attempts < 1:
+            raise CurryError(f"openai judge: max_attempts must be >= 1, got {max_attempts}")
+        self.url, self.model, self.spec = url.rstrip("/"), model, spec
+        # The model name when given, else the URL: a restarted server on a new port reuses the cache.
         self.identity = f"openai#{model}" if model else f"openai:{self.url}"
         self.max_attempts, self.backoff_s, self.max_backoff_s = max_attempts, backoff_s, max_backoff_s
-        self.timeout_s, self.concurrency, self.progress = timeout_s, concurrency, progress
-        self.temperature, self.max_tokens = temperature, max_tokens
+        self.timeout_s, self.temperature, self.max_tokens = timeout_s, temperature, max_tokens
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.stats = {"requests": 0, "retries": 0, "cached": 0, "unparseable": 0, "inconsistent": 0}
+        self.stats = {"requests": 0, "retries": 0, "cached": 0, "unparseable": 0}
         self.usage: dict[str, float] = {}  # summed numeric "usage" fields of the answers (tokens, cost if given)
-        self._lock = threading.Lock()
-        self._cache: dict[str, str | None] = {}
-        self.cache_path = None
-        if cache_dir is not None:
-            self.cache_path = Path(cache_dir) / "judge_verdicts.jsonl"
+        self.lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        if self.cache_path is not None:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             self._load_cache()
-
-    # -- cache ---------------------------------------------------------------
 
     def _load_cache(self) -> None:
         if not self.cache_path.exists():
@@ -220,32 +226,31 @@ class OpenAIJudge:
             for line in f:
                 try:  # a run killed mid-write may leave a torn last line: skip it
                     row = json.loads(line)
-                    self._cache[row["key"]] = row["verdict"]
+                    if row["verdict"] is not None:
+                        self._cache[row["key"]] = row["verdict"]
                 except (ValueError, KeyError, TypeError):
                     continue
 
-    def cache_key(self, prompt: str, first: str, second: str) -> str:
-        payload = json.dumps([self.identity, JUDGE_PROMPT_VERSION, prompt, first, second], ensure_ascii=False)
+    def key(self, *parts: Any) -> str:
+        """sha256 of (judge identity, ``parts``): what a cached verdict answers."""
+        payload = json.dumps([self.identity, *parts], ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
-    def _store(self, key: str, verdict: str | None) -> None:
-        with self._lock:
+    def _store(self, key: str, verdict: Any) -> None:
+        with self.lock:
             self._cache[key] = verdict
             if self.cache_path is not None:
                 with open(self.cache_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"key": key, "verdict": verdict, "judge": self.identity,
-                                        "version": JUDGE_PROMPT_VERSION}) + "\n")
+                    f.write(json.dumps({"key": key, "verdict": verdict, "judge": self.identity}) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
-
-    # -- one request ---------------------------------------------------------
 
     def _post(self, body: dict) -> dict:
         req = urllib.request.Request(f"{self.url}/chat/completions", data=json.dumps(body).encode("utf-8"),
                                      method="POST", headers={"Content-Type": "application/json"})
         if self.api_key:
             req.add_header("Authorization", f"Bearer {self.api_key}")
-        with self._lock:
+        with self.lock:
             self.stats["requests"] += 1
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
@@ -253,106 +258,167 @@ class OpenAIJudge:
         except urllib.error.HTTPError as e:
             detail = e.read()[:200].decode("utf-8", "replace")
             if e.code == 429 or e.code >= 500:
-                ra = e.headers.get("Retry-After") if e.headers else None
-                raise _Transient(f"HTTP {e.code}: {detail}", float(ra) if ra and ra.isdigit() else None) from e
+                ra = retry_after_seconds(e.headers.get("Retry-After") if e.headers else None)
+                raise _Transient(f"HTTP {e.code}: {detail}", ra) from e
             raise CurryError(f"judge {self.spec}: HTTP {e.code} from {self.url}/chat/completions ({detail}); "
                              "check the URL, the model name after '#' and OPENAI_API_KEY") from e
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # timeouts are OSErrors
             raise _Transient(f"{type(e).__name__}: {e}") from e
         try:
             return json.loads(raw)
         except ValueError:
-            return {}  # not JSON: treated as an answer without a verdict
+            return {}  # not JSON: an answer without a verdict
 
     def _add_usage(self, data: dict) -> None:
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
-            with self._lock:
+            with self.lock:
                 for k, v in usage.items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
                         self.usage[k] = self.usage.get(k, 0) + v
 
-    def _ask(self, prompt: str, first: str, second: str) -> str | None:
-        """One ordered verdict ("A"/"B"/"C", None = unparseable), from cache or the server."""
-        key = self.cache_key(prompt, first, second)
-        with self._lock:
+    def _sleep(self, attempt: int, retry_after: float | None = None) -> None:
+        if attempt + 1 < self.max_attempts:
+            if retry_after is not None:  # the server said how long: wait that (bounded, a bad header cannot hang us)
+                time.sleep(min(retry_after, RETRY_AFTER_MAX_S))
+            else:
+                time.sleep(min(self.backoff_s * 2 ** attempt, self.max_backoff_s))
+
+    def ask(self, messages: list[dict], parse: Callable[[str], Any], key: str | None = None) -> Any:
+        """``parse(reply)`` of the endpoint's reply to ``messages``, from the cache or the server; None = abstained.
+        ``key`` defaults to the hash of the messages."""
+        key = key or self.key(messages)
+        with self.lock:
             if key in self._cache:
                 self.stats["cached"] += 1
                 return self._cache[key]
-        body = {"messages": [{"role": "system", "content": JUDGE_SYSTEM_PROMPT},
-                             {"role": "user", "content": JUDGE_USER_TEMPLATE.format(
-                                 question=prompt, answer_a=first, answer_b=second)}],
-                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        body = {"messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
         if self.model:
             body["model"] = self.model
         last_error = ""
         for attempt in range(self.max_attempts):
             if attempt:
-                with self._lock:
+                with self.lock:
                     self.stats["retries"] += 1
             try:
                 data = self._post(body)
             except _Transient as e:
                 last_error = str(e)
-                if attempt + 1 < self.max_attempts:
-                    delay = min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
-                    time.sleep(min(e.retry_after, self.max_backoff_s) if e.retry_after is not None else delay)
+                self._sleep(attempt, e.retry_after)
                 continue
             self._add_usage(data)
             try:
                 content = data["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):
                 content = ""
-            verdict = parse_verdict(content)
+            verdict = parse(content if isinstance(content, str) else "")
             if verdict is not None:
                 self._store(key, verdict)
                 return verdict
             last_error = "unparseable"
-            if attempt + 1 < self.max_attempts:
-                time.sleep(min(self.backoff_s * 2 ** attempt, self.max_backoff_s))
+            self._sleep(attempt)
         if last_error == "unparseable":
-            with self._lock:
+            with self.lock:
                 self.stats["unparseable"] += 1
-            self._store(key, None)
             return None
         raise CurryError(f"judge {self.spec}: {self.url}/chat/completions failed {self.max_attempts} times "
                          f"(last: {last_error}); verdicts so far are cached, re-run to resume")
 
-    # -- the interface -------------------------------------------------------
+
+def run_concurrently(fn: Callable, jobs: Sequence[tuple], concurrency: int, desc: str | None = None) -> list:
+    """``[fn(*job) for job in jobs]`` on ``concurrency`` threads, in order; the first error cancels the rest."""
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        it = futures
+        if desc:
+            from tqdm.auto import tqdm
+
+            it = tqdm(futures, desc=desc, unit="verdict")
+        try:
+            return [f.result() for f in it]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+class OpenAIJudge:
+    """Pairwise LLM judge over an OpenAI-compatible chat-completions endpoint (transport: `ChatClient`).
+
+    Each comparison is asked twice, with the answers in both orders (A, B) and (B, A).
+    The outcome for ``a`` is its verdict when both orders agree and a tie (0.5) when
+    they disagree — so a judge that always prefers the first position yields ties
+    (MT-bench's pairwise "swap" rule; the paper's adjusted win rate counts ties as 1/2).
+    When either order stays unparseable the comparison is an abstention: ``compare``
+    returns None for it (not a tie), and `win_rate_report` counts it apart.
+
+    Cache: ``{cache_dir}/judge_verdicts.jsonl``, keyed by the sha256 of (judge identity,
+    judge-prompt version, prompt, first answer, second answer).
+    """
+
+    def __init__(self, url: str, model: str | None = None, *, spec: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, max_attempts: int = 5, backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0, timeout_s: float = 120.0, concurrency: int = 4,
+                 temperature: float = 0.0, max_tokens: int = 1024, api_key: str | None = None,
+                 progress: bool = False):
+        if concurrency < 1:
+            raise CurryError(f"openai judge: concurrency must be >= 1, got {concurrency}")
+        self.spec = spec or (f"openai:{url}" + (f"#{model}" if model else ""))
+        self.client = ChatClient(url, model, spec=self.spec, max_attempts=max_attempts, backoff_s=backoff_s,
+                                 max_backoff_s=max_backoff_s, timeout_s=timeout_s, temperature=temperature,
+                                 max_tokens=max_tokens, api_key=api_key,
+                                 cache_path=None if cache_dir is None else Path(cache_dir) / "judge_verdicts.jsonl")
+        self.url, self.model, self.identity = self.client.url, model, self.client.identity
+        self.cache_path = self.client.cache_path
+        self.concurrency, self.progress = concurrency, progress
+        self.stats = self.client.stats
+        self.stats["inconsistent"] = 0
+        self.usage = self.client.usage
+
+    def cache_key(self, prompt: str, first: str, second: str) -> str:
+        return self.client.key(JUDGE_PROMPT_VERSION, prompt, first, second)
+
+    def _ask(self, prompt: str, first: str, second: str) -> str | None:
+        """One ordered verdict ("A"/"B"/"C", None = abstained), from cache or the server."""
+        messages = [{"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+                    {"role": "user", "content": JUDGE_USER_TEMPLATE.format(
+                        question=prompt, answer_a=first, answer_b=second)}]
+        return self.client.ask(messages, parse_verdict, self.cache_key(prompt, first, second))
 
     def compare(self, prompts: Sequence[str], responses_a: Sequence[str],
-                responses_b: Sequence[str]) -> list[float]:
+                responses_b: Sequence[str]) -> list[float | None]:
         _check_lengths(prompts, responses_a, responses_b)
         texts = prompt_texts(prompts)
         jobs = [(p, a, b) for p, a, b in zip(texts, responses_a, responses_b)]
         jobs += [(p, b, a) for p, a, b in zip(texts, responses_a, responses_b)]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = [pool.submit(self._ask, *job) for job in jobs]
-            if self.progress:
-                from tqdm.auto import tqdm
-
-                futures_iter = tqdm(futures, desc=f"judge {self.identity}", unit="verdict")
-            else:
-                futures_iter = futures
-            try:
-                verdicts = [f.result() for f in futures_iter]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        verdicts = run_concurrently(self._ask, jobs, self.concurrency,
+                                    f"judge {self.identity}" if self.progress else None)
         n = len(texts)
-        out = []
+        out: list[float | None] = []
         for v1, v2 in zip(verdicts[:n], verdicts[n:]):
+            if v1 is None or v2 is None:
+                out.append(None)
+                continue
             o1 = {"A": 1.0, "B": 0.0}.get(v1, 0.5)  # a shown first
             o2 = {"B": 1.0, "A": 0.0}.get(v2, 0.5)  # a shown second
             if o1 != o2:
-                with self._lock:
+                with self.client.lock:
                     self.stats["inconsistent"] += 1
             out.append(o1 if o1 == o2 else 0.5)
         return out
 
 
 # ------------------------------------------------------------------------ factory
+
+
+def openai_spec(spec: str) -> tuple[str, str | None]:
+    """``openai:URL[#MODEL]`` -> (URL, MODEL or None)."""
+    kind, _, rest = spec.partition(":")
+    url, _, model = rest.partition("#")
+    if kind != "openai" or not url.startswith(("http://", "https://")):
+        raise CurryError(f"judge spec {spec!r}: expected openai:URL[#MODEL] with a URL starting with http:// or "
+                         "https:// (e.g. openai:http://localhost:8000/v1#my-judge)")
+    return url, model or None
 
 
 def make_judge(spec: str, *, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False,
@@ -369,10 +435,7 @@ def make_judge(spec: str, *, cache_dir: str | os.PathLike | None = None, trust_r
         return RewardModelJudge(rest, spec=spec, batch_size=batch_size, device=device,
                                 trust_remote_code=trust_remote_code, tie_tolerance=tie_tolerance)
     if kind == "openai":
-        url, _, model = rest.partition("#")
-        if not url.startswith(("http://", "https://")):
-            raise CurryError(f"judge spec {spec!r}: URL must start with http:// or https:// "
-                             "(e.g. openai:http://localhost:8000/v1#my-judge)")
+        url, model = openai_spec(spec)
         return OpenAIJudge(url, model or None, spec=spec, cache_dir=cache_dir, max_attempts=max_attempts,
                            backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
                            concurrency=concurrency, progress=progress)

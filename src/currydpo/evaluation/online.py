@@ -162,12 +162,17 @@ def judge_chunk(judge, chunk: dict) -> dict:
     scores = []
     for prompt, ans in zip(chunk["prompts"], texts):  # one prompt at a time: a kill loses at most one prompt's asks
         ij = [(i, j) for i in range(len(ans)) for j in range(i + 1, len(ans))]
-        wins = [0.0] * len(ans)
+        wins, judged = [0.0] * len(ans), [0] * len(ans)
         outcomes = judge.compare([prompt] * len(ij), [ans[i] for i, _ in ij], [ans[j] for _, j in ij]) if ij else []
         for (i, j), o in zip(ij, outcomes):
+            if o is None:  # the judge abstained: this comparison counts for neither answer
+                continue
             wins[i] += o
             wins[j] += 1.0 - o
-        scores.append([w / max(1, len(ans) - 1) for w in wins])  # share of comparisons won, in [0, 1]
+            judged[i] += 1
+            judged[j] += 1
+        # share of comparisons won, in [0, 1]; None for an answer the judge never ruled on (left out of the record)
+        scores.append([w / c if c else (None if ij else 0.0) for w, c in zip(wins, judged)])
     return {"scores": scores}
 
 
@@ -204,15 +209,15 @@ def _judge(run):
 
 
 def ranked_records(k: int, chunks: list[list[Prompt]], samples: list[dict], judged: list[dict]) -> list[Record]:
-    """One record per prompt with >= 2 distinct answers, each answer scored by the judge."""
+    """One record per prompt with >= 2 distinct answers the judge scored, each with its score."""
     records = []
     for chunk, s, j in zip(chunks, samples, judged):
         for p, answers, scores in zip(chunk, s["answers"], j["scores"]):
-            texts = distinct(answers)
-            if len(texts) < 2:
+            scored = [(t, sc) for t, sc in zip(distinct(answers), scores) if sc is not None]  # None: abstained
+            if len(scored) < 2:
                 continue
             prompt = p.messages if p.messages is not None else p.text
-            records.append(Record(f"online-{k + 1}-{p.id}", prompt, [Response(t, sc) for t, sc in zip(texts, scores)],
+            records.append(Record(f"online-{k + 1}-{p.id}", prompt, [Response(t, sc) for t, sc in scored],
                                   meta={"online_stage": k + 1}))
     return records
 

@@ -98,10 +98,13 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def mean_ci(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float, float]:
+def mean_ci(values: Sequence[float], *, confidence: float = 0.95,
+            bounds: tuple[float | None, float | None] = (None, None)) -> tuple[float, float, float]:
     """``(mean, lo, hi)``: mean over seeds with a t-distribution interval (df = n - 1).
 
-    One value gives ``(v, v, v)`` — no spread can be estimated from a single seed.
+    One value gives ``(v, v, v)`` — no spread can be estimated from a single seed. ``bounds``
+    is the metric's range (a win rate's (0, 1)): the interval is clipped to it, since with
+    two seeds a t-interval easily reaches past it (-0.2 to 1.37) where no value can lie.
     """
     x = [float(v) for v in values]
     if not x:
@@ -114,12 +117,21 @@ def mean_ci(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float
         return m, m, m
     sd = math.sqrt(sum((v - m) ** 2 for v in x) / (n - 1))
     half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if bounds[0] is not None:
+        lo = max(lo, bounds[0])
+    if bounds[1] is not None:
+        hi = min(hi, bounds[1])
+    return m, lo, hi
 
 
 def win_rate_report(judge: Any, prompts: Sequence[Any], candidate: Sequence[str], baseline: Sequence[str], *,
                     seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> dict[str, Any]:
     """Judge ``candidate`` against ``baseline`` on ``prompts``; adjusted win rate with bootstrap CI.
+
+    Comparisons the judge abstained on are left out of the rate and counted in ``abstained``
+    (``n`` is the number judged); all abstained is an error. The percentile bootstrap of a
+    mean of outcomes in [0, 1] stays in [0, 1].
 
     ``prompts`` are strings or `Prompt`s (their ``text`` is shown to the judge). For a
     pointwise judge (one with ``score``) the responses are scored once and the
@@ -141,12 +153,16 @@ def win_rate_report(judge: Any, prompts: Sequence[Any], candidate: Sequence[str]
         report["mean_score_candidate"] = float(np.mean(s_cand))
         report["mean_score_baseline"] = float(np.mean(s_base))
     else:
-        outcomes = [float(o) for o in judge.compare(texts, list(candidate), list(baseline))]
-    lo, hi = bootstrap_ci(outcomes, n_boot=n_boot, alpha=alpha, seed=seed)
+        outcomes = [None if o is None else float(o) for o in judge.compare(texts, list(candidate), list(baseline))]
+    judged = [o for o in outcomes if o is not None]  # None: the judge abstained (no verdict), not a tie
+    if not judged:
+        raise CurryError(f"judge {getattr(judge, 'spec', judge)!r} gave no readable verdict on any of the {n} "
+                         "comparisons; check the endpoint and model (its replies must end with [[A]], [[B]] or [[C]])")
+    lo, hi = bootstrap_ci(judged, n_boot=n_boot, alpha=alpha, seed=seed)
     report = {
-        "win_rate": adjusted_win_rate(outcomes), "ci_low": lo, "ci_high": hi,
-        "wins": sum(o == 1.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
-        "losses": sum(o == 0.0 for o in outcomes), "n": n, **report,
+        "win_rate": adjusted_win_rate(judged), "ci_low": lo, "ci_high": hi,
+        "wins": sum(o == 1.0 for o in judged), "ties": sum(o == 0.5 for o in judged),
+        "losses": sum(o == 0.0 for o in judged), "abstained": n - len(judged), "n": len(judged), **report,
         "judge": getattr(judge, "spec", type(judge).__name__),
     }
     stats = getattr(judge, "stats", None)

@@ -11,13 +11,23 @@ from ..evaluation.winrate import mean_ci
 from ..io import atomic_path, write_json, write_text
 from .frontier import write_frontier
 
-# (key in the table, label, getter on one result's metrics)
+NA = "n/a"  # a metric that is undefined for a result (the SFT model's reward accuracy against itself)
+
+
+def _pref(key: str):
+    def get(m):
+        pref = m.get("preference") or {}
+        return NA if key in pref and pref[key] is None else pref.get(key)
+    return get
+
+
+# (key in the table, label, getter on one result's metrics, the metric's range: CIs are clipped to it)
 METRICS = [
-    ("judge_score", "gold reward", lambda m: m.get("judge_score")),
-    ("win_rate", "win rate vs SFT", lambda m: (m.get("win_rate") or {}).get("win_rate")),
-    ("kl", "KL to SFT", lambda m: m.get("kl")),
-    ("reward_accuracy", "held-out reward acc", lambda m: (m.get("preference") or {}).get("rewards/accuracies")),
-    ("ranking_accuracy", "held-out ranking acc", lambda m: (m.get("preference") or {}).get("ranking_accuracy")),
+    ("judge_score", "gold reward", lambda m: m.get("judge_score"), (None, None)),
+    ("win_rate", "win rate vs SFT", lambda m: (m.get("win_rate") or {}).get("win_rate"), (0.0, 1.0)),
+    ("kl", "KL to SFT", lambda m: m.get("kl"), (None, None)),  # negative means are flagged as noise, not clipped
+    ("reward_accuracy", "held-out reward acc", _pref("rewards/accuracies"), (0.0, 1.0)),
+    ("ranking_accuracy", "held-out ranking acc", _pref("ranking_accuracy"), (0.0, 1.0)),
 ]
 
 
@@ -37,24 +47,33 @@ def aggregate(results: list[dict], arms: list[str]) -> list[dict]:
                "updates_per_seed": [r["fairness"]["updates"] for r in rs],  # differ with run.final_model best
                "data": {"heldout_pairs": (m.get("preference") or {}).get("n"),  # of the first seed
                         "eval_prompts": (m.get("win_rate") or {}).get("n")}}
-        for key, _, get in METRICS:
-            vals = [get(r["metrics"]) for r in rs]
-            vals = [v for v in vals if v is not None]
+        for key, _, get, bounds in METRICS:
+            raw = [get(r["metrics"]) for r in rs]
+            vals = [v for v in raw if v is not None and v != NA]
             if vals:
-                m, lo, hi = mean_ci(vals)
+                m, lo, hi = mean_ci(vals, bounds=bounds)
                 if len(vals) == 1 and key == "win_rate":  # one seed: the bootstrap CI over prompts
                     wr = rs[0]["metrics"]["win_rate"]
                     lo, hi = wr["ci_low"], wr["ci_high"]
                 row[key] = {"mean": m, "ci_low": lo, "ci_high": hi, "values": vals}
+                if key == "kl" and m < 0:  # KL >= 0: a negative mean estimate is sampling noise
+                    row[key]["noise"] = True
+            elif NA in raw:
+                row[key] = NA
         rows.append(row)
     return rows
 
 
 def _fmt(cell) -> str:
-    if not cell:
-        return "–"
-    half = (cell["ci_high"] - cell["ci_low"]) / 2
-    return f"{cell['mean']:.3f} ± {half:.3f}" if half > 0 else f"{cell['mean']:.3f}"
+    if cell == NA or not cell:
+        return NA if cell == NA else "–"
+    m, lo, hi = cell["mean"], cell["ci_low"], cell["ci_high"]
+    note = " (< 0: noise)" if cell.get("noise") else ""
+    if hi - lo <= 0:
+        return f"{m:.3f}{note}"
+    if abs((hi - m) - (m - lo)) > 1e-9:  # clipped at the metric's range: the interval itself, not ± half
+        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]{note}"
+    return f"{m:.3f} ± {(hi - lo) / 2:.3f}{note}"
 
 
 def _updates(row: dict) -> str:
@@ -73,10 +92,10 @@ def metrics_table(results: list[dict]) -> str:
 
 
 def _metric_lines(rows: list[dict]) -> list[str]:
-    head = "| arm | " + " | ".join(label for _, label, _ in METRICS) + " | updates | reference |"
+    head = "| arm | " + " | ".join(label for _, label, *_ in METRICS) + " | updates | reference |"
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
     for row in rows:
-        lines.append(f"| {row['arm']} | " + " | ".join(_fmt(row.get(k)) for k, _, _ in METRICS)
+        lines.append(f"| {row['arm']} | " + " | ".join(_fmt(row.get(k)) for k, *_ in METRICS)
                      + f" | {_updates(row)} | {row['fairness']['reference']} |")
     return lines
 
@@ -99,7 +118,10 @@ def markdown(rows: list[dict]) -> str:
     n = max(len(r["seeds"]) for r in rows)
     lines.append("")
     lines.append(f"Mean ± half-width of the 95% CI over {n} seed(s) (t-interval; with one seed the win-rate CI "
-                 "is a bootstrap over prompts). Win rate = (wins + ties/2) / N against the SFT model's answers.")
+                 "is a bootstrap over prompts); [low, high] where the interval is clipped to the metric's range. "
+                 "Win rate = (wins + ties/2) / N against the SFT model's answers. n/a: undefined (the SFT model "
+                 "is its own reference, so it has no implicit reward). A negative KL is a Monte-Carlo estimate "
+                 "below 0, i.e. noise around a small KL, and is left out of the reward-vs-KL plot.")
     data = _data_line(rows)
     if data:
         lines += ["", data]
@@ -154,6 +176,8 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
         plt.close(fig)
 
     points = [r for r in results if r["metrics"].get("kl") is not None and r["metrics"].get("judge_score") is not None]
+    noise = [r for r in points if r["metrics"]["kl"] < 0]  # KL >= 0: noise, not a value to plot
+    points = [r for r in points if r["metrics"]["kl"] >= 0]
     if points:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for r in points:
@@ -164,7 +188,8 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
         ax.legend(uniq.values(), uniq.keys(), fontsize=8)
         ax.set_xlabel("KL(policy || SFT), nats per answer")
         ax.set_ylabel("gold reward")
-        ax.set_title("reward vs KL (one point per seed)")
+        ax.set_title("reward vs KL (one point per seed)" + (f"; {len(noise)} negative KL estimate(s) left out"
+                                                            if noise else ""), fontsize=9 if noise else None)
         paths.append(os.path.join(output_dir, "reward_vs_kl.png"))
         _save(fig, paths[-1])
         plt.close(fig)
