@@ -18,13 +18,19 @@ def test_hand_computed_metrics_and_buckets():
     assert m["rewards/accuracies"] == 1.0
     assert m["rewards/margins"] == pytest.approx((0.3 + 0.2) / 2)
     assert m["ranking_accuracy"] == 0.5
-    # length-normalised: pair 0: -1/1 > -4/4 = -1 -> tie counts as >= ; pair 1: -0.5 > -2
-    assert m["ranking_accuracy_normalised"] == 1.0
+    # length-normalised: pair 0: -1/1 = -4/4 -> a tie, not correct; pair 1: -0.5 > -2
+    assert m["ranking_accuracy_normalised"] == 0.5
     # idealised (only scored pair 0): ref_w - ref_l + gap/beta = 0 + 20 > 0
     assert m["idealised_ranking_accuracy"] == 1.0
     assert m["bucket=2/ranking_accuracy"] == 0.0 and m["bucket=3/ranking_accuracy"] == 1.0
     assert "bucket=2/idealised_ranking_accuracy" not in m
     assert m["n"] == 2 and m["bucket=3/n"] == 1
+
+
+def test_ties_are_counted_apart_not_as_correct():
+    m = preference_metrics(t(-2, -1, -3), t(-2, -4, -1), t(1, 1, 1), t(1, 1, 1), None, None, beta=0.1,
+                           score_gaps=[None] * 3)
+    assert m["ranking_accuracy"] == pytest.approx(1 / 3) and m["ranking_ties"] == pytest.approx(1 / 3)
 
 
 def test_idealised_accuracy_fails_when_reference_strongly_disagrees():
@@ -41,7 +47,7 @@ def test_without_reference_only_reference_free_metrics_with_the_model_as_its_own
                            score_gaps=[2.0, 0.5, 0.1], buckets=[3, 2, 2])
     assert "rewards/accuracies" not in m and "rewards/margins" not in m
     assert m["ranking_accuracy"] == pytest.approx(1 / 3)
-    assert m["ranking_accuracy_normalised"] == pytest.approx(2 / 3)
+    assert m["ranking_accuracy_normalised"] == pytest.approx(1 / 3)  # pair 0 normalised: -1/1 = -4/4, a tie
     assert m["idealised_ranking_accuracy"] == pytest.approx(2 / 3)
     assert (m["bucket=2/ranking_accuracy"], m["bucket=2/ranking_accuracy_normalised"],
             m["bucket=2/idealised_ranking_accuracy"]) == (0.0, 0.5, 0.5)

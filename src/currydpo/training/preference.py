@@ -35,8 +35,10 @@ def _metrics(pc, pr, nc, nr, rc, rr, beta, gaps) -> dict[str, float]:
         out["rewards/accuracies"] = (chosen_rewards > rejected_rewards).double().mean().item()
         out["rewards/margins"] = (chosen_rewards - rejected_rewards).mean().item()
     out.update({
-        "ranking_accuracy": (pc >= pr).double().mean().item(),
-        "ranking_accuracy_normalised": (pc / nc >= pr / nr).double().mean().item(),
+        # a tie (equal log-probs: e.g. identical tokens) is not a correct ranking; it is counted apart
+        "ranking_accuracy": (pc > pr).double().mean().item(),
+        "ranking_accuracy_normalised": (pc / nc > pr / nr).double().mean().item(),
+        "ranking_ties": (pc == pr).double().mean().item(),
         "logps/chosen": pc.mean().item(),
         "logps/rejected": pr.mean().item(),
         "n": len(pc),
