@@ -185,3 +185,26 @@ def test_malformed_sweep_is_a_one_line_error(spec_file, sweep):
     spec_file.write_text(yaml.safe_dump(raw))
     with pytest.raises(CurryError, match="sweep"):
         load_spec(str(spec_file))
+
+
+def test_a_spec_may_gain_arms_but_not_change_one(spec_file, tmp_path):
+    """Adding a sweep value or an arm to a finished comparison runs only the new runs; changing an arm
+    that has results, or the base every arm shares, is refused."""
+    from currydpo.experiments.compare import check_same_spec, spec_from_dict
+
+    raw = yaml.safe_load(spec_file.read_text())
+    raw.pop("grid")
+    raw["arms"] = {"a": {"loss": {"beta": 0.1}}}
+    out = str(tmp_path / "cmp")
+    os.makedirs(out)
+    check_same_spec(spec_from_dict(raw, out))
+    raw["arms"]["b"] = {"loss": {"beta": 0.3}}
+    check_same_spec(spec_from_dict(raw, out))  # an arm added: accepted and recorded
+    assert set(json.loads((tmp_path / "cmp" / "spec.json").read_text())["arms"]) == {"a", "b"}
+    raw["arms"]["a"] = {"loss": {"beta": 0.2}}
+    with pytest.raises(CurryError, match=r"arm a differ from its spec.json"):
+        check_same_spec(spec_from_dict(raw, out))
+    raw["arms"]["a"] = {"loss": {"beta": 0.1}}
+    raw["base"]["optim"]["lr"] = 5e-4
+    with pytest.raises(CurryError, match=r"\(base differ"):
+        check_same_spec(spec_from_dict(raw, out))

@@ -105,12 +105,13 @@ def test_frontier_spec_sweeps_every_frontier_arm_over_the_lr(tmp_path):
 
     from currydpo.config import reference_mode
     from currydpo.experiments.compare import arm_config
-    from currydpo.experiments.demo import FRONTIER_ARMS, FRONTIER_SWEEP, demo_spec
+    from currydpo.experiments.demo import FRONTIER_ARMS, FRONTIER_EXTENDED, FRONTIER_SWEEP, demo_spec
 
     world = SimpleNamespace(sft_model="m", train_data=str(tmp_path / "t.jsonl"), eval_prompts="e")
     spec = demo_spec(world, str(tmp_path), [1, 2, 3], frontier=True)
     lrs = FRONTIER_SWEEP["optim.lr"]
-    assert set(spec.arms) == {f"{a}@{lr}" for a in FRONTIER_ARMS for lr in lrs} and len(lrs) >= 3
+    assert set(spec.arms) == {f"{a}@{lr}" for a in FRONTIER_ARMS for lr in FRONTIER_EXTENDED.get(a, lrs)}
+    assert len(lrs) >= 3 and "curry-online@0.0006" in spec.arms and "single-pair@0.0006" not in spec.arms
     for label, meta in spec.sweeps.items():
         assert arm_config(spec, label, 1).optim.lr == meta["value"]
     mix = arm_config(spec, "iterative-mixture@6e-05", 1)

@@ -272,14 +272,24 @@ def preflight(spec: CompareSpec) -> None:
 
 
 def check_same_spec(spec: CompareSpec) -> None:
-    """Refuse to mix results of different comparisons in one directory (adding seeds is fine)."""
+    """Refuse to mix results of different comparisons in one directory. Adding seeds, arms or sweep values
+    is fine (each run is keyed by its arm and seed); an arm present in both must be the same arm, and so
+    must everything the arms share (base, eval)."""
     path = os.path.join(spec.output_dir, "spec.json")
     mine = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("seeds", "output_dir", "source")}
     mine = json.loads(json.dumps(mine, default=str))
     if os.path.exists(path):
-        if _read(path) != mine:
-            raise CurryError(f"{spec.output_dir} holds results of a different comparison (its spec.json differs); "
-                             f"choose another output directory or delete it")
+        old = _read(path)
+        shared = {k for k in mine if k not in ("arms", "sweeps")}
+        changed = [k for k in sorted(shared | (set(old) - {"arms", "sweeps"})) if old.get(k) != mine.get(k)]
+        changed += [f"arm {a}" for a in old.get("arms", {}) if a in mine["arms"] and old["arms"][a] != mine["arms"][a]]
+        if changed:
+            raise CurryError(f"{spec.output_dir} holds results of a different comparison ({', '.join(changed)} "
+                             f"differ from its spec.json); choose another output directory or delete it")
+        if set(mine["arms"]) - set(old.get("arms", {})):  # arms added: the record keeps every arm run here
+            mine["arms"] = {**old.get("arms", {}), **mine["arms"]}
+            mine["sweeps"] = {**old.get("sweeps", {}), **mine["sweeps"]}
+            write_json(path, mine)
     else:
         write_json(path, mine)
 

@@ -78,6 +78,8 @@ ABLATIONS = {
 # swept over the peak learning rate (values bracketing every arm's peak in a 2-seed probe, issue #23).
 FRONTIER_ARMS = [*ARMS, "curry-online", "iterative-fixed-ref", "iterative-mixture"]
 FRONTIER_SWEEP = {"optim.lr": [2.0e-5, 6.0e-5, 2.0e-4]}
+# These two peaked at 2e-4, the top of the common sweep, in the 3-seed frontier: one more value brackets them.
+FRONTIER_EXTENDED = {a: [2.0e-5, 6.0e-5, 2.0e-4, 6.0e-4] for a in ("curry-online", "curry-single-pass")}
 MIXTURE = {"iterative-mixture": {"curriculum": {**ITERATIVE, "reference": "mixture", "reference_mix": 0.5}}}
 
 # Shared by every arm. One LR schedule over the whole run (no restart between stages) and
@@ -115,7 +117,9 @@ def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, pro
     sweeps = {}
     if frontier:  # arm x lr: each arm's reward-KL frontier (frontier.md); the default budget by the stated rule
         every = {**ARMS, **ABLATIONS, **MIXTURE}
-        arms, sweeps = expand_sweeps({a: every[a] for a in FRONTIER_ARMS}, FRONTIER_SWEEP, "demo")
+        chosen = {a: {**every[a], **({"sweep": {"optim.lr": FRONTIER_EXTENDED[a]}} if a in FRONTIER_EXTENDED else {})}
+                  for a in FRONTIER_ARMS}
+        arms, sweeps = expand_sweeps(chosen, FRONTIER_SWEEP, "demo")
     return CompareSpec(base=base, arms=arms, seeds=seeds, output_dir=output_dir, prompts=str(world.eval_prompts),
                        judge="gold:currydpo.world.language:gold_reward",
                        generation={"max_new_tokens": s["max_new_tokens"], "temperature": 1.0, "top_p": 1.0,
