@@ -199,6 +199,7 @@ def test_a_spec_may_gain_arms_but_not_change_one(spec_file, tmp_path):
     os.makedirs(out)
     check_same_spec(spec_from_dict(raw, out))
     raw["arms"]["b"] = {"loss": {"beta": 0.3}}
+    raw["base"]["run"] = {"progress": False}  # changes no result
     check_same_spec(spec_from_dict(raw, out))  # an arm added: accepted and recorded
     assert set(json.loads((tmp_path / "cmp" / "spec.json").read_text())["arms"]) == {"a", "b"}
     raw["arms"]["a"] = {"loss": {"beta": 0.2}}

@@ -280,6 +280,11 @@ def check_same_spec(spec: CompareSpec) -> None:
     mine = json.loads(json.dumps(mine, default=str))
     if os.path.exists(path):
         old = _read(path)
+        for spec_dict in (old, mine):  # progress bars change no result: --no-progress may resume a run
+            base = spec_dict.get("base", {})
+            base.get("run", {}).pop("progress", None)
+            if base.get("run") == {}:
+                base.pop("run")
         shared = {k for k in mine if k not in ("arms", "sweeps")}
         changed = [k for k in sorted(shared | (set(old) - {"arms", "sweeps"})) if old.get(k) != mine.get(k)]
         changed += [f"arm {a}" for a in old.get("arms", {}) if a in mine["arms"] and old["arms"][a] != mine["arms"][a]]
