@@ -56,6 +56,16 @@ def test_user_function_gets_plain_pair_and_non_finite_is_an_error():
         measure_static("column:bad", pairs, recs)
 
 
+def two_argument_difficulty(pair, records):
+    return 0.0
+
+
+def test_a_difficulty_function_with_the_wrong_signature_is_named():
+    recs = [rec([3.0, 1.0], ["xx", "yyy"])]
+    with pytest.raises(CurryError, match=r"must take one argument .* two_argument_difficulty\(pair, records\)"):
+        measure_static(f"function:{__name__}:two_argument_difficulty", build_pairs(recs, "best-vs-rest"), recs)
+
+
 def test_unknown_measure_lists_valid_ones():
     with pytest.raises(CurryError, match="score-gap"):
         check_measure("gap")

@@ -50,3 +50,21 @@ def test_a_tracker_that_is_not_installed_is_an_error(tmp_path, tiny_model_dir, m
     cfg = tiny_config(tiny_model_dir, tmp_path / "run2", run={"report_to": "tensorbord"})
     with pytest.raises(CurryError, match="unknown tracker 'tensorbord'"):
         train(cfg, make_records())
+
+
+def test_a_stage_starved_by_the_lr_schedule_is_warned_about(tmp_path, tiny_model_dir, capsys):
+    from currydpo.training.loop import lr_schedule_warnings
+
+    def cfg(ratio, mode, **optim):
+        return tiny_config(tiny_model_dir, tmp_path / "run", curriculum={"schedule": "iterative", "stages": 3},
+                           optim={"warmup_ratio": ratio, "across_stages": mode, **optim})
+
+    # one schedule over 8 updates, warm-up 4: stages 1 and 2 (2 updates each) never reach optim.lr
+    assert [w.split(":")[0] for w in lr_schedule_warnings(cfg(0.5, "continue"), [2, 2, 4])] == ["stage 1", "stage 2"]
+    # warm-up 1 of 3 updates: stage 1's only update runs at lr 0
+    assert lr_schedule_warnings(cfg(0.6, "continue"), [1, 1, 1])[0].startswith(
+        "stage 1: all 1 update(s) run at learning rate 0")
+    assert lr_schedule_warnings(cfg(0.5, "restart"), [2, 4, 4]) == []  # each stage its own warm-up: fine
+    assert lr_schedule_warnings(cfg(0.1, "continue"), [20]) == []
+    train(cfg(0.6, "continue", total_updates=3), make_records(n_prompts=8))
+    assert "currydpo: warning: stage 1: all 1 update(s) run at learning rate 0" in capsys.readouterr().err

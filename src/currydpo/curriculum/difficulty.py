@@ -68,10 +68,26 @@ def _finite(name: str, value, rec: Record) -> float:
     return v
 
 
+def check_signature(fn, name: str) -> None:
+    """A difficulty function takes one pair dict: say so in one line, not as a TypeError deep in the loop."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind({})
+    except TypeError:
+        raise CurryError(f"difficulty {name!r}: the function must take one argument (a pair dict: prompt, chosen, "
+                         f"rejected, scores, ...) and return a float; its signature is "
+                         f"{fn.__name__}{inspect.signature(fn)}") from None
+    except ValueError:  # a builtin without a signature: let the call decide
+        return
+
+
 def measure_static(name: str, pairs: Sequence[Pair], records: Sequence[Record]) -> None:
     """Compute a measure that needs no model, storing it in ``pair.difficulty[name]``."""
     check_measure(name)
     fn = load_function(name[len("function:"):], f"difficulty {name!r}") if name.startswith("function:") else None
+    if fn is not None:
+        check_signature(fn, name)
     for p in pairs:
         rec = records[p.record]
         if name == "score-gap":

@@ -323,6 +323,38 @@ def make_optimizer(run: Run, n_updates: int):
     return optimizer, scheduler
 
 
+def lr_schedule_warnings(cfg: TrainConfig, stage_updates: list[int]) -> list[str]:
+    """Stages the LR schedule would starve: every update at learning rate 0, or warm-up over the whole
+    stage (a run that 'succeeds' having barely trained). The schedule is replayed on a dummy parameter."""
+    o, restart = cfg.optim, across_stages(cfg) == "restart"
+    spans = [stage_updates] if not restart else [[n] for n in stage_updates]
+    out, first = [], 0
+    for span in spans:
+        n_total = sum(span)
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=o.lr)
+        name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[o.lr_schedule]
+        warmup = int(o.warmup_ratio * n_total)
+        sched = get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=n_total)
+        lrs = []
+        for _ in range(n_total):
+            lrs.append(sched.get_last_lr()[0])
+            dummy.step()
+            sched.step()
+        start = 0
+        for j, n in enumerate(span):
+            k = first + j + 1
+            stage_lrs, steps = lrs[start:start + n], range(start, start + n)
+            if n and all(lr == 0 for lr in stage_lrs):
+                out.append(f"stage {k}: all {n} update(s) run at learning rate 0 (warm-up {warmup} of {n_total} "
+                           f"updates); lower optim.warmup_ratio or give the stage more updates")
+            elif n and all(t < warmup for t in steps):
+                out.append(f"stage {k}: warm-up ({warmup} updates) spans the whole stage ({n} updates), so it "
+                           f"never trains at optim.lr; lower optim.warmup_ratio")
+            start += n
+        first += len(span)
+    return out
+
+
 def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor | None) -> list[float]:
     """Self-paced difficulty: the current policy's loss on each pair (no gradients)."""
     pairs = [run.data.train_pairs[i] for i in pair_idx]
@@ -529,6 +561,9 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     if not is_sharded(run.model):  # a sharded model is placed already; prepare would wrap it in DDP
         run.model = acc.prepare(run.model)
     run.model.train()
+    if acc.is_main_process and resumed is None:
+        for warning in lr_schedule_warnings(cfg, run.stage_updates):
+            print(f"currydpo: warning: {warning}", file=sys.stderr, flush=True)
     optimizer = scheduler = None
     if optim_mode == "continue":
         optimizer, scheduler = make_optimizer(run, sum(run.stage_updates))
