@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from conftest import make_records, tiny_config
 from currydpo.errors import CurryError
 from currydpo.training.loop import train
 from currydpo.training.model import load_tokenizer
+
+from conftest import make_records, tiny_config
 
 
 def test_an_adapter_directory_as_the_model_names_lora_and_merging(tmp_path):
