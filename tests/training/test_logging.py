@@ -68,3 +68,15 @@ def test_a_stage_starved_by_the_lr_schedule_is_warned_about(tmp_path, tiny_model
     assert lr_schedule_warnings(cfg(0.1, "continue"), [20]) == []
     train(cfg(0.6, "continue", total_updates=3), make_records(n_prompts=8))
     assert "currydpo: warning: stage 1: all 1 update(s) run at learning rate 0" in capsys.readouterr().err
+
+
+def test_final_holds_a_model_card(tmp_path, tiny_model_dir):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_model_dir, out, data={"eval_fraction": 0.25}, curriculum={"schedule": "iterative"},
+                      optim={"total_updates": 3}), make_records(n_prompts=12))
+    card = ModelCard.load(str(out / "final" / "README.md"))
+    assert "currydpo" in card.data.tags and card.data.library_name == "transformers"
+    assert "| 1 | rejected rank >=4 | initial |" in card.text and "| 3 | rejected rank 2 | stage-2 |" in card.text
+    assert "held-out reward accuracy" in card.text and "schedule: iterative" in card.text

@@ -9,7 +9,6 @@ float per prompt: 1 = candidate wins, 0 = baseline wins, 0.5 = tie.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,12 +28,10 @@ def adjusted_win_rate(outcomes: Sequence[float]) -> float:
 
 def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
                  stat: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float]:
-    """Percentile bootstrap ``(1 - alpha)`` interval of ``stat(values)``.
+    """Percentile bootstrap ``(1 - alpha)`` interval of ``stat(values)`` (`scipy.stats.bootstrap`,
+    seeded, so the interval is reproducible). Identical values give the point itself."""
+    from scipy import stats
 
-    Resamples ``values`` with replacement ``n_boot`` times (numpy Generator seeded with
-    ``seed``, so the interval is reproducible) and returns the ``alpha/2`` and
-    ``1 - alpha/2`` quantiles of the resampled statistic.
-    """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
         raise CurryError(f"bootstrap_ci needs a non-empty 1-d sequence of numbers, got shape {x.shape}")
@@ -42,60 +39,25 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, alpha: float = 
         raise CurryError(f"bootstrap alpha must be in (0, 1), got {alpha}")
     if n_boot < 1:
         raise CurryError(f"bootstrap n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, N)
-    samples = x[idx]
-    if stat is np.mean:
-        stats = samples.mean(axis=1)
-    else:
-        stats = np.array([float(stat(s)) for s in samples])
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
-
-
-def _t_two_sided_mass(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3-4)."""
-    theta = math.atan(t / math.sqrt(df))
-    s, c = math.sin(theta), math.cos(theta)
-    if df == 1:
-        return 2 * theta / math.pi
-    if df % 2 == 1:  # odd: (2/pi) [theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)]
-        term, acc = 1.0, 1.0
-        for k in range(1, (df - 3) // 2 + 1):
-            term *= (2 * k) / (2 * k + 1) * c * c
-            acc += term
-        return 2 / math.pi * (theta + s * c * acc)
-    term, acc = 1.0, 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
-    for k in range(1, (df - 2) // 2 + 1):
-        term *= (2 * k - 1) / (2 * k) * c * c
-        acc += term
-    return s * acc
+    if np.all(x == x[0]):  # no spread: scipy would warn about degenerate data and return nan
+        v = float(stat(x))
+        return v, v
+    vectorised = stat in (np.mean, np.median)
+    res = stats.bootstrap((x,), (lambda s, axis=-1: stat(s, axis=axis)) if vectorised else stat,
+                          vectorized=vectorised, n_resamples=n_boot, confidence_level=1 - alpha,
+                          method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (p in (0.5, 1)).
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (p in (0.5, 1)), `scipy.stats.t`."""
+    from scipy import stats
 
-    Exact for integer df up to 1000 (bisection on the closed-form CDF); beyond that
-    the normal quantile, which then differs by < 0.1%. No scipy needed.
-    """
     if not 0.5 < p < 1.0:
         raise CurryError(f"t quantile needs p in (0.5, 1), got {p}")
-    df = int(df)
-    if df < 1:
-        raise CurryError(f"t quantile needs df >= 1, got {df}")
-    if df > 1000:
-        return NormalDist().inv_cdf(p)
-    target = 2 * p - 1  # two-sided mass
-    lo, hi = 0.0, 1.0
-    while _t_two_sided_mass(hi, df) < target:
-        hi *= 2
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if _t_two_sided_mass(mid, df) < target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    if int(df) < 1:
+        raise CurryError(f"t quantile needs df >= 1, got {int(df)}")
+    return float(stats.t.ppf(p, int(df)))
 
 
 def mean_ci(values: Sequence[float], *, confidence: float = 0.95,

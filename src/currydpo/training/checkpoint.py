@@ -164,13 +164,14 @@ def load_rng(output_dir: str) -> None:
 
 
 def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool = False, info: dict | None = None,
-               dtype: torch.dtype | None = None, state_dict: dict | None = None):
+               dtype: torch.dtype | None = None, state_dict: dict | None = None, card=None):
     """``save_pretrained`` (safetensors) + tokenizer + resolved config, atomically.
 
     With LoRA, stage dirs hold the adapter (peft format, in its training dtype); ``merge_lora``
     writes merged full weights instead, so plain ``AutoModelForCausalLM.from_pretrained`` loads it.
     A full model is written in ``dtype`` (``run.save_dtype``; default: as it is in memory).
     ``state_dict``: the weights to write instead of the model's own (`full_state_dict` of a sharded model).
+    ``card``: a `huggingface_hub.ModelCard`, saved as the directory's README.md.
     """
     from .precision import cast_state_dict, set_config_dtype
 
@@ -192,6 +193,8 @@ def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool =
         if info:
             with open(os.path.join(tmp, "currydpo_stage.json"), "w") as f:
                 json.dump(info, f, indent=2)
+        if card is not None:
+            card.save(os.path.join(tmp, "README.md"))
 
 
 def full_state_dict(model) -> dict | None:

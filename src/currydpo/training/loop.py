@@ -56,6 +56,7 @@ from .memory import (
     split_by_tokens,
 )
 from .model import _check_path, add_lora, load_model, load_tokenizer
+from .model_card import model_card
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .sharding import is_sharded
 from .tokenize import encode_for
@@ -700,7 +701,7 @@ def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
         elif k != len(run.stages):
             ckpt.load_stage_weights(model, os.path.join(cfg.run.output_dir, f"stage-{k}"))
         ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True,
-                        dtype=run.save_dtype)
+                        dtype=run.save_dtype, card=model_card(cfg, summary))
         write_json(os.path.join(cfg.run.output_dir, "summary.json"), summary)
     acc.end_training()
     return summary
