@@ -95,3 +95,12 @@ def quiet_bars(progress: bool) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """A plot as ``path`` (PNG, to look at) and the same name ``.svg`` beside it (vector, for papers)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    with atomic_path(path.with_suffix(".svg")) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="svg")

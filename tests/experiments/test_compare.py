@@ -68,6 +68,7 @@ def test_compare_grid_writes_table_and_plots_and_resumes(spec_file, tmp_path, ca
         assert "reward_accuracy" in rows[arm] and "ranking_accuracy" in rows[arm]
     for png in ("scores.png", "reward_vs_kl.png", "training_curves.png", "heldout_by_stage.png"):
         assert (out / png).stat().st_size > 1000
+        assert (out / png).with_suffix(".svg").read_text().lstrip().startswith("<?xml")  # a vector copy, for papers
     # Resumable: finished arms are not redone.
     stamp = os.path.getmtime(out / "iterative" / "seed-1" / "result.json")
     os.remove(out / "random" / "seed-2" / "result.json")

@@ -19,7 +19,7 @@ from ..data.loading import ON_BAD_ROW, LoadResult, load_records
 from ..data.pairs import BUILDERS, Pair, build_pairs
 from ..data.records import Record, Text
 from ..errors import CurryError
-from ..io import write_jsonl
+from ..io import save_figure, write_jsonl
 from ..pipeline import pair_strategy, stage_plan
 
 
@@ -259,7 +259,6 @@ def plot_stages(path: str, pairs: list[Pair], stages: list[Stage], name: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     values = [[pairs[i].difficulty[name] for i in s.pairs] for s in stages]
@@ -267,8 +266,7 @@ def plot_stages(path: str, pairs: list[Pair], stages: list[Stage], name: str) ->
     ax.set_xlabel(f"difficulty ({name}; higher = harder)")
     ax.set_ylabel("pairs")
     ax.legend(fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BadRow, CurryError
-from ..io import atomic_path
+from ..io import save_figure
 from .generation import Prompt, user_turns
 from .judges import ChatClient, openai_spec, run_concurrently
 from .winrate import bootstrap_ci
@@ -201,8 +201,7 @@ def plot_categories(path: str | os.PathLike, results: dict[str, dict]) -> None:
     ax.set_ylabel("mean rating (1–10)")
     ax.set_title("MT-bench by category")
     ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 
 from ..evaluation.winrate import mean_ci
-from ..io import atomic_path, write_text
+from ..io import save_figure, write_text
 
 REFERENCE_ARM = "single-pair"
 
@@ -158,8 +158,7 @@ def frontier_plot(output_dir: str, rows: list[dict], baseline: dict | None = Non
         ax.set_title(f"{name} vs KL (one point per swept value)")
     axes[0][0].legend(fontsize=7)
     path = os.path.join(output_dir, "frontier.png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

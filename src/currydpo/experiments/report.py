@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 
 from ..evaluation.winrate import mean_ci
-from ..io import atomic_path, write_json, write_text
+from ..io import save_figure, write_json, write_text
 from .frontier import write_frontier
 
 NA = "n/a"  # a metric that is undefined for a result (the SFT model's reward accuracy against itself)
@@ -141,8 +141,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def _save(fig, path: str) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_figure(fig, path)
 
 
 def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
