@@ -73,6 +73,8 @@ def looks_like_path(source: str) -> bool:
 
 def local_files(source: str) -> list[Path] | None:
     """The data files ``source`` names, or None when it is not a local path (a Hub name)."""
+    if not str(source).strip():  # Path("") is the current directory: it would read every data file there
+        raise CurryError("data path is empty: set data.path (or --data) to a file, a directory, or a hub dataset")
     path = Path(os.path.expanduser(source))
     if any(c in source for c in "*?["):
         files = [Path(p) for p in sorted(glob.glob(os.path.expanduser(source), recursive=True)) if Path(p).is_file()]
