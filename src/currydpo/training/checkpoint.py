@@ -139,8 +139,8 @@ def _load_pt(path: str):
     try:
         return torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file; all mean "damaged"
-        raise CurryError(f"--resume: {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                         f"it is damaged or was not written by currydpo") from None
+        raise CurryError(f"--resume: {path} cannot be read ({type(e).__name__}): it is damaged, or holds more than "
+                         f"tensors and plain values (nothing in it was run)") from None
 
 
 def read_position(output_dir: str) -> dict | None:

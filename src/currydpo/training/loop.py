@@ -494,9 +494,9 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     The output directory is held by this process alone (`lifetime.hold_output_dir`), and SIGTERM/SIGINT
     stop the run at the next update boundary with ``state/`` written (`lifetime.stop_on_signals`)."""
     out = cfg.run.output_dir
+    lifetime.check_output_dir(out)
     if resume and not os.path.isdir(out):
         raise CurryError(f"--resume: {out} does not exist; check run.output_dir (or drop --resume to start a run)")
-    lifetime.check_output_dir(out)
     created = not os.path.exists(out)
     with lifetime.hold_output_dir(out), lifetime.stop_on_signals():
         return _train(cfg, records, resume, online_source, created)
