@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except PermissionError as e:  # a read-only directory: one line, as for any path the user can fix
+        if args.debug:
+            raise
+        print(f"currydpo {args.command}: error: permission denied: {e.filename}; check its permissions (outputs "
+              "need a directory you can write)", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - only a full disk is turned into a one-line error
         if args.debug or not disk_full(e):
             raise
