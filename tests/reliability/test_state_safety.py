@@ -84,6 +84,15 @@ def test_a_damaged_state_file_is_named_in_one_line(name, damage, expect, tiny_mo
     assert err.startswith(f"currydpo train: error: --resume: {out}/state/{name} {expect}"), err
 
 
+def test_a_damaged_reference_cache_is_named_in_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    config, out = stopped_run(tiny_model_dir, tmp_path, monkeypatch, capsys)
+    truncate(out / "refcache" / "initial.pt")
+    assert main(["train", "--config", str(config), "--no-progress", "--resume"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err == [f"currydpo train: error: {out}/refcache/initial.pt is damaged (RuntimeError); delete the run "
+                   f"directory's refcache/ and state/ and train again"], err
+
+
 def test_state_loads_with_weights_only_and_resumes(tiny_model_dir, tmp_path, monkeypatch, capsys):
     config, out = stopped_run(tiny_model_dir, tmp_path, monkeypatch, capsys)
     for name in ("optim.pt", "rng.pt"):
