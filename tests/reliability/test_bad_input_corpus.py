@@ -163,6 +163,18 @@ def test_skip_counts_the_bad_row(case, tmp_path, capsys):
     assert files_under(out.parent) == [out]
 
 
+def test_every_case_is_documented_and_the_readme_states_the_total():
+    """docs/reliability.md names every corpus file, and the README's total is its number of case rows."""
+    repo = CORPUS.parents[2]
+    doc = (repo / "docs" / "reliability.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith(("| case |",
+                                                                                                   "| file |"))]
+    missing = [p.name for p in CORPUS.iterdir() if p.name != TRAIN.name and f"`{p.name}`" not in doc]
+    assert not missing, missing
+    readme = (repo / "README.md").read_text()
+    assert f"{len(rows)} cases, each checked by a test" in readme and f"All {len(rows)} behave as listed" in readme
+
+
 ACCEPTED = ["ranked_bom_crlf.jsonl", "ranked_array.json", "ranked_gzip.jsonl.gz"]  # 3 prompts, 1 pair each
 
 
