@@ -9,8 +9,9 @@ directory alone, and stops cleanly on SIGTERM / SIGINT.
 - `hold_output_dir`: an exclusive OS file lock (``flock``) on ``DIR/.currydpo.lock`` for as long
   as a command writes ``DIR``; the kernel drops it when the process dies, so no stale lock
   outlives a kill. The lock file also marks ``DIR`` as currydpo's (see `check_output_dir`).
-- `stop_on_signals`: the first SIGTERM/SIGINT asks the loop to stop at the next update
-  boundary (`stop_requested`); a second one stops the process at once.
+- `stop_on_signals`: the first SIGTERM/SIGINT stops the run: inside the update loop at the next
+  update boundary, after a checkpoint (`deferred_stops`, `stop_requested`), elsewhere at once (``state/``
+  is current there); a second one stops the process at once.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def check_output_dir(path: str | os.PathLike, what: str = "run.output_dir") -> N
 # ---- SIGTERM / SIGINT stop at the next update boundary ---------------------------------------------
 
 _stop: list[int] = []  # the signals received since `stop_on_signals` was entered
+_defer = [False]  # inside the update loop (`deferred_stops`): a stop waits for the update boundary
+_output_dir = [""]  # of the run `stop_on_signals` guards, for the one line on how to resume
 
 
 def stop_requested() -> int | None:
@@ -138,10 +141,22 @@ def stop_requested() -> int | None:
     return _stop[0] if _stop else None
 
 
+def _stopped_now(signum: int) -> "Stopped":
+    """A stop outside the update loop: ``state/`` already holds everything done (it is written at every
+    stage's end), so the run stops where it is."""
+    name, out = signal.Signals(signum).name, _output_dir[0]
+    if os.path.exists(os.path.join(out, "state", "position.json")):
+        how = f"{out}/state holds the last checkpoint: run the same command with --resume to continue"
+    else:
+        how = "before the first checkpoint: run the same command to start again"
+    return Stopped(f"stopped by {name}; {how}", signum)
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """While the block runs, the first SIGTERM/SIGINT only records itself (the training loop checkpoints
-    and stops at the next update boundary); a second one ends the process at once, by that signal."""
+def stop_on_signals(output_dir: str) -> Iterator[None]:
+    """While the block runs, the first SIGTERM/SIGINT stops the run: inside `deferred_stops` at the next update
+    boundary (the loop checkpoints first), elsewhere at once, raising `Stopped`. A second one ends the process
+    at once, by that signal."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
@@ -151,9 +166,12 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         _stop.append(signum)
+        if not _defer[0]:
+            raise _stopped_now(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     _stop.clear()
+    _output_dir[0] = str(output_dir)
     try:
         yield
     finally:
@@ -162,8 +180,21 @@ def stop_on_signals() -> Iterator[None]:
         _stop.clear()
 
 
+@contextlib.contextmanager
+def deferred_stops() -> Iterator[None]:
+    """Around the update loop: a stop signal is only recorded, for the loop to act on at the update boundary
+    (`stop_requested`). One that came after the loop's last check stops the run on leaving the block."""
+    _defer[0] = True
+    try:
+        yield
+    finally:
+        _defer[0] = False
+    if _stop:
+        raise _stopped_now(_stop[0])
+
+
 class Stopped(CurryError):
-    """The run stopped on a signal after writing the checkpoint ``--resume`` needs."""
+    """The run stopped on a signal; ``state/`` holds what ``--resume`` needs."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -89,3 +89,21 @@ def test_sigint_stops_too_and_a_second_signal_stops_at_once(tiny_model_dir, tmp_
     finally:
         kill_all(proc)
     assert dir_fingerprint(out / "state") == before
+
+
+def test_sigterm_outside_the_update_loop_stops_at_once_and_resumes_bitwise(tiny_model_dir, tmp_path):
+    # Paused after stage-1/ was saved, before state/ moved on: there is nothing to wait for (state/ holds
+    # stage 1 after its last periodic save), so the run stops there and then, with the line on how to resume.
+    data = write_ranked(tmp_path / "data.jsonl")
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, out)
+    loop.train(load_config(str(config), [f"run.output_dir={ref}"]))
+    rc, err = signalled(config, tmp_path, "stage-end:1", signal.SIGTERM, release=False)
+    assert rc == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == (f"currydpo train: error: stopped by SIGTERM; {out}/state holds the last "
+                                            f"checkpoint: run the same command with --resume to continue")
+    done = subprocess.run(train_cmd(config, "--resume"), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a, b = final_weights(ref), final_weights(out)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -498,7 +498,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     if resume and not os.path.isdir(out):
         raise CurryError(f"--resume: {out} does not exist; check run.output_dir (or drop --resume to start a run)")
     created = not os.path.exists(out)
-    with lifetime.hold_output_dir(out), lifetime.stop_on_signals():
+    with lifetime.hold_output_dir(out), lifetime.stop_on_signals(out):
         return _train(cfg, records, resume, online_source, created)
 
 
@@ -550,7 +550,8 @@ def _train(cfg: TrainConfig, records: list[Record] | None, resume: bool, online_
         if pos.order is None:
             pos.order = stage_order(run, k, ref)
         t0 = time.perf_counter()
-        run_stage(run, k, optimizer, scheduler, ref, pos)
+        with lifetime.deferred_stops():  # SIGTERM/SIGINT: stop at the next update boundary, checkpointed
+            run_stage(run, k, optimizer, scheduler, ref, pos)
         info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_label(run, k),
                 "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
                 "train_seconds": round(time.perf_counter() - t0, 3), **run.online.get(k, {}),
