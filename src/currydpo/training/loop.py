@@ -492,7 +492,8 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     """Train every stage of the curriculum; returns the run summary (also written to summary.json).
     ``online_source`` samples and judges online stages (`evaluation.online.train` hands it in).
     The output directory is held by this process alone (`lifetime.hold_output_dir`), and SIGTERM/SIGINT
-    stop the run at the next update boundary with ``state/`` written (`lifetime.stop_on_signals`)."""
+    stop the run with ``state/`` current: inside a stage at the next update boundary (`stop_if_signalled`),
+    elsewhere at once (`lifetime.stop_on_signals`)."""
     out = cfg.run.output_dir
     lifetime.check_output_dir(out)
     if resume and not os.path.isdir(out):
