@@ -9,6 +9,7 @@ model is loaded. The resolved config is written beside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
@@ -349,6 +350,15 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise CurryError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _finite(cfg: TrainConfig) -> None:
+    """Every float in the config is finite: an lr or beta of inf/nan trains to NaN weights, not to an error."""
+    for section in SECTIONS:
+        for key, value in vars(getattr(cfg, section)).items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise CurryError(f"config key '{section}.{key}' must be a finite number, got {v}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """All range and choice checks, in one place. Registries are imported lazily to name valid values."""
     from .curriculum.difficulty import check_measure
@@ -357,6 +367,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from .training.losses import check_loss, check_options, is_listwise
 
     m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
+    _finite(cfg)
     if m.precision == "fp16":  # fp16 weights or autocast without a GradScaler would train wrongly, not fail
         raise CurryError("model.precision fp16 is not supported: fp16 training needs dynamic loss scaling, which "
                          "this trainer does not do; use bf16 (GPUs since Ampere) or fp32")

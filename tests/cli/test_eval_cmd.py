@@ -139,3 +139,25 @@ def test_model_names_of_answer_files():
 
     assert [model_name(p) for p in ("runs/curry/final", "runs/x/stage-2/", "/tmp/model", "Org/zephyr-7b", "a/b.jsonl",
                                     "final")] == ["curry-final", "x-stage-2", "model", "zephyr-7b", "b", "final"]
+
+
+def test_eval_out_is_held_by_one_process(tiny_model_dir, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval-out"
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from currydpo.lifetime import "
+                               "hold_output_dir\nwith hold_output_dir(sys.argv[1]):\n print('held', flush=True)\n "
+                               "time.sleep(60)", str(out)], env={**os.environ, "PYTHONPATH": os.path.abspath(src)},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["eval", tiny_model_dir, "--data", str(tmp_path / "d.jsonl"), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (f"currydpo eval: error: {out} is in use by another currydpo "
+                                                   f"process (PID {holder.pid}); wait for it to finish, or write to "
+                                                   f"another directory")
+    finally:
+        holder.kill()
+        holder.wait()

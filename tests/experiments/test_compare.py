@@ -145,6 +145,8 @@ def test_an_arm_that_died_before_its_first_checkpoint_is_run_again(spec_file, tm
     (stale / "stage-1").mkdir(parents=True)
     (stale / "stage-1" / "model.safetensors").write_bytes(b"left by the crashed run")
     (stale / "metrics.jsonl").write_text('{"stage": 1, "step": 1, "loss": 0.7}\n')
+    for d in (out, stale):  # the crashed compare and train left their lock files (their locks died with them)
+        (d / ".currydpo.lock").write_text("12345\n")
     assert main(["compare", str(spec_file), "--out", str(out), "--no-progress", "--seeds", "1"]) == 0
     assert (out / "iterative" / "seed-1" / "result.json").exists()
     log = [json.loads(line) for line in (stale / "metrics.jsonl").read_text().splitlines()]

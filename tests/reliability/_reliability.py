@@ -4,6 +4,7 @@ and checks that a checkpoint directory is complete."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -57,9 +59,50 @@ def train_cmd(config: Path, *args: str) -> list[str]:
             "--no-progress", *args]
 
 
-def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120, **extra_env) -> None:
-    """Start ``cmd`` with ``CURRYDPO_TEST_PAUSE_AT=point``, wait until it pauses there, SIGKILL it
-    (with every process it started: a launcher's workers too)."""
+def descendants(pid: int) -> list[int]:
+    """Every live process started (directly or not) by ``pid``: a launcher's workers too."""
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive(pids) -> list[int]:
+    """Those of ``pids`` that still run (a zombie has ended: it only waits to be reaped)."""
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def mentioning(text: str) -> list[int]:
+    """PIDs of the live processes (not this one) whose command line mentions ``text`` (a test's temp dir)."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.info["pid"] != os.getpid() and any(text in a for a in p.info["cmdline"] or ()):
+            found.append(p.info["pid"])
+    return alive(found)
+
+
+def reap(pids, within: float = 10.0) -> list[int]:
+    """Wait up to ``within`` seconds for ``pids`` to end, SIGKILL those that did not; returns those survivors."""
+    deadline = time.monotonic() + within
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = alive(pids)
+    for pid in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return survivors
+
+
+def start_paused(cmd: list[str], point: str, log: Path, timeout: float = 120, **extra_env) -> subprocess.Popen:
+    """Start ``cmd`` with ``CURRYDPO_TEST_PAUSE_AT=point`` and wait until it pauses there. On failure every process
+    it started is killed before the error is raised."""
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, env=env(CURRYDPO_TEST_PAUSE_AT=point, **extra_env), stdout=subprocess.DEVNULL,
                                 stderr=err, start_new_session=True)
@@ -71,10 +114,29 @@ def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120
             if time.monotonic() > deadline:
                 raise AssertionError(f"did not pause at {point} within {timeout}s:\n{log.read_text()}")
             time.sleep(0.05)
-    finally:
+    except BaseException:
+        kill_all(proc)
+        raise
+    return proc
+
+
+def kill_all(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL ``proc``'s process group (only the launcher, under torch's elastic agent: it starts each worker in
+    a session of its own), then reap: returns the PIDs that outlived their launcher by 10 s (killed now)."""
+    started = descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
+    return reap(started)
+
+
+def run_until_paused(cmd: list[str], point: str, log: Path, timeout: float = 120, **extra_env) -> None:
+    """Start ``cmd`` paused at ``point`` (`start_paused`), SIGKILL it, and check that every process it started
+    (a launcher's workers too) died with it, by PID."""
+    proc = start_paused(cmd, point, log, timeout, **extra_env)
+    survivors = kill_all(proc)
     assert proc.returncode == -signal.SIGKILL
+    assert not survivors, f"processes {survivors} outlived their killed launcher {proc.pid}"
 
 
 def check_complete(out: Path) -> list[str]:
@@ -93,8 +155,8 @@ def check_complete(out: Path) -> list[str]:
                 assert len(list(d.glob("*.distcp"))) >= 2
             else:
                 assert load_file(d / "trainable.safetensors")
-            assert set(torch.load(d / "optim.pt", weights_only=False)) == {"optimizer", "scheduler"}
-            assert "torch" in torch.load(d / "rng.pt", weights_only=False)
+            assert set(torch.load(d / "optim.pt", weights_only=True)) == {"optimizer", "scheduler"}
+            assert "torch" in torch.load(d / "rng.pt", weights_only=True)
             assert (d / "config.yaml").exists()
         elif d.name.startswith("stage-") or d.name == "final":
             AutoModelForCausalLM.from_pretrained(d)
@@ -102,7 +164,7 @@ def check_complete(out: Path) -> list[str]:
             assert (d / "currydpo_config.yaml").exists()
         elif d.name == "refcache":
             for f in d.glob("*.pt"):
-                assert torch.load(f).ndim == 1
+                assert torch.load(f, weights_only=True).ndim == 1
         else:
             raise AssertionError(f"unexpected directory {d}")
         found.append(d.name)

@@ -2,7 +2,8 @@
 
 With ``CURRYDPO_TEST_PAUSE_AT=POINT:N`` the N-th time ``POINT`` is reached the process prints
 ``currydpo-paused POINT N`` to stderr and sleeps, so a test can SIGKILL it exactly there
-(`_reliability.run_until_paused`). Points, each wrapped around a library function:
+(`_reliability.run_until_paused`), or signal it and let it go on: with ``CURRYDPO_TEST_RELEASE=FILE``
+it goes on once FILE exists. Points, each wrapped around a library function:
 ``update`` (an update is logged, not yet checkpointed: after `loop.log_metrics`),
 ``state-write`` (inside a ``state/`` write: weights written, position not yet: after the
 weights' `save_file` in `checkpoint.save_state`), ``stage-end`` (``stage-K/`` saved,
@@ -23,12 +24,14 @@ def install(spec: str) -> None:
     point, n = spec.rsplit(":", 1)
     hits = [0]
 
+    release = os.environ.get("CURRYDPO_TEST_RELEASE")  # a file: once it exists, the paused process goes on
+
     def hit():
         hits[0] += 1
         if hits[0] == int(n):
             print(f"currydpo-paused {point} {hits[0]}", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(60)
+            while not (release and os.path.exists(release)):
+                time.sleep(0.05)
 
     def after(module, name, when=lambda *a, **k: True):
         original = getattr(module, name)

@@ -8,6 +8,7 @@ problems instead. A few cases run as real subprocesses to check the process exit
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,16 @@ DATA = [
     Case("ranked_bad_message.jsonl", ("row 2 field 'prompt[0]': bad message (expected {role, content})",),
          "bad message"),
     Case("ranked_invalid_utf8.jsonl", ("line 2: invalid UTF-8 (byte 0xe9 at column 16)", "re-save the file as UTF-8")),
+    # the adversarial pass (issue 27)
+    Case("ranked_nul_byte.jsonl", ("row 2 field 'prompt': NUL byte in text (at character 6",), "NUL byte in text"),
+    Case("ranked_lone_surrogate.jsonl", ("row 2 field 'responses[0]': lone surrogate in text ('\\ud83c'",),
+         "lone surrogate in text"),
+    Case("ranked_bool_score.jsonl", ("row 2 field 'responses[0].score': bad score (got True, expected a number)",),
+         "bad score"),
+    Case("ranked_huge_scores.jsonl", ("row 2 field 'responses': scores too large (the gap between 1e+308 and "
+                                      "-1e+308 overflows a float",), "scores too large"),
+    Case("ranked_deep_2000.jsonl", ("line 2: JSON nested more than 100 levels deep",)),  # was: RecursionError
+    Case("ranked_deep_10000.jsonl", ("line 2: JSON nested more than 100 levels deep",)),  # was: SIGSEGV in Arrow
     # curri-dpo: the authors' released easy/medium/hard pairs (JSON lines and a JSON array)
     Case("curri_dpo_missing_level.jsonl", ("row 2 field 'medium': missing field", "keys present: easy, hard"),
          "missing field", good_pairs=3),
@@ -115,7 +126,7 @@ def one_error_line(err: str, command: str) -> str:
 def test_corpus_is_complete():
     """Every corpus file has a row in a table (or is used by a named test below)."""
     used = {c.file for c in DATA + CONFIGS} | {TRAIN.name, "ranked_all_tied.jsonl", "ranked_long_prompt.jsonl",
-                                               "cfg_unknown_format.yaml", "cfg_missing_model.yaml"}
+                                               "cfg_unknown_format.yaml", "cfg_missing_model.yaml", *ACCEPTED}
     assert {p.name for p in CORPUS.iterdir()} == used
     assert len(DATA) + len(CONFIGS) >= 20
 
@@ -150,6 +161,58 @@ def test_skip_counts_the_bad_row(case, tmp_path, capsys):
     assert "bad rows         1\n" in captured.out and f"  {case.skip}: 1\n" in captured.out, captured.out
     assert len(out.read_text().splitlines()) == case.good_pairs  # the good row's pairs
     assert files_under(out.parent) == [out]
+
+
+def test_every_case_is_documented_and_the_readme_states_the_total():
+    """docs/reliability.md names every corpus file, and the README's total is its number of case rows."""
+    repo = CORPUS.parents[2]
+    doc = (repo / "docs" / "reliability.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith(("| case |",
+                                                                                                   "| file |"))]
+    missing = [p.name for p in CORPUS.iterdir() if p.name != TRAIN.name and f"`{p.name}`" not in doc]
+    assert not missing, missing
+    readme = (repo / "README.md").read_text()
+    assert f"{len(rows)} cases, each checked by a test" in readme and f"All {len(rows)} behave as listed" in readme
+
+
+ACCEPTED = ["ranked_bom_crlf.jsonl", "ranked_array.json", "ranked_gzip.jsonl.gz"]  # 3 prompts, 1 pair each
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_bom_crlf_json_array_and_gzip_are_read(name, tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", str(CORPUS / name), "--out", str(out)]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Name a colour.", "Name a fruit.", "Name a shape."]  # no BOM, no CR
+    assert rows[0]["chosen"] == "Blue." and rows[0]["rejected"] == "Dunno."
+
+
+def test_a_50_mb_single_line_is_read(tmp_path, capsys):
+    src = tmp_path / "huge.jsonl"  # made here, not kept in the corpus
+    src.write_text(json.dumps({"prompt": "p", "responses": [{"text": "a" * 50_000_000, "score": 2},
+                                                            {"text": "b", "score": 1}]}) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", str(src), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert len(json.loads(out.read_text())["chosen"]) == 50_000_000
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    # A read-only directory, simulated: these tests run as root here, and chmod does not stop root.
+    import os
+
+    real = os.makedirs
+
+    def read_only(path, *a, **k):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    rc, captured, _ = train(tmp_path, capsys, CORPUS / "ranked_long_prompt.jsonl", tiny_model_dir, TRAIN,
+                            "--output", str(tmp_path / "ro" / "run"))
+    assert rc == 2
+    assert one_error_line(captured.err, "train") == (f"currydpo train: error: permission denied: {tmp_path}/ro/run; "
+                                                     f"check its permissions (outputs need a directory you can write)")
 
 
 def test_all_tied_is_not_an_error_for_pairs(tmp_path, capsys):

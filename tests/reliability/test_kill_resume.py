@@ -89,13 +89,13 @@ def test_restart_per_stage_saves_no_optimizer_at_stage_ends_and_resumes_bitwise(
                           optim={"across_stages": "restart", "lr": 1e-3, "batch_size": 4, "warmup_ratio": 0.0,
                                  "epochs_per_stage": 2})
     loop.train(load_config(str(config), [f"run.output_dir={ref_out}"]))
-    assert torch.load(ref_out / "state" / "optim.pt", weights_only=False) == {"optimizer": None, "scheduler": None}
+    assert torch.load(ref_out / "state" / "optim.pt", weights_only=True) == {"optimizer": None, "scheduler": None}
 
     # Killed after the first update of stage 2 was logged: state/ is the stage-1 end (4 updates per stage).
     run_until_paused(train_cmd(config), "update:5", tmp_path / "kill.log")
     pos = json.loads((out / "state" / "position.json").read_text())
     assert (pos["stage"], pos["update"]) == (1, 0)
-    assert torch.load(out / "state" / "optim.pt", weights_only=False)["optimizer"] is None
+    assert torch.load(out / "state" / "optim.pt", weights_only=True)["optimizer"] is None
     stage1 = dir_fingerprint(out / "stage-1")
     mark_log(out)
     done = subprocess.run(train_cmd(config, "--resume"), env=env(), capture_output=True, text=True, timeout=300)

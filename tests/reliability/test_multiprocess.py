@@ -5,14 +5,24 @@ examples/accelerate/cpu_2proc.yaml. Equal to float tolerance, not bitwise: the t
 the same gradients in a different order."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from _reliability import REPO, check_complete, env, final_weights, losses, write_config, write_ranked
+from _reliability import (
+    REPO,
+    check_complete,
+    descendants,
+    env,
+    final_weights,
+    kill_all,
+    launch_2proc,
+    losses,
+    start_paused,
+    write_config,
+    write_ranked,
+)
 
 from currydpo.config import load_config
 from currydpo.errors import CurryError
@@ -92,11 +102,38 @@ def test_nan_on_one_process_stops_every_process(tiny_model_dir, tmp_path):
     try:
         _, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers: no orphans left hanging
-        proc.communicate()
         raise AssertionError("a NaN on one process left the other hanging") from None
+    finally:
+        kill_all(proc)  # the launcher and both workers, whatever happened: no orphans left hanging
     assert proc.returncode != 0
     assert "loss is nan at stage 1, update 2, step 2, pairs [" in stderr  # process 1 names its pairs
     assert "loss is non-finite on another process at stage 1, update 2, step 2" in stderr  # process 0
     assert len(losses(out)) == 1  # update 1 was logged; update 2 was not
     assert (out / "state").is_dir()  # the last good state was saved
+
+
+def test_ddp_sigkill_kills_the_workers_and_the_main_worker_held_the_run_dir(tiny_model_dir, tmp_path):
+    data = write_ranked(tmp_path / "data.jsonl")
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data, out, optim={"batch_size": 2})
+    loop.train(load_config(str(config), [f"run.output_dir={ref}", "optim.batch_size=4"]))
+    launcher = start_paused(launch_2proc("cpu_2proc.yaml", "train", "--config", str(config), "--no-progress",
+                                         pausable=True), "update:6", tmp_path / "kill.log", timeout=240,
+                            ACCELERATE_USE_CPU="true")
+    try:
+        workers = descendants(launcher.pid)
+        # A second writer is refused, naming the process that holds the run dir for the group: a worker (rank 0).
+        second = subprocess.run([sys.executable, "-m", "currydpo", "train", "--config", str(config), "--no-progress"],
+                                env=env(), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        holder = int(second.stderr.split("(PID ")[1].split(")")[0])
+        assert holder in workers and holder != launcher.pid
+    finally:
+        survivors = kill_all(launcher)  # SIGKILL the launcher only: the workers must notice and die by themselves
+    assert not survivors, f"workers {survivors} outlived their killed launcher"
+
+    done = subprocess.run(launch_2proc("cpu_2proc.yaml", "train", "--config", str(config), "--no-progress", "--resume"),
+                          env=env(ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed at stage 2" in done.stdout
+    torch.testing.assert_close(losses(out), losses(ref), rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from ..errors import CurryError
+from ..lifetime import die_with_launcher
 
 SUBCOMMANDS = ["pairs", "train", "eval", "compare", "demo", "bench"]
 
@@ -47,16 +48,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     quiet_libraries()
+    die_with_launcher()  # a worker of torchrun / accelerate launch exits when its launcher is killed
     try:
         return int(args._run(args) or 0)
     except CurryError as e:
         if args.debug:
             raise
         print(f"currydpo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # lifetime.Stopped: 128 + the signal, as the shell reports it
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except PermissionError as e:  # a read-only directory: one line, as for any path the user can fix
+        if args.debug:
+            raise
+        print(f"currydpo {args.command}: error: permission denied: {e.filename}; check its permissions (outputs "
+              "need a directory you can write)", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - only a full disk is turned into a one-line error
         if args.debug or not disk_full(e):
             raise

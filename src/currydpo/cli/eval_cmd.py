@@ -62,6 +62,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from ..lifetime import hold_output_dir
+
+    with hold_output_dir(args.out):  # one writer: the judge cache and the reports live in --out
+        return evaluate(args)
+
+
+def evaluate(args) -> int:
     from ..config import ModelConfig, load_config
     from ..data.loading import load_records
     from ..device import default_device

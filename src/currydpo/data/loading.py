@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -74,6 +75,8 @@ def looks_like_path(source: str) -> bool:
 
 def local_files(source: str) -> list[Path] | None:
     """The data files ``source`` names, or None when it is not a local path (a Hub name)."""
+    if not str(source).strip():  # Path("") is the current directory: it would read every data file there
+        raise CurryError("data path is empty: set data.path (or --data) to a file, a directory, or a hub dataset")
     path = Path(os.path.expanduser(source))
     if any(c in source for c in "*?["):
         files = [Path(p) for p in sorted(glob.glob(os.path.expanduser(source), recursive=True)) if Path(p).is_file()]
@@ -200,6 +203,8 @@ def read_file(path: Path) -> Table:
     ext = _suffix(path)
     if path.stat().st_size == 0:
         raise CurryError(f"{path}: file is empty")
+    if ext in (".json", ".jsonl"):
+        check_nesting(path)
     try:
         # A throw-away cache: Arrow files must not pile up in ~/.cache or beside the data.
         with quiet_datasets(), tempfile.TemporaryDirectory(prefix="currydpo-ds-") as cache:
@@ -213,6 +218,34 @@ def read_file(path: Path) -> Table:
             return Table(str(path), rows, lines.__getitem__)
     # csv: row 1 is the first data row after the header.
     return Table(str(path), rows, lambda i: i + 1)
+
+
+MAX_DEPTH = 100  # a real row (a chat of messages) is a few levels deep
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _depth(data: bytes) -> int:
+    """How deep the JSON in ``data`` nests: strings dropped, then a running count of the brackets left."""
+    import numpy as np
+
+    brackets = np.frombuffer(_STRING.sub(b"", data).translate(None, _NOT_BRACKET), dtype=np.uint8)
+    if not len(brackets):
+        return 0
+    return int(np.cumsum(np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)).max())
+
+
+def check_nesting(path: Path) -> None:
+    """Refuse JSON nested more than ``MAX_DEPTH`` levels: Arrow's JSON reader crashes the process (SIGSEGV) at
+    ~10,000 levels and Python's json raises RecursionError at ~2,000, so neither may read such a file."""
+    with _open_bytes(path) as f:
+        data = f.read()
+    if _depth(data) <= MAX_DEPTH:
+        return
+    n = next((n for n, line in enumerate(data.split(b"\n"), 1) if _depth(line) > MAX_DEPTH), None)
+    where = f" line {n}" if n else ""
+    raise CurryError(f"{path}{where}: JSON nested more than {MAX_DEPTH} levels deep; not preference data (each "
+                     f"row is an object of prompt and responses)")
 
 
 def _starts_with(path: Path, prefix: bytes) -> bool:

@@ -113,6 +113,19 @@ def check_messages(msgs: Any, source: str | None, row: int | None, field_name: s
     return out
 
 
+def check_characters(text: str, src, row, field_name: str) -> None:
+    """No NUL byte (a binary or corrupted file read as text) and no lone UTF-16 surrogate (a broken escape such as
+    ``"\\ud800"``: it cannot be written back as UTF-8 nor tokenised)."""
+    if "\x00" in text:
+        raise BadRow(src, row, field_name, "NUL byte in text", f"at character {text.index(chr(0))}; a binary or "
+                     "corrupted file?")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRow(src, row, field_name, "lone surrogate in text",
+                     f"{text[e.start]!r} at character {e.start}; fix the \\u escape") from None
+
+
 def validate_record(rec: Record) -> Record:
     """Check a record is trainable; raise `BadRow` naming the field otherwise.
 
@@ -125,6 +138,7 @@ def validate_record(rec: Record) -> Record:
             raise BadRow(src, row, "prompt", "empty text")
     else:
         rec.prompt = check_messages(rec.prompt, src, row, "prompt")
+    check_characters(text_of(rec.prompt), src, row, "prompt")
     if len(rec.responses) < 2:
         raise BadRow(src, row, "responses", "fewer than 2 responses", f"got {len(rec.responses)}")
     for i, r in enumerate(rec.responses):
@@ -134,6 +148,7 @@ def validate_record(rec: Record) -> Record:
             raise BadRow(src, row, f"responses[{i}]", "bad type", f"text must be a string, got {type(r.text).__name__}")
         if not text_of(r.text).strip():
             raise BadRow(src, row, f"responses[{i}]", "empty text")
+        check_characters(text_of(r.text), src, row, f"responses[{i}]")
         if r.score is not None:
             if isinstance(r.score, bool) or not isinstance(r.score, (int, float)):
                 raise BadRow(src, row, f"responses[{i}].score", "bad score", f"got {r.score!r}, expected a number")
@@ -142,6 +157,10 @@ def validate_record(rec: Record) -> Record:
             r.score = float(r.score)
         if r.rank is not None and (isinstance(r.rank, bool) or not isinstance(r.rank, int)):
             raise BadRow(src, row, f"responses[{i}].rank", "bad rank", f"got {r.rank!r}, expected an integer")
+    scores = [r.score for r in rec.responses if r.score is not None]
+    if scores and not math.isfinite(max(scores) - min(scores)):  # gaps order the curriculum: they must exist
+        raise BadRow(src, row, "responses", "scores too large",
+                     f"the gap between {max(scores)} and {min(scores)} overflows a float; rescale the scores")
     if not rec.has_scores and not all(r.rank is not None for r in rec.responses):
         raise BadRow(src, row, "responses", "missing score/rank", "every response needs a score, or every one a rank")
     # Each unique (prompt, response) is stored once: drop exact repeats, keep the first.

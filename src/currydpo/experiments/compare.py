@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import yaml
 from tqdm.auto import tqdm
 
+from .. import lifetime
 from ..config import TrainConfig, across_stages, from_dict, reference_mode, validate
 from ..device import default_device
 from ..errors import CurryError
@@ -65,7 +66,7 @@ def _grid(grid: dict) -> dict[str, dict]:
         for key, value in zip(keys, combo):
             section, name = key.split(".", 1)
             over.setdefault(section, {})[name] = value
-        arms["+".join(str(v) for v in combo)] = over
+        arms["+".join(str(v) for v in combo).replace("/", "_")] = over  # a path value names no directory
     return arms
 
 
@@ -133,6 +134,8 @@ def spec_from_dict(raw: dict, output_dir: str | None = None, source: str = "spec
         raise CurryError(f"{source}: no arms; give 'arms: {{name: {{section: {{key: value}}}}}}' or a 'grid'")
     if BASELINE in arms:
         raise CurryError(f"{source}: arm name '{BASELINE}' is reserved for the untrained baseline")
+    for name in arms:
+        check_arm_name(name, source)
     _one_sweep(raw.get("sweep"), source, "")
     arms, sweeps = expand_sweeps(arms, raw.get("sweep"), source)
     ev = raw.get("eval") or {}
@@ -146,6 +149,14 @@ def spec_from_dict(raw: dict, output_dir: str | None = None, source: str = "spec
     for arm in spec.arms:
         arm_config(spec, arm, spec.seeds[0])
     return spec
+
+
+def check_arm_name(name: str, source: str) -> None:
+    """An arm name is one directory under output_dir: no path separator, not '.' or '..' (``../x`` would write
+    outside output_dir; a grid over absolute paths would write into them)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+        raise CurryError(f"{source}: arm name {name!r} is not a plain directory name (it names where the arm's runs "
+                         f"are written under output_dir); rename the arm, or name grid arms explicitly with 'arms:'")
 
 
 def _result_path(spec: CompareSpec, arm: str, seed: int) -> str:
@@ -301,10 +312,16 @@ def check_same_spec(spec: CompareSpec) -> None:
 
 def run_compare(spec: CompareSpec, progress: bool = True) -> dict:
     """Run every (arm, seed) not yet done — the baseline first — then write the report."""
+    preflight(spec)  # nothing is written for a spec that cannot run (no spec.json left to block the directory)
+    lifetime.check_output_dir(spec.output_dir, "compare output_dir")
+    with lifetime.hold_output_dir(spec.output_dir):  # one writer; each arm's train holds its own run dir too
+        return _run_compare(spec, progress)
+
+
+def _run_compare(spec: CompareSpec, progress: bool) -> dict:
     from ..evaluation.judges import make_judge
     from .report import write_report
 
-    preflight(spec)  # nothing is written for a spec that cannot run (no spec.json left to block the directory)
     judge = make_judge(spec.judge, cache_dir=os.path.join(spec.output_dir, "judge-cache"),
                        trust_remote_code=spec.trust_remote_code) if spec.judge else None
     prompts = load_prompts(spec.prompts) if spec.prompts else []

@@ -15,6 +15,7 @@ whole model onto the main process for ``stage-K/`` and ``final/``, so those load
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -62,13 +63,84 @@ def save_state(output_dir: str, model, optimizer, scheduler, position: dict, cfg
         torch.save({"optimizer": optimizer.state_dict() if optimizer is not None and not sharded else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None},
                    os.path.join(tmp, "optim.pt"))
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   os.path.join(tmp, "rng.pt"))
+        torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
         with open(os.path.join(tmp, "position.json"), "w") as f:
             json.dump(position, f, indent=2)
         with open(os.path.join(tmp, "config.yaml"), "w") as f:
             f.write(to_yaml(cfg))
+        write_checksums(tmp)  # last: every file above is complete
+
+
+# ---- checksums: a damaged state/ file is named, not loaded ------------------------------------------
+
+CHECKSUMS = "checksums.json"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(directory: str) -> None:
+    """``CHECKSUMS``: the SHA-256 of every file in ``directory`` (the shards of a sharded state too)."""
+    sums = {name: _sha256(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
+            if name != CHECKSUMS and os.path.isfile(os.path.join(directory, name))}
+    with open(os.path.join(directory, CHECKSUMS), "w") as f:
+        json.dump(sums, f, indent=2)
+
+
+def verify_checksums(directory: str) -> None:
+    """Raise a one-line `CurryError` naming the first file of ``directory`` that is missing or differs from
+    its recorded checksum (a truncated copy, a flipped bit). A state/ written before checksums is trusted."""
+    path = os.path.join(directory, CHECKSUMS)
+    if not os.path.exists(path):
+        return
+    fix = "restore it from a copy, or delete the directory's state/ and train again without --resume"
+    try:
+        with open(path) as f:
+            sums = json.load(f)
+        if not isinstance(sums, dict):
+            raise ValueError
+    except ValueError:
+        raise CurryError(f"--resume: {path} is damaged (not a JSON object of checksums); {fix}") from None
+    for name, digest in sums.items():
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            raise CurryError(f"--resume: {file} is missing from the checkpoint; {fix}")
+        if _sha256(file) != digest:
+            raise CurryError(f"--resume: {file} is damaged (its SHA-256 differs from the one written with it); {fix}")
+
+
+# ---- RNG state in a plain format (tensors, ints, lists), so torch.load(weights_only=True) reads it -------
+
+def rng_state() -> dict:
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    version, mt, gauss = rng["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _load_pt(path: str):
+    """A ``.pt`` file of tensors and plain values; never unpickles code (weights_only)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file; all mean "damaged"
+        raise CurryError(f"--resume: {path} cannot be read ({type(e).__name__}): it is damaged, or holds more than "
+                         f"tensors and plain values (nothing in it was run)") from None
 
 
 def read_position(output_dir: str) -> dict | None:
@@ -79,6 +151,8 @@ def read_position(output_dir: str) -> dict | None:
         with contextlib.suppress(FileNotFoundError):  # another process of the same launch got there first
             os.replace(old, state)
     remove_leftover_temps(output_dir)
+    if os.path.isdir(state):
+        verify_checksums(state)
     path = os.path.join(state, "position.json")
     if not os.path.exists(path):
         return None
@@ -147,7 +221,7 @@ def load_optim(output_dir: str, optimizer, scheduler, model=None) -> None:
         dcp.load(state, checkpoint_id=os.path.join(output_dir, STATE_DIR))
         set_optimizer_state_dict(model, optimizer, state["optimizer"],
                                  options=StateDictOptions(ignore_frozen_params=True))
-    state = torch.load(os.path.join(output_dir, STATE_DIR, "optim.pt"), weights_only=False)
+    state = _load_pt(os.path.join(output_dir, STATE_DIR, "optim.pt"))
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
@@ -155,12 +229,7 @@ def load_optim(output_dir: str, optimizer, scheduler, model=None) -> None:
 
 
 def load_rng(output_dir: str) -> None:
-    rng = torch.load(os.path.join(output_dir, STATE_DIR, "rng.pt"), weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(_load_pt(os.path.join(output_dir, STATE_DIR, "rng.pt")))
 
 
 def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool = False, info: dict | None = None,

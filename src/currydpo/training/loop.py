@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .. import lifetime
 from ..config import TrainConfig, across_stages, changed_keys, reference_mode, shuffle_within_stage, to_yaml
 from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.lists import RankedList, stage_lists
@@ -397,8 +399,26 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
                           "epoch": round((u + 1) * run.pairs_per_update / max(1, len(pos.order)), 4),  # of this stage
                           "num_tokens": pos.tokens, **metrics})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
-        if cfg.run.save_every and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates:
+        periodic = bool(cfg.run.save_every) and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates
+        if periodic:
             save_position(run, optimizer, scheduler, pos)
+        stop_if_signalled(run, optimizer, scheduler, pos, saved=periodic)
+
+
+def stop_if_signalled(run: Run, optimizer, scheduler, pos: Position, saved: bool) -> None:
+    """After an update: on SIGTERM/SIGINT (on any process) write ``state/`` and stop with one line saying how to
+    resume. The verdict is all-reduced, so every process stops at the same update."""
+    signum = lifetime.stop_requested() or 0
+    if run.accelerator.num_processes > 1:
+        signum = int(run.accelerator.gather(torch.tensor([signum], device=run.accelerator.device)).max())
+    if not signum:
+        return
+    if not saved:
+        save_position(run, optimizer, scheduler, pos)
+    name = signal.Signals(signum).name
+    raise lifetime.Stopped(f"stopped by {name} after stage {pos.stage + 1}, update {pos.update} (step "
+                           f"{pos.global_step}); {run.cfg.run.output_dir}/state is saved: run the same command with "
+                           f"--resume to continue", signum)
 
 
 def log_metrics(run: Run, entry: dict) -> None:
@@ -421,8 +441,17 @@ def weights_finite(run: Run) -> bool:
     return bad == 0
 
 
+def ensure_finite(run: Run, where: str) -> None:
+    """Before a save: non-finite weights are never written (they would pass for a trained model)."""
+    if not weights_finite(run):
+        raise CurryError(f"non-finite values: the weights are non-finite at {where}; nothing was saved, the last "
+                         f"checkpoint is in {run.cfg.run.output_dir}/state (lower optim.lr or loss.beta, or check the "
+                         f"data)")
+
+
 def save_position(run: Run, optimizer, scheduler, pos: Position) -> None:
     """Checkpoint ``state/``: weights, optimiser and scheduler (None: not saved), RNG, ``pos``."""
+    ensure_finite(run, f"stage {pos.stage + 1}, update {pos.update}" if pos.update else f"the end of stage {pos.stage}")
     pos.log_lines = len(run.log)
     run.accelerator.wait_for_everyone()
     model = run.accelerator.unwrap_model(run.model)
@@ -530,10 +559,22 @@ def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerato
 def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False,
           online_source: Callable | None = None) -> dict:
     """Train every stage of the curriculum; returns the run summary (also written to summary.json).
-    ``online_source`` samples and judges online stages (`evaluation.online.train` hands it in)."""
+    ``online_source`` samples and judges online stages (`evaluation.online.train` hands it in).
+    The output directory is held by this process alone (`lifetime.hold_output_dir`), and SIGTERM/SIGINT
+    stop the run with ``state/`` current: inside a stage at the next update boundary (`stop_if_signalled`),
+    elsewhere at once (`lifetime.stop_on_signals`)."""
     out = cfg.run.output_dir
+    lifetime.check_output_dir(out)
+    if resume and not os.path.isdir(out):
+        raise CurryError(f"--resume: {out} does not exist; check run.output_dir (or drop --resume to start a run)")
     created = not os.path.exists(out)
-    os.makedirs(out, exist_ok=True)
+    with lifetime.hold_output_dir(out), lifetime.stop_on_signals(out):
+        return _train(cfg, records, resume, online_source, created)
+
+
+def _train(cfg: TrainConfig, records: list[Record] | None, resume: bool, online_source: Callable | None,
+           created: bool) -> dict:
+    out = cfg.run.output_dir
     resumed = Position.load(out) if resume else None
     if resumed is not None:
         check_same_run(out, cfg)
@@ -582,7 +623,8 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         if pos.order is None:
             pos.order = stage_order(run, k, ref)
         t0 = time.perf_counter()
-        run_stage(run, k, optimizer, scheduler, ref, pos)
+        with lifetime.deferred_stops():  # SIGTERM/SIGINT: stop at the next update boundary, checkpointed
+            run_stage(run, k, optimizer, scheduler, ref, pos)
         info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_label(run, k),
                 "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
                 "train_seconds": round(time.perf_counter() - t0, 3), **run.online.get(k, {}),
@@ -592,6 +634,7 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
         held_out = {key: v for key, v in info.items() if key.startswith("eval/") and isinstance(v, (int, float))}
         if held_out:  # to metrics.jsonl and the trackers, as HF Trainer logs its evaluations
             log_metrics(run, {"step": pos.global_step, "stage": k + 1, **held_out})
+        ensure_finite(run, f"the end of stage {k + 1}")
         model = acc.unwrap_model(run.model)
         weights = ckpt.full_state_dict(model) if is_sharded(model) else None  # gathered whole on the main process
         if acc.is_main_process:

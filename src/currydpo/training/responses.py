@@ -160,7 +160,12 @@ class RefCache:
         if key not in self.values:
             path = self._path(key)
             if path and os.path.exists(path):
-                self.values[key] = torch.load(path)
+                try:
+                    self.values[key] = torch.load(path, weights_only=True)  # never unpickles code
+                except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
+                    # not recomputed: a stage's policy that made it may be gone (trained on since)
+                    raise CurryError(f"{path} is damaged ({type(e).__name__}); delete the run directory's "
+                                     f"refcache/ and state/ and train again") from None
             else:
                 self.values[key] = torch.full((size,), math.nan, dtype=torch.float64)
         if len(self.values[key]) < size:  # the table grew (online stages): new rows are not computed yet
