@@ -271,7 +271,7 @@ def test_train_missing_model_path(tmp_path, capsys):
     rc, captured, run_dir = train(tmp_path, capsys, CORPUS / "ranked_long_prompt.jsonl", None,
                                   CORPUS / "cfg_missing_model.yaml")
     assert rc == 2
-    assert "model not found: ./no/such/model-dir" in one_error_line(captured.err, "train")
+    assert "model.path not found: ./no/such/model-dir" in one_error_line(captured.err, "train")
     assert not files_under(run_dir)
 
 

@@ -153,7 +153,10 @@ def frontier_plot(output_dir: str, rows: list[dict], baseline: dict | None = Non
                         capsize=3, lw=1.2, label=arm)
         if baseline and k in baseline:
             ax.axhline(baseline[k]["mean"], color="grey", lw=0.8, ls="--", label="sft")
-        ax.set_xlabel("KL(policy || initial model), nats per answer")
+        # KLs span 0.1 to tens of nats: log-like above 0.1 so the small budgets are not crushed together
+        ax.set_xscale("symlog", linthresh=0.1, linscale=0.5)
+        ax.set_xlim(left=0)  # KL >= 0: a 3-seed t-interval reaching below 0 is drawn up to 0
+        ax.set_xlabel("KL(policy || initial model), nats per answer (symlog)")
         ax.set_ylabel(name)
         ax.set_title(f"{name} vs KL (one point per swept value)")
     axes[0][0].legend(fontsize=7)
