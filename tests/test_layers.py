@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "currydpo"
-LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "config": 0, "lifetime": 0, "data": 1, "curriculum": 2,
+LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "config": 0, "lifetime": 0, "trl_names": 0, "api": 8,
+         "data": 1, "curriculum": 2,
          "pipeline": 3, "training": 4, "evaluation": 5, "world": 6, "experiments": 7, "cli": 8, "__init__": 0,
          "__main__": 9}
 # config.validate asks the registries (losses, schedules, measures, builders, formats) for the valid names,

@@ -90,7 +90,9 @@ def test_judge_prompt_file_swaps_the_prompt_and_the_rating_rule(tmp_path):
     with JudgeServer(reply=lambda req: "score=" + str(len(req["messages"][0]["content"]) % 9 + 1)) as srv:
         g = SingleGrader(f"openai:{srv.url}#judge", prompt_file=str(f), **FAST)
         got = g.grade(QS[:1], ANSWERS[:1], REFS)
-        assert [b["messages"] for b in srv.bodies][0] == [{"role": "user", "content": "MINE add 2 and 3 / 5"}]
+        sent = sorted(b["messages"][0]["content"] for b in srv.bodies)  # the two turns are graded concurrently
+        assert sent == ["MINE add 2 and 3 / 5", "MINE now times 4 / 20"] and all(len(b["messages"]) == 1
+                                                                                 for b in srv.bodies)
     assert got == [[len("MINE add 2 and 3 / 5") % 9 + 1, len("MINE now times 4 / 20") % 9 + 1]]
     with pytest.raises(CurryError, match="has no function 'parse_rating'"):
         (tmp_path / "half.py").write_text("def grading_messages(t, a, r):\n    return []\n")

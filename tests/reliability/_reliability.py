@@ -185,4 +185,4 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+    return [e["loss"] for e in map(json.loads, open(out / "metrics.jsonl")) if "loss" in e]  # eval/* lines: held-out

@@ -44,8 +44,8 @@ def install(spec: str) -> None:
 
         setattr(module, name, wrapped)
 
-    if point == "update":
-        after(loop, "log_metrics")
+    if point == "update":  # an update's line, not a stage's held-out eval/* line
+        after(loop, "log_metrics", when=lambda run, entry: "loss" in entry)
     elif point == "state-write":
         after(checkpoint, "save_file")
     elif point == "stage-end":

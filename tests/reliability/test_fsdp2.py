@@ -62,7 +62,7 @@ def test_fsdp2_two_processes_match_one_process_with_the_same_global_batch(tiny_m
     s2 = json.loads((two / "summary.json").read_text())
     for a, b in zip(s1["stages"], s2["stages"]):  # reference passes and held-out metrics, sharded
         assert abs(a["eval/rewards/margins"] - b["eval/rewards/margins"]) <= 1e-4, (a, b)
-    assert max(e["grad_norm"] for e in map(json.loads, open(two / "metrics.jsonl"))) > 1.0  # clipping was active
+    assert max(e.get("grad_norm", 0) for e in map(json.loads, open(two / "metrics.jsonl"))) > 1.0  # clipping was on
     assert_same_weights(final_weights(one), final_weights(two))
     stage1 = [load_file(out / "stage-1" / "model.safetensors") for out in (one, two)]
     assert_same_weights(*stage1)

@@ -23,13 +23,10 @@ Specs accepted by `make_judge`:
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -245,27 +242,39 @@ class ChatClient:
                     f.flush()
                     os.fsync(f.fileno())
 
+    def _client(self):
+        """The `openai` SDK client for the endpoint (made once). Its own retries are off: `ask` retries, so
+        that a reply without a verdict is asked again, every retry is counted, and Retry-After is honoured
+        up to `RETRY_AFTER_MAX_S`; the SDK gives the transport, auth header, timeout and error types."""
+        if getattr(self, "_sdk", None) is None:
+            import openai
+
+            self._sdk = openai.OpenAI(base_url=self.url, api_key=self.api_key or "not-needed",
+                                      timeout=self.timeout_s, max_retries=0)
+        return self._sdk
+
     def _post(self, body: dict) -> dict:
-        req = urllib.request.Request(f"{self.url}/chat/completions", data=json.dumps(body).encode("utf-8"),
-                                     method="POST", headers={"Content-Type": "application/json"})
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
+        import openai
+
+        client = self._client()
         with self.lock:
             self.stats["requests"] += 1
+        extra = {} if self.model else {"extra_body": {}}
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:200].decode("utf-8", "replace")
-            if e.code == 429 or e.code >= 500:
-                ra = retry_after_seconds(e.headers.get("Retry-After") if e.headers else None)
-                raise _Transient(f"HTTP {e.code}: {detail}", ra) from e
-            raise CurryError(f"judge {self.spec}: HTTP {e.code} from {self.url}/chat/completions ({detail}); "
-                             "check the URL, the model name after '#' and OPENAI_API_KEY") from e
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # timeouts are OSErrors
+            raw = client.chat.completions.with_raw_response.create(
+                model=self.model or "", messages=body["messages"], temperature=body["temperature"],
+                max_tokens=body["max_tokens"], **extra)
+            text = raw.http_response.text
+        except openai.APIStatusError as e:
+            code, detail = e.status_code, (e.response.text or "")[:200]
+            if code == 429 or code >= 500:
+                raise _Transient(f"HTTP {code}: {detail}", retry_after_seconds(e.response.headers.get("retry-after")))
+            raise CurryError(f"judge {self.spec}: HTTP {code} from {self.url}/chat/completions ({detail}); "
+                             "check the URL, the model name after '#' and OPENAI_API_KEY") from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:  # refused, reset, timed out
             raise _Transient(f"{type(e).__name__}: {e}") from e
         try:
-            return json.loads(raw)
+            return json.loads(text)
         except ValueError:
             return {}  # not JSON: an answer without a verdict
 

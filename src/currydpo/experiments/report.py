@@ -167,6 +167,7 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
                     [r[key]["ci_high"] - r[key]["mean"] for r in have]]
             ax.bar([r["arm"] for r in have], means, yerr=errs, capsize=4, color=[colors[r["arm"]] for r in have])
             ax.set_title(label)
+            ax.set_ylabel(label)
             ax.tick_params(axis="x", rotation=30)
             if key == "win_rate":
                 ax.axhline(0.5, color="grey", lw=0.8, ls="--")
@@ -182,12 +183,14 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
         for r in points:
             ax.scatter(r["metrics"]["kl"], r["metrics"]["judge_score"], color=colors.get(r["arm"]),
                        marker=markers.get(r["arm"], "o"), label=r["arm"])
+            ax.annotate(str(r["seed"]), (r["metrics"]["kl"], r["metrics"]["judge_score"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points", color="dimgrey")  # which seed
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=8)
         ax.set_xlabel("KL(policy || SFT), nats per answer")
         ax.set_ylabel("gold reward")
-        ax.set_title("reward vs KL (one point per seed)" + (f"; {len(noise)} negative KL estimate(s) left out"
+        ax.set_title("reward vs KL (one point per seed, numbered)" + (f"; {len(noise)} negative KL estimate(s) left out"
                                                             if noise else ""), fontsize=9 if noise else None)
         paths.append(os.path.join(output_dir, "reward_vs_kl.png"))
         _save(fig, paths[-1])
@@ -203,15 +206,24 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
         elif log_path:
             print(f"currydpo: no training log at {log_path}; {arm} left out of training_curves.png", file=sys.stderr)
     if logs:
-        fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs), 3.2), sharey=True, squeeze=False)
+        # own y-axis per panel (losses of different arms live on different scales: dpo vs ipo vs pro);
+        # the raw per-update loss faint, its moving average (EMA, 0.9) on top
+        fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs), 3.2), squeeze=False)
         for ax, (arm, (seed, log)) in zip(axes[0], logs.items()):
-            for stage in sorted({e["stage"] for e in log if "loss" in e}):  # eval/* lines: held-out metrics
+            for i, stage in enumerate(sorted({e["stage"] for e in log if "loss" in e})):  # eval/* lines skipped
                 pts = [(e["step"], e["loss"]) for e in log if e["stage"] == stage and "loss" in e]
-                ax.plot(*zip(*pts), label=f"stage {stage}")
+                steps, loss = zip(*pts)
+                smooth, m = [], loss[0]
+                for v in loss:
+                    m = 0.9 * m + 0.1 * v
+                    smooth.append(m)
+                color = plt.cm.tab10(i % 10)
+                ax.plot(steps, loss, color=color, alpha=0.25, lw=0.8)
+                ax.plot(steps, smooth, color=color, label=f"stage {stage}")
             ax.set_title(f"{arm} (seed {seed})", fontsize=9)
             ax.set_xlabel("update")
+            ax.set_ylabel(f"training loss ({_loss_name(results, arm)})", fontsize=8)
             ax.legend(fontsize=7)
-        axes[0][0].set_ylabel("training loss")
         paths.append(os.path.join(output_dir, "training_curves.png"))
         _save(fig, paths[-1])
         plt.close(fig)
@@ -219,6 +231,12 @@ def plots(output_dir: str, rows: list[dict], results: list[dict]) -> list[str]:
     if path:
         paths.append(path)
     return paths
+
+
+def _loss_name(results: list[dict], arm: str) -> str:
+    r = next((r for r in results if r["arm"] == arm and r.get("train")), None)
+    loss = (r or {}).get("train", {}).get("loss", "?")
+    return loss if isinstance(loss, str) else " + ".join(loss)
 
 
 def _heldout_by_stage(plt, output_dir: str, arms: list[str], results: list[dict], colors: dict) -> str | None:
