@@ -116,3 +116,14 @@ def test_shuffle_within_stage_keeps_stage_membership():
     plain = plan(pairs, "iterative", "score-gap", stages=3)
     shuffled = plan(pairs, "iterative", "score-gap", stages=3, shuffle_within_stage=True)
     assert [sorted(s.pairs) for s in plain] == [sorted(s.pairs) for s in shuffled]
+
+
+def test_an_unresolved_config_string_for_shuffling_is_refused():
+    """``shuffle_within_stage: "false"`` is truthy: a raw config string reaching the planner shuffled stages
+    the user asked to keep ordered (online stages did); the planner takes resolved booleans only."""
+    from currydpo.curriculum.lists import stage_lists
+
+    with pytest.raises(TypeError, match="must be a bool"):
+        plan([], "single-pass", "score-gap", shuffle_within_stage="false")
+    with pytest.raises(TypeError, match="must be a bool"):
+        stage_lists([], [], [], "iterative", "score-gap", "false")

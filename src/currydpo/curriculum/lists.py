@@ -58,6 +58,8 @@ def make_list(rec_idx: int, rec: Record, pairs: Sequence[Pair], measure: str) ->
 def stage_lists(records: Sequence[Record], pairs: Sequence[Pair], stages: Sequence[Stage], schedule: str,
                 measure: str, shuffled: bool) -> tuple[list[RankedList], list[Stage]]:
     """All lists, and the stages re-expressed over list indices (``Stage.pairs`` then holds list indices)."""
+    if not isinstance(shuffled, bool):  # a config string ("false" is truthy) must be resolved first
+        raise TypeError(f"shuffled must be a bool (config.shuffle_within_stage), got {shuffled!r}")
     lists: list[RankedList] = []
     out: list[Stage] = []
     earlier: dict[int, list[Pair]] = {}

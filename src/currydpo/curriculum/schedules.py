@@ -118,6 +118,9 @@ def plan(pairs: Sequence[Pair], schedule: str, measure: str, *, stages: int = 3,
          cyclical: tuple[float, float, float] = (0.25, 1.0, 2.0), self_paced_start: float = 0.5) -> list[Stage]:
     """The stage plan for ``schedule``. ``measure`` must already be in every pair's ``difficulty``
     (for ``dynamic``/self-paced, the static measure used to order candidates)."""
+    if not isinstance(shuffle_within_stage, bool):  # a config string ("false" is truthy) must be resolved first
+        raise TypeError(f"shuffle_within_stage must be a bool (config.shuffle_within_stage), got "
+                        f"{shuffle_within_stage!r}")
     rng = random.Random(seed)
     n = len(pairs)
     if schedule in ("iterative", "anti"):

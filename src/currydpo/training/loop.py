@@ -510,7 +510,8 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     stages, lists = stage_plan(cfg, data.train_pairs), None
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
         measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty  # as stage_plan orders them
-        lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, measure, c.shuffle_within_stage)
+        lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, measure,
+                                    shuffle_within_stage(cfg))
     if acc.is_main_process:
         prec.warn_if_updates_round_away(model, o.lr)
     P = o.batch_size * o.grad_accum * acc.num_processes

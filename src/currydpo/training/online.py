@@ -27,6 +27,7 @@ import json
 import os
 import random
 
+from ..config import shuffle_within_stage
 from ..curriculum.difficulty import STATIC, measure_static
 from ..curriculum.schedules import Stage, plan
 from ..data.pairs import build_pairs
@@ -99,7 +100,7 @@ def order_stage(run, k: int, new: list[int]) -> Stage:
     c = cfg.curriculum
     measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
     inner = plan([run.data.train_pairs[i] for i in idx], "single-pass", measure, seed=cfg.run.seed + k,
-                 shuffle_within_stage=c.shuffle_within_stage)[0]
+                 shuffle_within_stage=shuffle_within_stage(cfg))[0]  # resolved: the string 'false' is truthy
     label = f"online: {len(new)} pairs" + (f" + {len(mixed)} offline" if mixed else "")
     return Stage(k, [idx[j] for j in inner.pairs], label, admit_fraction=offline.admit_fraction)
 
