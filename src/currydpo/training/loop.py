@@ -364,7 +364,8 @@ def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor | None) -> l
     rows, ci, ri = run.table.rows(pairs)
     lp, n = logps_for_rows_shared(run.accelerator, run.accelerator.unwrap_model(run.model), run.table, rows,
                                   run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2, desc="dynamic difficulty",
-                                  progress=run.cfg.run.progress and run.accelerator.is_main_process)
+                                  progress=run.cfg.run.progress and run.accelerator.is_main_process,
+                                  lm_head=run.cfg.model.fused_logprobs)
     rows_t = torch.tensor(rows)
     ref_c, ref_r = (None, None) if ref is None else (ref[rows_t][ci], ref[rows_t][ri])  # simpo/orpo: no reference
     x = PairLogps(lp[ci], lp[ri], n[ci].double(), n[ri].double(), ref_c, ref_r,
@@ -496,10 +497,12 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
         ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device, dtype=prec.master_dtype(precision))
         ref_model = sharding.shard(ref_model, fsdp, acc.device) if fsdp else ref_model
-        refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc)
+        refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc,
+                     lm_head=cfg.model.fused_logprobs)
         del ref_model
     else:
-        refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc)
+        refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc,
+                     lm_head=cfg.model.fused_logprobs)
     model_difficulty(data.train_pairs + data.eval_pairs, data.records, table.keys,
                      refs.get("initial", len(table.keys)).tolist(),
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
@@ -675,7 +678,7 @@ def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
         rows = run.table.rows(run.data.train_pairs)[0]
     ref = run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, rows,
                           run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
-                          run.cfg.run.progress and acc.is_main_process, acc)
+                          run.cfg.run.progress and acc.is_main_process, acc, lm_head=run.cfg.model.fused_logprobs)
     if mode == "mixture":
         return mixture_reference(run, k)
     if mode != "all-previous":
@@ -702,7 +705,8 @@ def evaluate_held_out(run: Run, ref_key: str) -> dict:
     rows, ci, ri = run.table.rows(pairs)
     lp, n = logps_for_rows_shared(run.accelerator, run.accelerator.unwrap_model(run.model), run.table, rows,
                                   run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2, desc="held-out metrics",
-                                  progress=run.cfg.run.progress and run.accelerator.is_main_process)
+                                  progress=run.cfg.run.progress and run.accelerator.is_main_process,
+                                  lm_head=run.cfg.model.fused_logprobs)
     ref = run.refs.get(ref_key, len(run.table.keys))[torch.tensor(rows)]
     m = preference_metrics(lp[ci], lp[ri], n[ci], n[ri], ref[ci], ref[ri], run.cfg.loss.beta,
                            [p.score_gap for p in pairs], buckets=[p.rejected_position for p in pairs])

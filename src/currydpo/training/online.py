@@ -83,7 +83,7 @@ def measure_model_difficulty(run, k: int, new: list[int]) -> None:
     pairs = [run.data.train_pairs[i] for i in new]
     rows = run.table.rows(pairs)[0]
     values = run.refs.ensure(key, model, run.table, rows, run.tokenizer.pad_token_id, cfg.optim.batch_size * 2,
-                             cfg.run.progress and acc.is_main_process, acc)
+                             cfg.run.progress and acc.is_main_process, acc, lm_head=cfg.model.fused_logprobs)
     c = cfg.curriculum
     model_difficulty(pairs, run.data.records, [run.table.keys[r] for r in rows], values[rows].tolist(),
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)

@@ -70,12 +70,13 @@ class ResponseTable:
 @torch.no_grad()
 def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_id: int, batch_size: int,
                    desc: str = "log-probs", progress: bool = True,
-                   min_forwards: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   min_forwards: int = 0, lm_head: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs and token counts for ``rows`` of the table, in eval mode.
 
     Rows are batched longest-first so each batch carries little padding; results come
     back in the order of ``rows``. ``min_forwards``: run discarded forwards (on the last
     batch again) up to that many, for sharded models whose every forward is collective.
+    ``lm_head``: the run's ``model.fused_logprobs``, so reference, held-out and policy share one kernel.
     """
     was_training = model.training
     model.eval()
@@ -91,11 +92,11 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
     bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=bars_off(progress), leave=False)
     for start in bar:
         chunk = order[start:start + batch_size]
-        lp, n = response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id)
+        lp, n = response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id, lm_head=lm_head)
         logps[chunk] = lp.double().cpu()
         counts[chunk] = n.cpu()
     for _ in range(min_forwards - math.ceil(len(order) / batch_size)):
-        response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id)
+        response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id, lm_head=lm_head)
     model.train(was_training)
     return logps, counts
 
@@ -117,7 +118,7 @@ def shard_rows(table: ResponseTable, rows: Sequence[int], num_processes: int) ->
 
 def logps_for_rows_shared(accelerator, model, table: ResponseTable, rows: Sequence[int], pad_token_id: int,
                           batch_size: int, desc: str = "log-probs",
-                          progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                          progress: bool = True, lm_head: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """`logps_for_rows` with the work split over the processes and the results gathered on every one.
 
     ``model`` must be the unwrapped module: the processes run different numbers of forwards,
@@ -129,7 +130,8 @@ def logps_for_rows_shared(accelerator, model, table: ResponseTable, rows: Sequen
     W = 1 if accelerator is None else accelerator.num_processes
     if W == 1:
         with contextlib.nullcontext() if accelerator is None else accelerator.autocast():
-            return logps_for_rows(model, table, rows, pad_token_id, batch_size, desc=desc, progress=progress)
+            return logps_for_rows(model, table, rows, pad_token_id, batch_size, desc=desc, progress=progress,
+                                  lm_head=lm_head)
     from accelerate.utils import gather_object
 
     shards = shard_rows(table, rows, W)
@@ -139,7 +141,7 @@ def logps_for_rows_shared(accelerator, model, table: ResponseTable, rows: Sequen
         forwards = max(math.ceil(len(s) / batch_size) for s in shards)
     with accelerator.autocast():
         lp, n = logps_for_rows(model, table, mine, pad_token_id, batch_size, desc=desc, progress=progress,
-                               min_forwards=forwards)
+                               min_forwards=forwards, lm_head=lm_head)
     got = {r: (v, c) for r, v, c in gather_object(list(zip(mine, lp.tolist(), n.tolist())))}
     return (torch.tensor([got[r][0] for r in rows], dtype=torch.float64),
             torch.tensor([got[r][1] for r in rows], dtype=torch.long))
@@ -174,7 +176,7 @@ class RefCache:
         return self.values[key]
 
     def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], pad_token_id: int,
-               batch_size: int, progress: bool = True, accelerator=None) -> torch.Tensor:
+               batch_size: int, progress: bool = True, accelerator=None, lm_head: str = "auto") -> torch.Tensor:
         """Compute the missing rows with ``model`` (which must be the reference ``key``) and save.
 
         With several processes (``accelerator``), each computes its share of the rows and all
@@ -184,7 +186,7 @@ class RefCache:
         missing = [r for r in rows if math.isnan(values[r])]
         if missing:
             lp, _ = logps_for_rows_shared(accelerator, model, table, missing, pad_token_id, batch_size,
-                                          desc=f"reference log-probs ({key})", progress=progress)
+                                          desc=f"reference log-probs ({key})", progress=progress, lm_head=lm_head)
             bad = [table.keys[missing[j]] for j in range(len(missing)) if not math.isfinite(lp[j])]
             if bad:
                 raise CurryError(f"reference '{key}' gives a non-finite log-prob to {len(bad)} responses "
