@@ -211,9 +211,10 @@ def test_liger_head_equals_plain_head_on_cuda():
 def test_one_lm_head_kernel_for_policy_reference_heldout_and_dynamic_difficulty(kernel, tmp_path, tiny_model_dir,
                                                                                monkeypatch):
     """model.fused_logprobs reaches every log-prob pass of a run, not only the policy's training forward."""
-    from conftest import make_records, tiny_config
     from currydpo.training import loop, responses
     from currydpo.training.logprobs import response_logps as real
+
+    from conftest import make_records, tiny_config
 
     seen = []
 
