@@ -133,8 +133,9 @@ def test_listwise_stages_keep_their_schedule_order_with_shuffling_auto(schedule,
     reach the list builder, where it is truthy, and every such stage stayed unsorted."""
     import random
 
-    from conftest import make_records, tiny_config
     from currydpo.training.loop import setup
+
+    from conftest import make_records, tiny_config
 
     recs = make_records(n_prompts=16, n_responses=4)
     rng = random.Random(0)
