@@ -38,9 +38,7 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
     if d.sample_prompts is not None and d.sample_prompts < len(records):  # a seeded subset, file order kept
         keep = sorted(random.Random(f"sample-prompts-{cfg.run.seed}").sample(range(len(records)), d.sample_prompts))
         records = [records[i] for i in keep]
-    order = list(range(len(records)))
-    random.Random(cfg.run.seed).shuffle(order)
-    held_out = set(order[: int(round(d.eval_fraction * len(records)))])
+    held_out = held_out_records(cfg, len(records))
     train = [p for p in build_pairs(records, pair_strategy(cfg), d.min_gap, d.allow_ties, cfg.run.seed)
              if p.record not in held_out]
     evals = [p for p in build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
@@ -53,6 +51,14 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
     if c.difficulty.startswith(("column:", "function:")):
         measure_static(c.difficulty, train + evals, records)
     return Prepared(records, train, evals, rows_read, bad)
+
+
+def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
+    """The records held out for evaluation (``data.eval_fraction``, seeded by ``run.seed``): their pairs
+    are never trained on. `currydpo pairs` excludes the same ones, so its stages are `train`'s."""
+    order = list(range(n_records))
+    random.Random(cfg.run.seed).shuffle(order)
+    return set(order[: int(round(cfg.data.eval_fraction * n_records))])
 
 
 def pair_strategy(cfg: TrainConfig) -> str:
@@ -87,11 +93,12 @@ def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
 
 
 def model_difficulty(pairs: list[Pair], records: list[Record], keys: list[tuple[int, int]],
-                     reference_logps: list[float], reward_model: str | None = None,
+                     reference_logps: list[float] | None, reward_model: str | None = None,
                      trust_remote_code: bool = False) -> None:
     """The model-based measures: ``ref-logratio`` from per-response reference log-probs
     (aligned with ``keys``), and ``reward-margin`` when a reward model path is given."""
-    measure_from_response_values("ref-logratio", pairs, dict(zip(keys, reference_logps)), sign=-1.0)
+    if reference_logps is not None:  # None: only the reward margin is asked for (no made-up ref-logratio)
+        measure_from_response_values("ref-logratio", pairs, dict(zip(keys, reference_logps)), sign=-1.0)
     if reward_model:
         from .curriculum.reward_model import RewardModel
 

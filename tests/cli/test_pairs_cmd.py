@@ -167,3 +167,25 @@ def test_pairs_select_marks_kept_pairs_per_stage(tmp_path, tiny_model_dir, capsy
     # the kept pairs are those with the largest reference margin (smallest c)
     c = sorted(r["difficulty"]["ref-logratio"] for r in rows)
     assert max(r["difficulty"]["ref-logratio"] for r in kept) <= c[len(kept) - 1]
+
+
+def test_pairs_config_without_data_gives_the_stages_train_trains(tmp_path, capsys):
+    """`pairs --config run.yaml` reads data.path from the config and holds out data.eval_fraction, as
+    `train` does (before: DATA was demanded and the held-out prompts' pairs were planned too)."""
+    from currydpo import plan_stages
+
+    recs = [{"prompt": f"q{i}", "responses": [{"text": f"a{i}-{j}", "score": float(4 - j)} for j in range(4)]}
+            for i in range(20)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data: {{path: {data}, eval_fraction: 0.2}}\ncurriculum: {{schedule: iterative, stages: 3}}\n")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", "--config", str(cfg), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    plan = plan_stages(str(cfg))
+    assert len(rows) == len(plan.pairs) == 16 * 3  # 4 of 20 prompts held out
+    assert [sum(r["stage"] == k + 1 for r in rows) for k in range(3)] == [len(s.pairs) for s in plan.stages]
+    held = {plan.records[p.record].id for p in plan.eval_pairs}
+    assert held and not held & {r["prompt_id"] for r in rows}
+    assert all(set(r["difficulty"]) >= {"score-gap"} and "ref-logratio" not in r["difficulty"] for r in rows)

@@ -20,7 +20,7 @@ from ..data.pairs import BUILDERS, Pair, build_pairs
 from ..data.records import Record, Text
 from ..errors import CurryError
 from ..io import save_figure, write_jsonl
-from ..pipeline import pair_strategy, stage_plan
+from ..pipeline import held_out_records, pair_strategy, stage_plan
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,8 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "pairs", help="build preference pairs from rated responses",
         description="Read rated responses (a local file, directory or glob, or a Hub dataset name), "
                     "build (chosen, rejected) pairs per prompt and write them as JSON lines.")
-    p.add_argument("data", metavar="DATA", help="local .jsonl/.json/.parquet/.csv file, directory or glob; "
-                                                "or a Hugging Face Hub dataset name")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="local .jsonl/.json/.parquet/.csv file, directory or glob; or a Hugging Face Hub dataset "
+                        "name (default with --config: its data.path)")
     p.add_argument("--format", default=None, choices=("auto",) + FORMATS,
                    help="source layout (default: auto-detect from the first row's keys)")
     p.add_argument("--split", default=None, help="Hub split to read (default: train)")
@@ -95,13 +96,16 @@ def pairs_config(args: argparse.Namespace) -> TrainConfig:
 def load(cfg: TrainConfig, path: str) -> LoadResult:
     d = cfg.data
     return load_records(path, d.format, split=d.split, subset=d.subset, score=d.score, on_bad_row=d.on_bad_row,
-                        limit=d.limit)
+                        limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
 
 
 def make_pairs(records: list[Record], cfg: TrainConfig) -> list[Pair]:
-    """The training pairs (`pipeline.pair_strategy`: the single-pair schedule swaps in its builder)."""
+    """The training pairs, as `train` builds them: `pipeline.pair_strategy` (the single-pair schedule swaps in
+    its builder), without the records ``data.eval_fraction`` holds out."""
     d = cfg.data
-    return build_pairs(records, pair_strategy(cfg), min_gap=d.min_gap, allow_ties=d.allow_ties, seed=cfg.run.seed)
+    held_out = held_out_records(cfg, len(records))
+    return [p for p in build_pairs(records, pair_strategy(cfg), min_gap=d.min_gap, allow_ties=d.allow_ties,
+                                   seed=cfg.run.seed) if p.record not in held_out]
 
 
 def _as_messages(t: Text, role: str) -> list[dict]:
@@ -202,7 +206,7 @@ def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace, 
 
         keys, ref = reference_logps(records, pairs, args) if name == "ref-logratio" else (
             sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs}), None)
-        model_difficulty(pairs, records, keys, ref or [0.0] * len(keys), args.reward_model, args.trust_remote_code)
+        model_difficulty(pairs, records, keys, ref, args.reward_model, args.trust_remote_code)
     else:
         measure_static(name, pairs, records)
     return name
@@ -276,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stages is not None and args.stages < 1:
         raise CurryError(f"--stages must be >= 1, got {args.stages}")
     cfg = pairs_config(args)
+    args.data = args.data or cfg.data.path
+    if not args.data:
+        raise CurryError("no data: give DATA, or --config with a data.path")
     show_plan = args.schedule is not None or args.config is not None or any(
         o.startswith("curriculum.") for o in args.overrides)
     result = load(cfg, args.data)
