@@ -76,3 +76,6 @@ def test_cli_trains_from_a_trl_config(tmp_path, tiny_model_dir):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["stages"]) == 2  # 3 ranked responses: (R1,R3) then (R1,R2), the curriculum is back
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    assert "currydpo" in (tmp_path / "run" / "final" / "README.md").read_text()  # the model card
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in log if "eval/rewards/accuracies" in e] == [1, 2]  # held-out, after each stage
