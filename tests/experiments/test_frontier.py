@@ -50,3 +50,9 @@ def test_no_sweep_no_frontier(tmp_path):
     plain = aggregate([{**result("a", 1, 1, 0.5, 0.5), "arm": "a"}], ["a"])
     plain[0].pop("sweep")
     assert write_frontier(str(tmp_path), plain) == ("", []) and not (tmp_path / "frontier.md").exists()
+
+
+def test_one_seed_claims_no_level_or_below():
+    results = [result(arm, v, 1, kl, r) for arm, pts in POINTS.items() for v, kl, r in pts]
+    md = frontier_markdown(aggregate(results, list(dict.fromkeys(r["arm"] for r in results))))
+    assert "(one seed: no CI, the order of means only" in md and "below its CI" not in md

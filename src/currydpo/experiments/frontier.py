@@ -117,6 +117,9 @@ def frontier_markdown(rows: list[dict]) -> str:
             if not have:
                 continue
             top = max(have, key=lambda a: have[a]["mean"])
+            if min(len(m["values"]) for m in have.values()) < 2:  # one seed: no CI, so no "level" or "below"
+                lines.append(f"- KL {k:.2f}: **{top}** (one seed: no CI, the order of means only; run more seeds)")
+                continue
             level = [a for a in have if a != top and have[a]["ci_high"] >= have[top]["ci_low"]]
             lines.append(f"- KL {k:.2f}: **{top}**" + (f"; level with it: {', '.join(level)}" if level else
                                                         "; every other arm below its CI"))
