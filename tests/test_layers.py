@@ -42,3 +42,42 @@ def test_no_module_imports_from_a_higher_layer():
 def test_every_top_level_module_has_a_layer():
     assert {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
             if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())} <= set(LAYER)
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, lazy (in-function) imports included."""
+    modules = {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        pkg = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")[:-1]
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                stem = base + (node.module.split(".") if node.module else [])
+                candidates = [".".join(stem + [a.name]) for a in node.names] + [".".join(stem)]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("currydpo."):
+                stem = node.module.split(".")[1:]
+                candidates = [".".join(stem + [a.name]) for a in node.names] + [".".join(stem)]
+            else:
+                continue
+            out |= {c for c in candidates if c in modules and c != name and not c.endswith("__init__")}
+        graph[name] = out
+    return graph
+
+
+def test_no_import_cycle_lazy_imports_included():
+    graph = module_imports()
+
+    def reaches(a, b):
+        todo, seen = [a], {a}
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt == b:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    assert sorted(f"{u} <-> {v}" for u in graph for v in graph[u] if reaches(v, u)) == []

@@ -79,3 +79,9 @@ def test_cli_trains_from_a_trl_config(tmp_path, tiny_model_dir):
     assert "currydpo" in (tmp_path / "run" / "final" / "README.md").read_text()  # the model card
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in log if "eval/rewards/accuracies" in e] == [1, 2]  # held-out, after each stage
+
+
+def test_trl_names_knows_our_sections():
+    from currydpo import config, trl_names
+
+    assert tuple(config.SECTIONS) == trl_names.SECTIONS

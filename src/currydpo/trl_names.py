@@ -67,6 +67,9 @@ NO_EFFECT = {
     "remove_unused_columns", "dataset_num_proc", "overwrite_output_dir", "dataset_test_split",
 }
 
+# our config sections (config.SECTIONS; a test keeps the two equal: config imports this module, not back)
+SECTIONS = ("model", "data", "curriculum", "loss", "optim", "run", "generation", "online")
+
 LR_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
 
 
@@ -107,16 +110,12 @@ def _convert(name: str, value: Any) -> Any:
 def is_flat_trl(d: dict) -> bool:
     """True for a flat config in TRL's names: no section of ours and no nested mapping at the top level
     (``losses: {beta: 1}`` stays a misspelt section, reported as such)."""
-    from .config import SECTIONS
-
     return (isinstance(d, dict) and bool(d) and not any(k in SECTIONS for k in d)
             and not any(isinstance(v, dict) for v in d.values()))
 
 
 def from_trl(d: dict[str, Any], source: str = "config", notes: bool = True) -> dict[str, dict[str, Any]]:
     """TRL-named options -> our nested config dict; prints one note per mapping (to stderr)."""
-    from .config import SECTIONS
-
     out: dict[str, dict[str, Any]] = {}
     lines = []
     for name, value in d.items():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from currydpo.errors import CurryError
-from currydpo.training.listwise import ListLogps, kendall_tau, lipo, list_loss, plackett_luce, pro
-from currydpo.training.losses import PairLogps, dpo
+from currydpo.training.listwise import ListLogps, kendall_tau, lipo, plackett_luce, pro
+from currydpo.training.losses import PairLogps, dpo, list_loss
 
 P, R, LEN, SCORES = [-10.0, -12.0, -15.0], [-11.0, -11.5, -14.0], [5, 4, 6], [5.0, 3.0, 1.0]
 BETA = 0.1

@@ -6,7 +6,7 @@ floats, and returns ``(losses (L,), rewards (L, N))``; rewards are detached. Ran
 contributes a term. Notation as `losses.py`: Δ_i = log π(y_i) − log π_ref(y_i) (summed over
 the response tokens), r_i = β Δ_i. A list of two responses is a pair.
 
-`list_loss` reduces to a scalar (mean over lists) and logs TRL-style metrics, where "chosen"
+`losses.list_loss` reduces to a scalar (mean over lists) and logs TRL-style metrics, where "chosen"
 are the responses of the best rank and "rejected" those of the worst, and
 ``rewards/accuracies`` is the fraction of the list's ordered (non-tied) pairs whose rewards
 are in order; ``rewards/kendall_tau`` is Kendall's τ-b between rewards and given ranks.
@@ -153,21 +153,3 @@ def list_metrics(x: ListLogps, rewards: Tensor) -> dict[str, float]:
         "logps/chosen": mean_over(lp, best).mean().item(), "logps/rejected": mean_over(lp, worst).mean().item(),
         "list_size": x.mask.sum(dim=1).float().mean().item(),
     }
-
-
-def list_loss(name: str | list[str], x: ListLogps, *, beta: float, loss_weights: list[float] | None = None,
-              **options) -> tuple[Tensor, dict[str, float], Tensor]:
-    """Listwise loss ``name`` (or a weighted sum of several) reduced to a scalar: the mean over lists.
-
-    ``options`` as `losses.pair_loss`. Returns ``(scalar, metrics, per_list (L,))``; rewards and
-    metrics are those of the first loss; with several, each one's mean is logged as ``loss/NAME``.
-    """
-    from .losses import as_names, combine, is_listwise
-
-    names = as_names(name)
-    if not is_listwise(names):
-        raise CurryError(f"{', '.join(names)} is a pairwise loss; use losses.pair_loss")
-    per_list, parts, (rewards,) = combine(names, x, beta, loss_weights, options)
-    loss = per_list.mean()
-    metrics = {"loss": loss.item(), **list_metrics(x, rewards), **(parts if len(names) > 1 else {})}
-    return loss, metrics, per_list

@@ -46,9 +46,9 @@ from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, se
 from . import checkpoint as ckpt
 from . import online, sharding
 from . import precision as prec
-from .listwise import ListLogps, list_loss
+from .listwise import ListLogps
 from .logprobs import response_logps
-from .losses import PairLogps, is_listwise, mrpo_reference, needs_reference, pair_loss
+from .losses import PairLogps, is_listwise, list_loss, mrpo_reference, needs_reference, pair_loss
 from .memory import (
     choose_checkpointing,
     enable_checkpointing,
@@ -59,6 +59,7 @@ from .memory import (
 )
 from .model import _check_path, add_lora, load_model, load_tokenizer
 from .model_card import model_card
+from .references import reference_for, reference_label, references_for, stage_name
 from .responses import RefCache, ResponseTable, logps_for_rows_shared
 from .sharding import is_sharded
 from .tokenize import encode_for
@@ -101,38 +102,6 @@ class Run:
     def pairs_per_update(self) -> int:
         o = self.cfg.optim
         return o.batch_size * o.grad_accum * self.accelerator.num_processes
-
-
-def stage_name(k: int) -> str:
-    """The user-facing name of 0-based stage ``k``: its directory and, as a reference, its final policy."""
-    return f"stage-{k + 1}"
-
-
-def reference_for(run: Run, k: int) -> str:
-    """The reference of stage ``k``: the RefCache key of the model whose log-probs it uses.
-
-    Curry-DPO (Pattnaik et al. 2024, Sec. 3.3): in iterative training each stage after the
-    first uses the policy at the end of the previous stage as its reference — the reference
-    swap. Every other schedule (and ``curriculum.reference: initial``) keeps the initial model.
-    """
-    if reference_mode(run.cfg) == "initial" or k == 0:
-        return "initial"
-    return stage_name(k - 1)
-
-
-def reference_label(run: Run, k: int) -> str:
-    """How stage ``k``'s reference is named in summaries: its cache key, or the mixture it is."""
-    if reference_mode(run.cfg) == "mixture" and k > 0:
-        return f"mixture (alpha {run.cfg.curriculum.reference_mix:g}) of {stage_name(k - 1)} and its reference"
-    return reference_for(run, k)
-
-
-def references_for(run: Run, k: int) -> list[str]:
-    """``curriculum.reference: all-previous`` (MRPO, Le et al. 2024): stage ``k`` combines the initial
-    model and every earlier stage's policy, primary first; otherwise the one `reference_for`."""
-    if reference_mode(run.cfg) != "all-previous":
-        return [reference_for(run, k)]
-    return ["initial"] + [stage_name(j) for j in range(k)]
 
 
 def mixture_reference(run: Run, k: int) -> torch.Tensor:
@@ -629,7 +598,7 @@ def _train(cfg: TrainConfig, records: list[Record] | None, resume: bool, online_
         t0 = time.perf_counter()
         with lifetime.deferred_stops():  # SIGTERM/SIGINT: stop at the next update boundary, checkpointed
             run_stage(run, k, optimizer, scheduler, ref, pos)
-        info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_label(run, k),
+        info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_label(run.cfg, k),
                 "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
                 "train_seconds": round(time.perf_counter() - t0, 3), **run.online.get(k, {}),
                 **evaluate_held_out(run, ref_key="initial")}
@@ -676,14 +645,14 @@ def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
     acc, rows, mode = run.accelerator, run.stage_rows(run.stages[k]), reference_mode(run.cfg)
     if mode in ("all-previous", "mixture"):  # later stages use this policy too: score every training response now
         rows = run.table.rows(run.data.train_pairs)[0]
-    ref = run.refs.ensure(reference_for(run, k), acc.unwrap_model(run.model), run.table, rows,
+    ref = run.refs.ensure(reference_for(run.cfg, k), acc.unwrap_model(run.model), run.table, rows,
                           run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
                           run.cfg.run.progress and acc.is_main_process, acc, lm_head=run.cfg.model.fused_logprobs)
     if mode == "mixture":
         return mixture_reference(run, k)
     if mode != "all-previous":
         return ref
-    return torch.stack([run.refs.get(key, len(run.table.keys)) for key in references_for(run, k)])  # (K, T)
+    return torch.stack([run.refs.get(key, len(run.table.keys)) for key in references_for(run.cfg, k)])  # (K, T)
 
 
 def stage_order(run: Run, k: int, ref: torch.Tensor | None) -> list[int]:

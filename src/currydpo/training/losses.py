@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import CurryError
-from .listwise import lipo, plackett_luce, pro
+from .listwise import ListLogps, lipo, list_metrics, plackett_luce, pro
 
 
 @dataclass
@@ -240,7 +240,7 @@ class LossSpec:
     fn: Callable[..., LossOut]
     reference: bool = True
     options: tuple[str, ...] = ()
-    listwise: bool = False  # over a prompt's ranked list (`listwise.py`, reduced by `listwise.list_loss`)
+    listwise: bool = False  # over a prompt's ranked list (`listwise.py`, reduced by `list_loss`)
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -331,7 +331,7 @@ def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights:
     """
     names = [check_loss(n) for n in as_names(name)]
     if is_listwise(names):
-        raise CurryError(f"{', '.join(names)} is listwise: it takes whole ranked lists (listwise.list_loss)")
+        raise CurryError(f"{', '.join(names)} is listwise: it takes whole ranked lists (losses.list_loss)")
     wpo_w = torch.exp(x.mean_chosen() + x.mean_rejected()).detach() if wpo else 1.0
     per_pair, parts, (chosen_rewards, rejected_rewards) = combine(names, x, beta, loss_weights, options, wpo_w)
     if rpo_alpha:
@@ -349,3 +349,20 @@ def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights:
         **(parts if len(names) > 1 else {}),
     }
     return loss, metrics, per_pair
+
+
+def list_loss(name: str | list[str], x: ListLogps, *, beta: float, loss_weights: list[float] | None = None,
+              **options) -> tuple[Tensor, dict[str, float], Tensor]:
+    """Listwise loss ``name`` (or a weighted sum of several) reduced to a scalar: the mean over lists.
+
+    ``options`` as `pair_loss` (it lives here, beside the registry, so `listwise.py` holds only kernels).
+    Returns ``(scalar, metrics, per_list (L,))``; rewards and metrics are those of the first loss; with
+    several, each one's mean is logged as ``loss/NAME``.
+    """
+    names = as_names(name)
+    if not is_listwise(names):
+        raise CurryError(f"{', '.join(names)} is a pairwise loss; use losses.pair_loss")
+    per_list, parts, (rewards,) = combine(names, x, beta, loss_weights, options)
+    loss = per_list.mean()
+    metrics = {"loss": loss.item(), **list_metrics(x, rewards), **(parts if len(names) > 1 else {})}
+    return loss, metrics, per_list

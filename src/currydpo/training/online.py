@@ -34,6 +34,7 @@ from ..data.pairs import build_pairs
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json
+from .references import reference_for, stage_name
 from .tokenize import encode_for
 
 ONLINE_DIR = "online"
@@ -71,12 +72,11 @@ def measure_model_difficulty(run, k: int, new: list[int]) -> None:
     """Reference log-probs of the new responses (cached: the loop reuses them) and the model-based measures."""
     from ..config import reference_mode
     from ..pipeline import model_difficulty
-    from .loop import reference_for, stage_name
     from .model import load_model
 
     cfg, acc = run.cfg, run.accelerator
     # The stage's reference; with a reference-free loss (any mode) the current policy, named for what it is.
-    key = reference_for(run, k) if reference_mode(cfg) == "previous-stage" or k == 0 else stage_name(k - 1)
+    key = reference_for(run.cfg, k) if reference_mode(cfg) == "previous-stage" or k == 0 else stage_name(k - 1)
     model = acc.unwrap_model(run.model)
     if k == 0 and cfg.model.ref_model:  # stage 1's reference is the separate reference model
         model = load_model(cfg.model.ref_model, cfg.model, acc.device)
