@@ -1,6 +1,6 @@
 import pytest
 
-from currydpo.config import help_table, load_config, reference_mode
+from currydpo.config import help_table, load_config, resolve
 from currydpo.errors import CurryError
 
 
@@ -15,8 +15,8 @@ def test_yaml_and_overrides(tmp_path):
     cfg = load_config(path, ["loss.beta=0.25", "optim.total_updates=10", "model.ref_model=null"])
     assert (cfg.loss.name, cfg.loss.beta, cfg.optim.total_updates, cfg.curriculum.schedule) == ("ipo", 0.25, 10, "anti")
     assert cfg.model.ref_model is None
-    assert reference_mode(cfg) == "initial"
-    assert reference_mode(load_config(None, [])) == "previous-stage"
+    assert resolve(cfg).reference == "initial"
+    assert resolve(load_config(None, [])).reference == "previous-stage"
 
 
 @pytest.mark.parametrize("text,overrides,match", [
@@ -72,20 +72,20 @@ def test_loss_list_from_yaml_and_set(tmp_path):
 
 
 def test_iterative_defaults_follow_the_paper_and_other_schedules_keep_theirs():
-    from currydpo.config import across_stages, from_dict, shuffle_within_stage, validate
+    from currydpo.config import from_dict, resolve, validate
 
     def cfg(**c):
         return validate(from_dict({"curriculum": c}))
 
     # Curry-DPO trains each stage as a standard DPO run: restart the optimiser, shuffle the stage
-    assert (across_stages(cfg()), shuffle_within_stage(cfg())) == ("restart", True)
+    assert (resolve(cfg()).across_stages, resolve(cfg()).shuffle_within_stage) == ("restart", True)
     for schedule in ("single-pass", "anti", "cyclical"):
-        assert (across_stages(cfg(schedule=schedule)), shuffle_within_stage(cfg(schedule=schedule))) == \
-            ("continue", False)
+        r = resolve(cfg(schedule=schedule))
+        assert (r.across_stages, r.shuffle_within_stage) == ("continue", False)
     # explicit values win, YAML booleans included
     fixed = validate(from_dict({"curriculum": {"shuffle_within_stage": False}, "optim": {"across_stages": "continue"}}))
-    assert (across_stages(fixed), shuffle_within_stage(fixed)) == ("continue", False)
-    assert shuffle_within_stage(cfg(schedule="single-pass", shuffle_within_stage=True)) is True
+    assert (resolve(fixed).across_stages, resolve(fixed).shuffle_within_stage) == ("continue", False)
+    assert resolve(cfg(schedule="single-pass", shuffle_within_stage=True)).shuffle_within_stage is True
     with pytest.raises(CurryError, match="curriculum.shuffle_within_stage"):
         cfg(shuffle_within_stage="sometimes")
     with pytest.raises(CurryError, match="data.sample_prompts"):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from currydpo.config import help_table, load_config
+from currydpo.config import help_table, load_config, resolve
 from currydpo.experiments.compare import load_spec
 
 ROOT = Path(__file__).parents[1]
@@ -19,13 +19,13 @@ def test_example_train_configs_validate(name):
 
 @pytest.mark.parametrize("name", ["curry_dpo_ultrafeedback.yaml", "curri_dpo_released_pairs.yaml"])
 def test_paper_examples_follow_the_paper_and_mark_every_value(name):
-    from currydpo.config import across_stages, reference_mode, shuffle_within_stage
 
     cfg = load_config(str(ROOT / "examples" / name))
     assert (cfg.curriculum.schedule, cfg.curriculum.stages, cfg.data.strategy, cfg.loss.name) == \
         ("iterative", 3, "best-vs-rest", "dpo")
     # each stage a standard DPO run: fresh optimiser, shuffled pairs, previous stage's policy as reference
-    assert (across_stages(cfg), shuffle_within_stage(cfg), reference_mode(cfg)) == ("restart", True, "previous-stage")
+    r = resolve(cfg)
+    assert (r.across_stages, r.shuffle_within_stage, r.reference) == ("restart", True, "previous-stage")
     assert cfg.model.path == "HuggingFaceH4/mistral-7b-sft-beta"
     values = [line for line in (ROOT / "examples" / name).read_text().splitlines()
               if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#")]

@@ -518,16 +518,9 @@ def validate_online(cfg: TrainConfig) -> None:
     if is_listwise(cfg.loss.name):
         raise CurryError("online stages build pairs; a listwise loss (plackett-luce, pro, lipo) is not supported "
                          "with online.enabled yet: use a pairwise loss")
-    if reference_mode(cfg) != "previous-stage" and needs_reference(cfg.loss.name):
+    if resolve(cfg).reference != "previous-stage" and needs_reference(cfg.loss.name):
         raise CurryError("online stages train with the previous stage's policy as reference: set "
                          "curriculum.reference previous-stage (or auto with schedule iterative)")
-
-
-def reference_mode(cfg: TrainConfig) -> str:
-    """Resolve ``curriculum.reference: auto``: the paper swaps the reference only in iterative training."""
-    if cfg.curriculum.reference != "auto":
-        return cfg.curriculum.reference
-    return "previous-stage" if cfg.curriculum.schedule == "iterative" else "initial"
 
 
 def changed_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
@@ -536,19 +529,36 @@ def changed_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
 
 
-def across_stages(cfg: TrainConfig) -> str:
-    """Resolve ``optim.across_stages: auto``: the paper trains each iterative stage as a fresh DPO run."""
-    if cfg.optim.across_stages != "auto":
-        return cfg.optim.across_stages
-    return "restart" if cfg.curriculum.schedule == "iterative" else "continue"
+@dataclass(frozen=True)
+class Resolved:
+    """Every ``auto`` of a config, resolved once: consumers past validation read these, never the raw strings.
+
+    `resolve` fills the choices the config alone decides; training's ``setup`` adds those that need the
+    device and the model (``dataclasses.replace``), and ``summary.json`` logs the whole object."""
+
+    reference: str  # previous-stage | initial | all-previous | mixture (auto: the paper swaps only when iterative)
+    across_stages: str  # continue | restart (auto: restart for iterative, each stage a fresh DPO run)
+    shuffle_within_stage: bool  # auto: true for iterative (each stage a standard DPO run), else false (ours)
+    precision: str | None = None  # fp32 | bf16 | bf16-pure
+    lm_head: str | None = None  # off | chunked | liger: one kernel for policy, reference, held-out, dynamic
+    attention: str | None = None  # the attention implementation the model loaded with
+    gradient_checkpointing: bool | None = None
+    max_tokens_per_micro_batch: int | None = None
+    save_dtype: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def shuffle_within_stage(cfg: TrainConfig) -> bool:
-    """Resolve ``curriculum.shuffle_within_stage: auto``: the paper shuffles inside each iterative stage."""
-    value = str(cfg.curriculum.shuffle_within_stage).lower()
-    if value == "auto":
-        return cfg.curriculum.schedule == "iterative"
-    return value == "true"
+def resolve(cfg: TrainConfig) -> Resolved:
+    """The config-level ``auto`` choices of a validated config (see `Resolved`)."""
+    c = cfg.curriculum
+    iterative = c.schedule == "iterative"
+    reference = c.reference if c.reference != "auto" else ("previous-stage" if iterative else "initial")
+    across = cfg.optim.across_stages if cfg.optim.across_stages != "auto" else ("restart" if iterative else "continue")
+    shuffle = str(c.shuffle_within_stage).lower()
+    return Resolved(reference=reference, across_stages=across,
+                    shuffle_within_stage=iterative if shuffle == "auto" else shuffle == "true")
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -7,7 +7,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from .config import TrainConfig, shuffle_within_stage
+from .config import TrainConfig, resolve
 from .curriculum.difficulty import STATIC, measure_from_response_values, measure_static
 from .curriculum.schedules import Stage, plan
 from .data.loading import load_records
@@ -88,7 +88,7 @@ def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     c = cfg.curriculum
     measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
     return plan(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
-                seed=cfg.run.seed, shuffle_within_stage=shuffle_within_stage(cfg),
+                seed=cfg.run.seed, shuffle_within_stage=resolve(cfg).shuffle_within_stage,
                 cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)
 
 

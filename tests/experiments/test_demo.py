@@ -54,7 +54,7 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
 def test_ablation_arms_change_what_the_readme_says(tmp_path):
     from types import SimpleNamespace
 
-    from currydpo.config import reference_mode, shuffle_within_stage
+    from currydpo.config import resolve
     from currydpo.experiments.compare import arm_config
     from currydpo.experiments.demo import ARMS, demo_spec
 
@@ -64,22 +64,22 @@ def test_ablation_arms_change_what_the_readme_says(tmp_path):
     spec = demo_spec(world, str(tmp_path), [1], ablations=True)
     cfg = {arm: arm_config(spec, arm, 1) for arm in spec.arms}
     base = cfg["curry-iterative"]
-    assert (base.optim.across_stages, reference_mode(base)) == ("continue", "previous-stage")
+    assert (base.optim.across_stages, resolve(base).reference) == ("continue", "previous-stage")
     restart = cfg["iterative-restart"]
-    assert (restart.optim.across_stages, reference_mode(restart)) == ("restart", "previous-stage")
+    assert (restart.optim.across_stages, resolve(restart).reference) == ("restart", "previous-stage")
     fixed = cfg["iterative-fixed-ref"]
-    assert (fixed.optim.across_stages, reference_mode(fixed)) == ("continue", "initial")
+    assert (fixed.optim.across_stages, resolve(fixed).reference) == ("continue", "initial")
     anti = cfg["anti-curriculum"]
-    assert (anti.curriculum.schedule, reference_mode(anti), anti.curriculum.stages) == ("anti", "initial", 3)
+    assert (anti.curriculum.schedule, resolve(anti).reference, anti.curriculum.stages) == ("anti", "initial", 3)
     # anti-curriculum changes three things of curry-iterative: order, reference and (no) shuffling
-    assert (shuffle_within_stage(base), shuffle_within_stage(anti)) == (True, False)
-    assert shuffle_within_stage(fixed) and fixed.curriculum.schedule == "iterative"
+    assert (resolve(base).shuffle_within_stage, resolve(anti).shuffle_within_stage) == (True, False)
+    assert resolve(fixed).shuffle_within_stage and fixed.curriculum.schedule == "iterative"
     best = cfg["iterative-best-stage"]
-    assert (best.run.final_model, reference_mode(best), base.run.final_model) == ("best", "previous-stage", "last")
+    assert (best.run.final_model, resolve(best).reference, base.run.final_model) == ("best", "previous-stage", "last")
     mrpo = cfg["iterative-mrpo"]
-    assert (mrpo.curriculum.schedule, reference_mode(mrpo)) == ("iterative", "all-previous")
+    assert (mrpo.curriculum.schedule, resolve(mrpo).reference) == ("iterative", "all-previous")
     on = cfg["curry-online"]  # the iterative arm with online stages 2 and 3, rated by the world's noisy judge
-    assert (on.online.enabled, on.online.from_stage, on.online.samples, reference_mode(on)) == \
+    assert (on.online.enabled, on.online.from_stage, on.online.samples, resolve(on).reference) == \
         (True, 2, 4, "previous-stage")
     assert on.online.judge == "gold:currydpo.world.preferences:judge_score" and not base.online.enabled
     for c in cfg.values():  # the fairness controls are shared by every arm
@@ -103,7 +103,7 @@ def test_demo_spec_records_the_response_regime(tmp_path):
 def test_frontier_spec_sweeps_every_frontier_arm_over_the_lr(tmp_path):
     from types import SimpleNamespace
 
-    from currydpo.config import reference_mode
+    from currydpo.config import resolve
     from currydpo.experiments.compare import arm_config
     from currydpo.experiments.demo import FRONTIER_ARMS, FRONTIER_EXTENDED, FRONTIER_SWEEP, demo_spec
 
@@ -115,4 +115,4 @@ def test_frontier_spec_sweeps_every_frontier_arm_over_the_lr(tmp_path):
     for label, meta in spec.sweeps.items():
         assert arm_config(spec, label, 1).optim.lr == meta["value"]
     mix = arm_config(spec, "iterative-mixture@6e-05", 1)
-    assert reference_mode(mix) == "mixture" and mix.curriculum.reference_mix == 0.5
+    assert resolve(mix).reference == "mixture" and mix.curriculum.reference_mix == 0.5

@@ -4,7 +4,7 @@ With ``CURRYDPO_TEST_PAUSE_AT=POINT:N`` the N-th time ``POINT`` is reached the p
 ``currydpo-paused POINT N`` to stderr and sleeps, so a test can SIGKILL it exactly there
 (`_reliability.run_until_paused`), or signal it and let it go on: with ``CURRYDPO_TEST_RELEASE=FILE``
 it goes on once FILE exists. Points, each wrapped around a library function:
-``update`` (an update is logged, not yet checkpointed: after `loop.log_metrics`),
+``update`` (an update is logged, not yet checkpointed: the loop's ``on_batch`` hook),
 ``state-write`` (inside a ``state/`` write: weights written, position not yet: after the
 weights' `save_file` in `checkpoint.save_state`), ``stage-end`` (``stage-K/`` saved,
 ``state/`` not yet advanced: after `checkpoint.save_model` of a stage directory),
@@ -44,8 +44,15 @@ def install(spec: str) -> None:
 
         setattr(module, name, wrapped)
 
-    if point == "update":  # an update's line, not a stage's held-out eval/* line
-        after(loop, "log_metrics", when=lambda run, entry: "loss" in entry)
+    if point == "update":  # an update is logged, not yet checkpointed: the loop's on_batch hook
+        plain_train = loop.train
+
+        def train(*args, hooks=None, **kwargs):
+            hooks = hooks or loop.Hooks()
+            hooks.on_batch.append(lambda run, update: hit())
+            return plain_train(*args, hooks=hooks, **kwargs)
+
+        loop.train = train
     elif point == "state-write":
         after(checkpoint, "save_file")
     elif point == "stage-end":

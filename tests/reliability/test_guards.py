@@ -19,6 +19,7 @@ from currydpo.cli import main
 from currydpo.config import TrainConfig, load_config
 from currydpo.errors import CurryError
 from currydpo.training import loop
+from currydpo.training.objective import PairObjective
 
 
 def _trainable(model):
@@ -30,18 +31,18 @@ def test_nan_loss_stops_with_one_line_and_saves_the_last_good_state(tiny_model_d
     out = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", tiny_model_dir, write_ranked(tmp_path / "d.jsonl"), out,
                           run={"save_every": 0})
-    real_loss, real_step, calls, before = loop.loss_for, loop.train_step, {"n": 0}, {}
+    real_loss, real_step, calls, before = PairObjective.loss, loop.train_step, {"n": 0}, {}
 
-    def nan_at_third(run, x, pairs):
+    def nan_at_third(self, x):
         calls["n"] += 1
-        loss, metrics, per_pair = real_loss(run, x, pairs)
+        loss, metrics, per_pair = real_loss(self, x)
         return (loss * math.nan if calls["n"] == 3 else loss), metrics, per_pair
 
     def snapshot_step(run, *a, **k):
         before["weights"] = _trainable(run.accelerator.unwrap_model(run.model))
         return real_step(run, *a, **k)
 
-    monkeypatch.setattr(loop, "loss_for", nan_at_third)
+    monkeypatch.setattr(PairObjective, "loss", nan_at_third)
     monkeypatch.setattr(loop, "train_step", snapshot_step)
     assert main(["train", "--config", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -147,5 +147,5 @@ def test_listwise_stages_keep_their_schedule_order_with_shuffling_auto(schedule,
     assert cfg.curriculum.shuffle_within_stage == "auto"
     run = setup(cfg, recs)
     for stage in run.stages:
-        d = [run.lists[i].difficulty["score-gap"] for i in stage.pairs]
+        d = [run.objective.lists[i].difficulty["score-gap"] for i in stage.pairs]
         assert d == sorted(d, reverse=descending) and len(set(d)) > 1

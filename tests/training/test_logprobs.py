@@ -207,10 +207,13 @@ def test_liger_head_equals_plain_head_on_cuda():
     assert liger_self_check(torch.device("cuda"))  # per-token values and gradients match the torch path
 
 
-@pytest.mark.parametrize("kernel", ["chunked", "off"])
+@pytest.mark.parametrize("kernel", ["chunked", "off", "auto"])
 def test_one_lm_head_kernel_for_policy_reference_heldout_and_dynamic_difficulty(kernel, tmp_path, tiny_model_dir,
                                                                                monkeypatch):
-    """model.fused_logprobs reaches every log-prob pass of a run, not only the policy's training forward."""
+    """model.fused_logprobs reaches every log-prob pass of a run, not only the policy's training forward,
+    resolved once (auto is chunked on CPU): no pass sees the raw auto."""
+    import json
+
     from currydpo.training import loop, responses
     from currydpo.training.logprobs import response_logps as real
 
@@ -222,10 +225,11 @@ def test_one_lm_head_kernel_for_policy_reference_heldout_and_dynamic_difficulty(
         seen.append(lm_head)
         return real(*args, lm_head=lm_head, **kwargs)
 
-    monkeypatch.setattr(loop, "response_logps", recording)
     monkeypatch.setattr(responses, "response_logps", recording)
     cfg = tiny_config(tiny_model_dir, tmp_path / "run", model={"fused_logprobs": kernel},
                       data={"eval_fraction": 0.25}, curriculum={"schedule": "self-paced", "stages": 2},
                       optim={"total_updates": 4})
     loop.train(cfg, make_records(n_prompts=12))
-    assert len(seen) > 6 and set(seen) == {kernel}
+    resolved = {"auto": "chunked"}.get(kernel, kernel)
+    assert len(seen) > 6 and set(seen) == {resolved}
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["resolved"]["lm_head"] == resolved

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from currydpo.data.records import as_chat
 from currydpo.errors import CurryError
 from currydpo.training import loop
-from currydpo.training.responses import ResponseTable, logps_for_rows
+from currydpo.training.responses import ResponseTable, Scorer, logps_for_rows
 from currydpo.training.tokenize import encode_records
 
 from conftest import check_log_continued, dir_fingerprint, make_records, mark_log, tiny_config
@@ -111,10 +111,11 @@ def test_resume_after_interruption_reaches_same_weights(tiny_model_dir, tmp_path
     assert step == 11  # 9 updates per stage; stage 2's save_every checkpoint after its 2nd update, the 3rd died
     stage1 = dir_fingerprint(out / "stage-1")
     mark_log(out)
-    calls["n"] = 0
-    monkeypatch.setattr(loop, "train_step", lambda *a, **k: (calls.update(n=calls["n"] + 1), real_step(*a, **k))[1])
-    summary = loop.train(cfg, records=recs, resume=True)
-    assert calls["n"] == summary["total_updates"] - step == 16
+    monkeypatch.setattr(loop, "train_step", real_step)
+    executed = []
+    summary = loop.train(cfg, records=recs, resume=True,
+                         hooks=loop.Hooks(on_batch=[lambda run, update: executed.append(update.step)]))
+    assert executed == list(range(step + 1, summary["total_updates"] + 1)) and len(executed) == 16
     assert dir_fingerprint(out / "stage-1") == stage1
     check_log_continued(out, step, summary["total_updates"])
     a, b = weights(ref / "final"), weights(out / "final")
@@ -203,13 +204,13 @@ def test_final_model_best_needs_held_out_pairs(tiny_model_dir, tmp_path):
 
 def test_listwise_iterative_grows_lists_and_runs_each_response_once(tiny_model_dir, tmp_path, monkeypatch):
     seen = []
-    real = loop.response_logps
+    real = Scorer.policy
 
-    def counting(model, encoded, pad, **kw):
+    def counting(self, model, encoded):  # the training forwards (reference passes go through Scorer.score)
         seen.append(len(encoded))
-        return real(model, encoded, pad, **kw)
+        return real(self, model, encoded)
 
-    monkeypatch.setattr(loop, "response_logps", counting)
+    monkeypatch.setattr(Scorer, "policy", counting)
     cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": "iterative", "stages": 3},
                       loss={"name": "plackett-luce"}, optim={"batch_size": 2})
     s = loop.train(cfg, records=make_records(4))
@@ -304,13 +305,14 @@ def test_mixture_reference_is_the_geometric_mixture_of_cached_logps(tiny_model_d
     a = 1 trains exactly as the hard swap (previous-stage), a = 0 exactly as the initial reference."""
     recs = make_records(6)
     seen = {}
-    real_run_stage = loop.run_stage
+    real_reference_logps = loop.reference_logps
 
-    def spy(run, k, optimizer, scheduler, ref, pos):
+    def spy(run, *args):
+        ref = real_reference_logps(run, *args)
         seen.setdefault(run.cfg.run.output_dir, []).append(ref.clone())
-        return real_run_stage(run, k, optimizer, scheduler, ref, pos)
+        return ref
 
-    monkeypatch.setattr(loop, "run_stage", spy)
+    monkeypatch.setattr(loop, "reference_logps", spy)
 
     def run(name, **curriculum):
         cfg = tiny_config(tiny_model_dir, tmp_path / name, optim={"total_updates": 6},

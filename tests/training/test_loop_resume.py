@@ -19,19 +19,16 @@ class Killed(Exception):
 
 
 def interrupted_run(tmp_path, tiny_model_dir, monkeypatch, recs, at_stage=1):
-    """Train until stage ``at_stage`` (0-based) is about to run its first update, then stop."""
+    """Train until stage ``at_stage`` (0-based) is about to run its first update (the stage before it saved
+    and ``state/`` advanced), then stop."""
     cfg = tiny_config(tiny_model_dir, tmp_path / "run", **SECTIONS)
-    real = loop.run_stage
 
-    def run_stage(run, k, *args):
-        if k == at_stage:
+    def stop(run, k, info):
+        if k + 1 == at_stage:
             raise Killed
-        return real(run, k, *args)
 
-    monkeypatch.setattr(loop, "run_stage", run_stage)
     with pytest.raises(Killed):
-        loop.train(cfg, records=recs)
-    monkeypatch.setattr(loop, "run_stage", real)
+        loop.train(cfg, records=recs, hooks=loop.Hooks(on_stage_end=[stop]))
     return cfg
 
 
@@ -40,9 +37,8 @@ def test_resumed_run_keeps_earlier_stage_summaries_and_heldout_metrics(tiny_mode
     full = loop.train(tiny_config(tiny_model_dir, tmp_path / "full", **SECTIONS), records=recs)
     cfg = interrupted_run(tmp_path, tiny_model_dir, monkeypatch, recs, at_stage=1)
     executed = []
-    real_step = loop.train_step
-    monkeypatch.setattr(loop, "train_step", lambda *a: executed.append(1) or real_step(*a))
-    resumed = loop.train(cfg, records=recs, resume=True)
+    resumed = loop.train(cfg, records=recs, resume=True,
+                         hooks=loop.Hooks(on_batch=[lambda run, update: executed.append(update.step)]))
     assert len(executed) == sum(s["updates"] for s in full["stages"][1:])  # stage 1 was not trained again
     for a, b in zip(full["stages"], resumed["stages"]):
         assert set(a) == set(b) and "eval/rewards/accuracies" in b

@@ -99,6 +99,7 @@ def test_token_bounded_micro_batches_give_the_same_update(tiny_model_dir, tmp_pa
 def test_uneven_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, monkeypatch):
     """Micro-batch losses are scaled by their share of the update's pairs: split 1 + 5 (where dividing
     each by the number of micro-batches would weight the lone pair 5x), the gradient is the whole batch's."""
+    from currydpo.training import objective
     from currydpo.training.memory import split_by_tokens as real_split
 
     recs = make_records(4, 4)
@@ -108,7 +109,7 @@ def test_uneven_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, monke
                           optim={"batch_size": 6, "max_tokens_per_micro_batch": bound})
         run = loop.setup(cfg, recs)
         run.model.train()
-        monkeypatch.setattr(loop, "split_by_tokens", lambda idx, *a: [idx[:1], idx[1:]] if bound else real_split(
+        monkeypatch.setattr(objective, "split_by_tokens", lambda idx, *a: [idx[:1], idx[1:]] if bound else real_split(
             idx, *a))  # uneven: 1 pair, then 5
         captured = {}
 

@@ -53,9 +53,8 @@ def test_online_stage_trains_on_judged_samples_of_the_previous_policy(tiny_model
     from currydpo.training.responses import logps_for_rows
 
     run = loop.setup(online_config(tiny_model_dir, out), recs)
-    run.online_source = sampling.collect
     n_offline = len(run.table.keys)
-    online.before_stage(run, 1, replay=True)
+    online.OnlineStages(sampling.collect).stage(1, run, replay=True)
     new_rows = list(range(n_offline, len(run.table.keys)))
     assert new_rows and all(run.data.records[r].meta["online_stage"] == 2 for r, _ in
                             (run.table.keys[j] for j in new_rows))

@@ -90,11 +90,13 @@ def test_bf16_and_fp32_per_pair_losses_agree(tiny_model_dir, tmp_path, monkeypat
             p.add_(0.02 * torch.randn(p.shape, generator=g))
     ref.save_pretrained(tmp_path / "ref")
     per_pair = {}
-    real = loop.loss_for
+    from currydpo.training.objective import PairObjective
+
+    real = PairObjective.loss
     for name in ("fp32", "bf16"):
         seen = per_pair[name] = []
-        monkeypatch.setattr(loop, "loss_for", lambda run, x, pairs, seen=seen: (
-            lambda r: (seen.append(r[2].detach().double()), r)[1])(real(run, x, pairs)))
+        monkeypatch.setattr(PairObjective, "loss", lambda self, x, seen=seen: (
+            lambda r: (seen.append(r[2].detach().double()), r)[1])(real(self, x)))
         train(tiny_model_dir, tmp_path / name, name, model={"ref_model": str(tmp_path / "ref")}, optim={"lr": 1e-3})
     fp32, bf16 = torch.cat(per_pair["fp32"]), torch.cat(per_pair["bf16"])
     assert len(fp32) == 12 and (fp32 - 0.6931).abs().max() > 0.05

@@ -37,11 +37,13 @@ from .engines import make_engine
 from .generation import GenerationConfig, Prompt, load_prompts
 
 
-def train(cfg, records=None, resume: bool = False) -> dict:
+def train(cfg, records=None, resume: bool = False, hooks=None) -> dict:
     """`training.loop.train` with online stages sampled and judged by `collect` (used by `train`, `compare`)."""
     from ..training.loop import train as train_loop
+    from ..training.online import OnlineStages
 
-    return train_loop(cfg, records, resume, online_source=collect)
+    return train_loop(cfg, records, resume, stages=OnlineStages(collect) if cfg.online.enabled else None,
+                      hooks=hooks)
 
 
 def collect(run, k: int, replay: bool) -> tuple[list[Record], dict]:

@@ -248,24 +248,18 @@ def _record_trl(trainer, pairs, visits: list, first: list) -> None:
 
 
 def arm_ours(args, records, schedule: str) -> dict:
-    """Our trainer; the pairs it trains are recorded from `loop.stage_batches`, the first loss from its log."""
+    """Our trainer; the pairs it trains are recorded by an ``on_batch`` hook, the first loss from its log."""
     from ..training import loop
 
     out = os.path.join(args.work, args.arm)
-    visits, plain = [], loop.stage_batches
+    visits = []
 
-    def recording(run, *a, **kw):
-        micro = plain(run, *a, **kw)
-        visits.extend((p.record, p.chosen, p.rejected) for m in micro for p in (run.data.train_pairs[i] for i in m))
-        return micro
+    def record(run, update):
+        visits.extend((p.record, p.chosen, p.rejected) for m in update.micro for p in run.objective.items(m))
 
-    loop.stage_batches = recording
-    try:
-        t = time.perf_counter()
-        summary = loop.train(_cfg(args, schedule, out), records)
-        seconds = time.perf_counter() - t
-    finally:
-        loop.stage_batches = plain
+    t = time.perf_counter()
+    summary = loop.train(_cfg(args, schedule, out), records, hooks=loop.Hooks(on_batch=[record]))
+    seconds = time.perf_counter() - t
     with open(os.path.join(out, "metrics.jsonl")) as f:
         first = json.loads(f.readline())["loss"]
     assert len(visits) == summary["total_updates"] * summary["pairs_per_update"]

@@ -27,7 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .. import lifetime
-from ..config import TrainConfig, across_stages, from_dict, reference_mode, validate
+from ..config import TrainConfig, from_dict, resolve, validate
 from ..device import default_device
 from ..errors import CurryError
 from ..evaluation.generation import GenerationConfig, load_prompts
@@ -231,13 +231,13 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
     return {"updates": updates, "run_updates": summary["total_updates"], "evaluated_stage": stage,
             "schedule": cfg.curriculum.schedule,
             "stages": len(summary["stages"]), "reference": _reference(cfg),
-            "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {across_stages(cfg)}",
+            "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {resolve(cfg).across_stages}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": _per_update(summary),
             "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.label()} (beta {cfg.loss.beta:g})"}
 
 
 def _reference(cfg: TrainConfig) -> str:
-    mode = reference_mode(cfg)
+    mode = resolve(cfg).reference
     return f"mixture (alpha {cfg.curriculum.reference_mix:g})" if mode == "mixture" else mode
 
 

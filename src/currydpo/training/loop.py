@@ -1,10 +1,11 @@
 """The Curry-DPO training loop: stages in order, the reference swapped between them.
 
-Read top to bottom: `train` sets up (data, model, reference log-probs, stage plan)
-and walks the stages; `run_stage` is the update loop of one stage; `train_step` is one
-optimiser update. Curry-DPO (Pattnaik et al. 2024, Sec. 3.3): stage k starts from the
-policy of stage k-1 and, in ``previous-stage`` mode, uses that policy as its reference
-(`reference_for`).
+Read top to bottom: `train` opens the run (`start`: data, model, reference log-probs, stage
+plan, or where a killed run stood) and hands it to `train_stages`, the method itself: each
+stage from its `StageSource`, its reference named by `reference_for` (the swap), its updates
+(`run_stage`, `train_step`), its end (`end_stage`: held-out metrics, ``stage-K/``).
+Curry-DPO (Pattnaik et al. 2024, Sec. 3.3): stage k starts from the policy of stage k-1 and, in
+``previous-stage`` mode, uses that policy as its reference.
 
 Stage numbers: 0-based in code (``k``, ``Position.stage``), 1-based wherever a user sees
 them — ``stage-K/`` directories, the ``stage`` field of logs and summaries, progress bars
@@ -35,73 +36,200 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import lifetime
-from ..config import TrainConfig, across_stages, changed_keys, reference_mode, shuffle_within_stage, to_yaml
+from ..config import Resolved, TrainConfig, changed_keys, resolve, to_yaml
 from ..curriculum.difficulty import measure_dynamic
-from ..curriculum.lists import RankedList, stage_lists
+from ..curriculum.lists import stage_lists
 from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import bars_off, quiet_bars, write_json, write_text
 from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, select_pairs, stage_plan
 from . import checkpoint as ckpt
-from . import online, sharding
 from . import precision as prec
-from .listwise import ListLogps
-from .logprobs import response_logps
-from .losses import PairLogps, is_listwise, list_loss, mrpo_reference, needs_reference, pair_loss
-from .memory import (
-    choose_checkpointing,
-    enable_checkpointing,
-    even_out,
-    memory_budget,
-    resolve_token_bound,
-    split_by_tokens,
-)
+from . import sharding
+from .logprobs import _split_model, resolve_lm_head
+from .losses import is_listwise, needs_reference
+from .memory import choose_checkpointing, enable_checkpointing, even_out, memory_budget, resolve_token_bound
 from .model import _check_path, add_lora, load_model, load_tokenizer
 from .model_card import model_card
+from .objective import ListObjective, PairObjective
+from .online import OnlineStages
 from .references import reference_for, reference_label, references_for, stage_name
-from .responses import RefCache, ResponseTable, logps_for_rows_shared
+from .responses import RefCache, ResponseTable, Scorer
 from .sharding import is_sharded
+from .stages import OfflineStages, StageSource
 from .tokenize import encode_for
 
 
 @dataclass
+class Update:
+    """What an ``on_batch`` hook sees after each optimiser update (already logged, not yet checkpointed)."""
+
+    stage: int  # 0-based
+    update: int  # 0-based, within the stage
+    step: int  # global, 1-based: the ``step`` of its metrics.jsonl line
+    micro: list[list[int]]  # this process's micro-batches: item indices (`Objective.items`)
+    metrics: dict
+
+
+@dataclass
+class Hooks:
+    """Callbacks for code that watches a run (benchmarks, tests, loggers) instead of patching the loop.
+    ``on_batch(run, Update)`` after every update; ``on_stage_end(run, k, info)`` once ``stage-K/`` is saved.
+    A hook that raises stops the run there, as a crash would (``state/`` holds the last checkpoint)."""
+
+    on_batch: list[Callable] = field(default_factory=list)
+    on_stage_end: list[Callable] = field(default_factory=list)
+
+
+@dataclass
 class Run:
-    """Everything the stage loop needs, built once by `train`."""
+    """Everything the stage loop needs, built once by `setup`."""
 
     cfg: TrainConfig
+    resolved: Resolved  # every auto of cfg, resolved once (logged in summary.json)
     accelerator: Accelerator
     model: torch.nn.Module
     tokenizer: object
     data: Prepared
     table: ResponseTable
     refs: RefCache
-    stages: list[Stage]
+    scorer: Scorer  # the one log-prob function: policy, references, held-out metrics, dynamic difficulty
+    objective: PairObjective | ListObjective
+    stages: list[Stage]  # the offline plan (an online source replaces its stages as they come)
     stage_updates: list[int]
     fingerprint: str = ""  # content hash of the records (pipeline.data_fingerprint)
     memory: dict = field(default_factory=dict)  # what memory_policy chose (in summary.json)
     log: list[dict] = field(default_factory=list)
     save_dtype: torch.dtype | None = None  # run.save_dtype resolved: stage-K/ and final/ are written in it
-    lists: list[RankedList] | None = None  # listwise losses: stages index these instead of pairs
+    source: StageSource = field(default_factory=OfflineStages)
+    hooks: Hooks = field(default_factory=Hooks)
     resumed_from: dict | None = None  # where --resume picked the run up
     updates_run: int = 0  # by this launch (fewer than the total after a resume)
-
-    def items(self, idx: list[int]) -> list:
-        """The training items (pairs, or ranked lists for a listwise loss) at indices ``idx``."""
-        return [(self.data.train_pairs if self.lists is None else self.lists)[i] for i in idx]
-
-    def stage_rows(self, stage: Stage) -> list[int]:
-        """Response-table rows a stage uses (for its reference log-probs)."""
-        if self.lists is None:
-            return self.table.rows(self.items(stage.pairs))[0]
-        return self.table.list_rows(self.items(stage.pairs))[0]
     online: dict[int, dict] = field(default_factory=dict)  # stage -> what its online sampling/judging gave
-    online_source: Callable | None = None  # (run, stage, replay) -> (ranked records, costs): online.before_stage
 
     @property
     def pairs_per_update(self) -> int:
         o = self.cfg.optim
         return o.batch_size * o.grad_accum * self.accelerator.num_processes
+
+
+def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False,
+          stages: StageSource | None = None, hooks: Hooks | None = None) -> dict:
+    """Train every stage of the curriculum; returns the run summary (also written to summary.json).
+
+    ``stages``: where each stage's items come from (default: the offline plan; online stages need
+    `online.OnlineStages`, which `evaluation.online.train` builds). The output directory is held by
+    this process alone (`lifetime.hold_output_dir`), and SIGTERM/SIGINT stop the run with ``state/``
+    current: inside a stage at the next update boundary (`stop_if_signalled`), elsewhere at once."""
+    out = cfg.run.output_dir
+    lifetime.check_output_dir(out)
+    if resume and not os.path.isdir(out):
+        raise CurryError(f"--resume: {out} does not exist; check run.output_dir (or drop --resume to start a run)")
+    if cfg.online.enabled and not isinstance(stages, OnlineStages):
+        raise CurryError("online stages sample and judge through the evaluation layer: train with "
+                         "currydpo.evaluation.online.train(cfg) (the train and compare commands do)")
+    created = not os.path.exists(out)
+    with lifetime.hold_output_dir(out), lifetime.stop_on_signals(out):
+        run, pos = start(cfg, records, resume, created)
+        run.source, run.hooks = stages or OfflineStages(), hooks or Hooks()
+        return train_stages(run, pos)
+
+
+def train_stages(run: Run, pos: Position) -> dict:
+    """Curry-DPO's stages in order, from ``pos``: each trained from the last policy against its reference."""
+    resolved, optimizer, scheduler = run.resolved, None, None
+    if resolved.across_stages == "continue":  # one optimiser and LR schedule over all stages
+        optimizer, scheduler = make_optimizer(run, sum(run.stage_updates))
+    for k in range(pos.stage):  # stages done before a resume: what they added to the run, from their files
+        run.source.stage(k, run, replay=True)
+    for k in range(pos.stage, len(run.stages)):
+        stage = run.stages[k] = run.source.stage(k, run)  # offline: the plan's; online: judged samples of now
+        if resolved.across_stages == "restart":  # the paper's iterative recipe: each stage a fresh DPO run
+            optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
+        restore_mid_stage(run, k, pos, optimizer, scheduler)
+        reference = reference_for(resolved.reference, k)  # the reference swap: stage-k's policy, or initial
+        ref = reference_logps(run, k, stage, reference)
+        if pos.order is None:
+            pos.order = stage_order(run, stage, ref)
+        t0 = time.perf_counter()
+        with lifetime.deferred_stops():  # SIGTERM/SIGINT: stop at the next update boundary, checkpointed
+            run_stage(run, k, optimizer, scheduler, ref, pos)
+        end_stage(run, k, pos, time.perf_counter() - t0, optimizer, scheduler)
+    return finish(run, pos.stages_done)
+
+
+def start(cfg: TrainConfig, records: list[Record] | None, resume: bool, created: bool) -> tuple[Run, Position]:
+    """The run set up (`setup`), its logs opened and, with ``resume``, its weights and log where the checkpoint
+    left them; returns it with the position to go on from. Bad data or model: a new directory is removed."""
+    out = cfg.run.output_dir
+    resumed = Position.load(out) if resume else None
+    if resumed is not None:
+        check_same_run(out, cfg)
+    elif os.path.exists(os.path.join(out, ckpt.STATE_DIR)):
+        raise CurryError(f"{out} already holds a run; pass --resume to continue it or choose another run.output_dir")
+    try:
+        run = setup(cfg, records, resumed)
+    except BaseException:
+        if created:  # bad data or model: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    acc = run.accelerator
+    if acc.is_main_process:
+        write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
+    acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
+    if resumed is not None:
+        ckpt.load_weights(out, acc.unwrap_model(run.model))
+        run.resumed_from = {"stage": resumed.stage + 1, "update": resumed.update, "global_step": resumed.global_step}
+        with open(os.path.join(out, "metrics.jsonl")) as f:  # drop lines logged after the checkpoint
+            run.log = [json.loads(line) for line, _ in zip(f, range(resumed.log_lines))]  # (a kill may cut the last)
+    if acc.is_main_process:
+        with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in run.log)
+    if not is_sharded(run.model):  # a sharded model is placed already; prepare would wrap it in DDP
+        run.model = acc.prepare(run.model)
+    run.model.train()
+    if acc.is_main_process and resumed is None:
+        for warning in lr_schedule_warnings(cfg, run.stage_updates):
+            print(f"currydpo: warning: {warning}", file=sys.stderr, flush=True)
+    return run, resumed or Position(fingerprint=run.fingerprint)
+
+
+def restore_mid_stage(run: Run, k: int, pos: Position, optimizer, scheduler) -> None:
+    """--resume inside stage ``k``: its optimiser, scheduler and RNG as checkpointed (a restarted stage's
+    optimiser starts fresh when the kill came before its first update)."""
+    if run.resumed_from is None or k + 1 != run.resumed_from["stage"]:
+        return
+    if run.resolved.across_stages == "continue" or pos.update > 0:
+        ckpt.load_optim(run.cfg.run.output_dir, optimizer, scheduler, run.model)
+    ckpt.load_rng(run.cfg.run.output_dir)
+
+
+def end_stage(run: Run, k: int, pos: Position, seconds: float, optimizer, scheduler) -> None:
+    """After stage ``k``'s last update: its summary (held-out metrics against the initial reference), its
+    model in ``stage-K/``, ``state/`` advanced to the next stage, then the ``on_stage_end`` hooks."""
+    cfg, acc, stage = run.cfg, run.accelerator, run.stages[k]
+    info = {"stage": k + 1, "label": stage.label,
+            "reference": reference_label(run.resolved.reference, k, cfg.curriculum.reference_mix),
+            "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
+            "train_seconds": round(seconds, 3), **run.online.get(k, {}), **evaluate_held_out(run, ref_key="initial")}
+    if isinstance(run.objective, ListObjective):  # "pairs" counts lists; the pairs they stand for, for fair comparisons
+        info["pairs_equivalent"] = sum(run.objective.lists[i].n_pairs for i in pos.order)
+    held_out = {key: v for key, v in info.items() if key.startswith("eval/") and isinstance(v, (int, float))}
+    if held_out:  # to metrics.jsonl and the trackers, as HF Trainer logs its evaluations
+        log_metrics(run, {"step": pos.global_step, "stage": k + 1, **held_out})
+    ensure_finite(run, f"the end of stage {k + 1}")
+    model = acc.unwrap_model(run.model)
+    weights = ckpt.full_state_dict(model) if is_sharded(model) else None  # gathered whole on the main process
+    if acc.is_main_process:
+        ckpt.save_model(os.path.join(cfg.run.output_dir, stage_name(k)), model, run.tokenizer, cfg, info=info,
+                        dtype=run.save_dtype, state_dict=weights)
+    pos.stage, pos.update, pos.order = k + 1, 0, None
+    pos.stages_done.append(info)
+    keep = run.resolved.across_stages == "continue"  # restart: the next stage builds a fresh optimiser
+    save_position(run, optimizer if keep else None, scheduler if keep else None, pos)
+    for hook in run.hooks.on_stage_end:
+        hook(run, k, info)
 
 
 def mixture_reference(run: Run, k: int) -> torch.Tensor:
@@ -143,203 +271,56 @@ class Position:
         return None if saved is None else cls(**saved)
 
 
-def policy_logps(run: Run, model, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training forward of table ``rows`` (each once), under the same autocast as the reference pass."""
-    with run.accelerator.autocast():  # bf16 mixed precision: policy and reference computed alike
-        return response_logps(model, [run.table.encoded[r] for r in rows], run.tokenizer.pad_token_id,
-                              lm_head=run.cfg.model.fused_logprobs)
+def reference_logps(run: Run, k: int, stage: Stage, reference: str) -> torch.Tensor | None:
+    """Reference log-probs of every table row (None for reference-free losses): ``reference``'s, computed
+    for the rows stage ``k`` uses where missing. When the reference is the previous stage's policy, the model
+    being trained *is* that policy now, so it scores the responses before its first update of the stage:
+    no second copy in memory. (K, T) for all-previous (MRPO), the stage's mixture for mixture."""
+    if not needs_reference(run.cfg.loss.name):
+        return None
+    obj, mode = run.objective, run.resolved.reference
+    rows = obj.rows(obj.items(stage.pairs))[0]
+    if mode in ("all-previous", "mixture"):  # later stages use this policy too: score every training response now
+        rows = run.table.rows(run.data.train_pairs)[0]
+    ref = run.refs.ensure(reference, run.accelerator.unwrap_model(run.model), run.table, rows, run.scorer)
+    if mode == "mixture":
+        return mixture_reference(run, k)
+    if mode == "all-previous":
+        return torch.stack([run.refs.get(key, len(run.table.keys)) for key in references_for(mode, k)])  # (K, T)
+    return ref
 
 
-def batch_logps(run: Run, model, pairs, ref: torch.Tensor | None) -> PairLogps:
-    """Policy log-probs for a micro-batch: each unique response in it is run once."""
-    rows, ci, ri = run.table.rows(pairs)
-    lp, n = policy_logps(run, model, rows)
-    ci, ri = torch.tensor(ci, device=lp.device), torch.tensor(ri, device=lp.device)
-    rows_t = torch.tensor(rows)
-    gaps = [p.score_gap for p in pairs]
-    ref_c = ref_r = None
-    if ref is not None:  # (T,), or (K, T) for several references (MRPO)
-        ref_c, ref_r = ref[..., rows_t][..., ci.cpu()], ref[..., rows_t][..., ri.cpu()]
-        if ref.dim() == 2:
-            ref_c, ref_r = mrpo_reference(ref_c, ref_r, eta=run.cfg.curriculum.mrpo_eta)
-    return PairLogps(
-        policy_chosen_logps=lp[ci], policy_rejected_logps=lp[ri],
-        chosen_lengths=n[ci].to(lp.dtype), rejected_lengths=n[ri].to(lp.dtype),
-        reference_chosen_logps=None if ref_c is None else ref_c.to(lp),
-        reference_rejected_logps=None if ref_r is None else ref_r.to(lp),
-        score_gaps=None if any(g is None for g in gaps) else torch.tensor(gaps, dtype=lp.dtype, device=lp.device),
-    )
-
-
-def batch_list_logps(run: Run, model, lists: list[RankedList], ref: torch.Tensor | None) -> ListLogps:
-    """Policy log-probs for a micro-batch of lists, padded to (L, N): each unique response run once."""
-    rows, where = run.table.list_rows(lists)
-    lp, n = policy_logps(run, model, rows)
-    N = max(len(w) for w in where)
-    pos = torch.tensor([w + [w[0]] * (N - len(w)) for w in where], device=lp.device)  # (L, N), padding repeats
-    mask = torch.tensor([[j < len(w) for j in range(N)] for w in where], device=lp.device)
-    pad = lambda v, fill: torch.tensor([x + [fill] * (N - len(x)) for x in v], device=lp.device)  # noqa: E731
-    return ListLogps(
-        policy_logps=lp[pos], lengths=n[pos].to(lp.dtype), ranks=pad([x.ranks for x in lists], 10**6), mask=mask,
-        reference_logps=None if ref is None else ref[torch.tensor(rows)][pos.cpu()].to(lp),
-        labels=pad([x.labels for x in lists], 0.0).to(lp.dtype),
-    )
-
-
-def loss_for(run: Run, x: PairLogps | ListLogps, pairs):
-    lo = run.cfg.loss
-    if isinstance(x, ListLogps):
-        return list_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, **lo.options())
-    return pair_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, wpo=lo.wpo, rpo_alpha=lo.rpo_alpha,
-                     **lo.options())
-
-
-def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list[list[int]]:
-    """This process's micro-batches (pair indices) for ``update`` of ``stage``.
-
-    Update u takes the next ``pairs_per_update`` pairs of the stage order, wrapping around
-    for extra passes (re-shuffled per pass, seeded, when ``shuffle_within_stage``).
-    Process p takes micro-batches p, p+W, ... of each update, so the global batch is the
-    same for any number of processes.
-    """
-    P, B = run.pairs_per_update, run.cfg.optim.batch_size
-    start = update * P
-    passes: dict[int, list[int]] = {}  # one permutation per pass touched by this update
-    picked = []
-    for pos in range(start, start + P):
-        epoch, k = divmod(pos, len(order))
-        if epoch not in passes:
-            passes[epoch] = order
-            if epoch > 0 and shuffle_within_stage(run.cfg):
-                passes[epoch] = order[:]
-                random.Random(run.cfg.run.seed * 7919 + stage.index * 131 + epoch).shuffle(passes[epoch])
-        picked.append(passes[epoch][k])
-    micro = [picked[j:j + B] for j in range(0, P, B)]
-    W, p = run.accelerator.num_processes, run.accelerator.process_index
-    return micro[p::W]
-
-
-def check_finite_everywhere(acc: Accelerator, loss: torch.Tensor, where: str, pairs: list[int]) -> None:
-    """Raise FloatingPointError on every process if the loss is non-finite on any of them.
-
-    A process that stopped alone would leave the others waiting forever in the next
-    gradient all-reduce, so with several processes the verdict is all-reduced first.
-    """
-    bad = ~torch.isfinite(loss.detach())
-    if acc.num_processes > 1:
-        anywhere = acc.reduce(bad.float().reshape(1), "sum").item() > 0
-        if anywhere and not bad:
-            raise FloatingPointError(f"loss is non-finite on another process at {where}")
-    if bad:
-        raise FloatingPointError(f"loss is {loss.item()} at {where}, pairs {pairs}")
-
-
-def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, where: str) -> dict:
-    """One optimiser update over this process's micro-batches (gradient accumulation).
-
-    Each micro-batch's loss (a mean over its items) is scaled by its share of the update's items, so
-    the gradient is the whole batch's however the items are split (unequal splits included); with
-    ``optim.max_tokens_per_micro_batch`` the same pairs are re-split into token-bounded micro-batches
-    (pairwise losses; listwise micro-batches keep their lists).
-    """
-    acc, model = run.accelerator, run.model
-    bound = run.memory.get("max_tokens_per_micro_batch")  # resolved by memory_policy (auto: by device)
-    if bound and run.lists is None:
-        micro = split_by_tokens([i for idx in micro for i in idx], run.data.train_pairs, run.table, bound)
-        if acc.num_processes > 1:  # the same number of forwards everywhere (see even_out)
-            micro = even_out(micro, int(acc.gather(torch.tensor([len(micro)], device=acc.device)).max()))
-    n_items = sum(len(idx) for idx in micro)
-    sums: dict[str, float] = {}
-    for m, idx in enumerate(micro):
-        pairs = run.items(idx)
-        batch = batch_logps if run.lists is None else batch_list_logps
-        # FSDP2 reduce-scatters every micro-batch: its no_sync would hold a whole unsharded gradient per process
-        sync = contextlib.nullcontext() if m == len(micro) - 1 or is_sharded(model) else acc.no_sync(model)
-        with sync:
-            loss, metrics, _ = loss_for(run, batch(run, model, pairs, ref), pairs)
-            check_finite_everywhere(acc, loss, where, idx)
-            acc.backward(loss * (len(idx) / n_items))  # the loss is a mean over the micro-batch's items
-        for k, v in metrics.items():  # metrics are means over items
-            sums[k] = sums.get(k, 0.0) + v * len(idx) / n_items
-        sums["difficulty"] = sums.get("difficulty", 0.0) + sum(
-            p.difficulty.get(run.cfg.curriculum.difficulty, math.nan) for p in pairs) / n_items
-    grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.optim.max_grad_norm or float("inf"))
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
-    if not torch.isfinite(torch.as_tensor(grad_norm)):
-        raise FloatingPointError(f"gradient norm is {float(grad_norm)} at {where}")
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    out = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in sums.items()}
-    out["grad_norm"] = float(grad_norm)
-    out["learning_rate"] = scheduler.get_last_lr()[0]
-    out["num_tokens"] = acc.reduce(torch.tensor(float(update_tokens(run, micro)), device=acc.device), "sum").item()
-    return out
-
-
-def update_tokens(run: Run, micro: list[list[int]]) -> int:
-    """Tokens this update's items stand for, counted as TRL counts them: every (prompt + response) sequence
-    of every item in full (the packed path computes shared prompts once; this is the data's size, not our cost)."""
-    enc, items = run.table.encoded, run.items([i for idx in micro for i in idx])
-    rows = [run.table.rows([x])[0] if run.lists is None else run.table.list_rows([x])[0] for x in items]
-    return sum(len(enc[r]) for used in rows for r in used)
-
-
-def make_optimizer(run: Run, n_updates: int):
-    o = run.cfg.optim
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[o.lr_schedule]
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(o.warmup_ratio * n_updates),
-                              num_training_steps=n_updates)
-    return optimizer, scheduler
-
-
-def lr_schedule_warnings(cfg: TrainConfig, stage_updates: list[int]) -> list[str]:
-    """Stages the LR schedule would starve: every update at learning rate 0, or warm-up over the whole
-    stage (a run that 'succeeds' having barely trained). The schedule is replayed on a dummy parameter."""
-    o, restart = cfg.optim, across_stages(cfg) == "restart"
-    spans = [stage_updates] if not restart else [[n] for n in stage_updates]
-    out, first = [], 0
-    for span in spans:
-        n_total = sum(span)
-        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=o.lr)
-        name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[o.lr_schedule]
-        warmup = int(o.warmup_ratio * n_total)
-        sched = get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=n_total)
-        lrs = []
-        for _ in range(n_total):
-            lrs.append(sched.get_last_lr()[0])
-            dummy.step()
-            sched.step()
-        start = 0
-        for j, n in enumerate(span):
-            k = first + j + 1
-            stage_lrs, steps = lrs[start:start + n], range(start, start + n)
-            if n and all(lr == 0 for lr in stage_lrs):
-                out.append(f"stage {k}: all {n} update(s) run at learning rate 0 (warm-up {warmup} of {n_total} "
-                           f"updates); lower optim.warmup_ratio or give the stage more updates")
-            elif n and all(t < warmup for t in steps):
-                out.append(f"stage {k}: warm-up ({warmup} updates) spans the whole stage ({n} updates), so it "
-                           f"never trains at optim.lr; lower optim.warmup_ratio")
-            start += n
-        first += len(span)
-    return out
+def stage_order(run: Run, stage: Stage, ref: torch.Tensor | None) -> list[int]:
+    """The item order of a stage: the plan's, or (self-paced) the pairs admitted by the current loss."""
+    if stage.admit_fraction is None:
+        return list(stage.pairs)
+    measure_dynamic([run.data.train_pairs[i] for i in stage.pairs], dynamic_losses(run, stage.pairs, ref))
+    return list(admit(stage, run.data.train_pairs, run.cfg.run.seed, run.resolved.shuffle_within_stage))
 
 
 def dynamic_losses(run: Run, pair_idx: list[int], ref: torch.Tensor | None) -> list[float]:
-    """Self-paced difficulty: the current policy's loss on each pair (no gradients)."""
-    pairs = [run.data.train_pairs[i] for i in pair_idx]
+    """Self-paced difficulty: the current policy's loss on each pair (no gradients), scored as training scores."""
+    obj = run.objective
+    items = obj.items(pair_idx)
+    rows, where = obj.rows(items)
+    lp, n = run.scorer.score(run.accelerator.unwrap_model(run.model), run.table, rows, desc="dynamic difficulty")
+    x = obj.inputs(lp, n, where, items, None if ref is None else ref[..., torch.tensor(rows)])
+    return obj.loss(x)[2].tolist()
+
+
+def evaluate_held_out(run: Run, ref_key: str) -> dict:
+    """Preference metrics on held-out pairs against the initial reference (empty without eval_fraction)."""
+    if not run.data.eval_pairs:
+        return {}
+    from .preference import preference_metrics
+
+    pairs = run.data.eval_pairs
     rows, ci, ri = run.table.rows(pairs)
-    lp, n = logps_for_rows_shared(run.accelerator, run.accelerator.unwrap_model(run.model), run.table, rows,
-                                  run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2, desc="dynamic difficulty",
-                                  progress=run.cfg.run.progress and run.accelerator.is_main_process,
-                                  lm_head=run.cfg.model.fused_logprobs)
-    rows_t = torch.tensor(rows)
-    ref_c, ref_r = (None, None) if ref is None else (ref[rows_t][ci], ref[rows_t][ri])  # simpo/orpo: no reference
-    x = PairLogps(lp[ci], lp[ri], n[ci].double(), n[ri].double(), ref_c, ref_r,
-                  torch.tensor([p.score_gap or 0.0 for p in pairs], dtype=torch.float64))
-    return loss_for(run, x, pairs)[2].tolist()
+    lp, n = run.scorer.score(run.accelerator.unwrap_model(run.model), run.table, rows, desc="held-out metrics")
+    ref = run.refs.get(ref_key, len(run.table.keys))[torch.tensor(rows)]
+    m = preference_metrics(lp[ci], lp[ri], n[ci], n[ri], ref[ci], ref[ri], run.cfg.loss.beta,
+                           [p.score_gap for p in pairs], buckets=[p.rejected_position for p in pairs])
+    return {f"eval/{k}": v for k, v in m.items()}
 
 
 def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, pos: Position) -> None:
@@ -369,10 +350,145 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
                           "epoch": round((u + 1) * run.pairs_per_update / max(1, len(pos.order)), 4),  # of this stage
                           "num_tokens": pos.tokens, **metrics})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+        for hook in run.hooks.on_batch:
+            hook(run, Update(k, u, pos.global_step, micro, metrics))
         periodic = bool(cfg.run.save_every) and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates
         if periodic:
             save_position(run, optimizer, scheduler, pos)
         stop_if_signalled(run, optimizer, scheduler, pos, saved=periodic)
+
+
+def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list[list[int]]:
+    """This process's micro-batches (item indices) for ``update`` of ``stage``.
+
+    Update u takes the next ``pairs_per_update`` items of the stage order, wrapping around
+    for extra passes (re-shuffled per pass, seeded, when ``shuffle_within_stage``).
+    Process p takes micro-batches p, p+W, ... of each update, so the global batch is the
+    same for any number of processes.
+    """
+    P, B = run.pairs_per_update, run.cfg.optim.batch_size
+    start = update * P
+    passes: dict[int, list[int]] = {}  # one permutation per pass touched by this update
+    picked = []
+    for pos in range(start, start + P):
+        epoch, k = divmod(pos, len(order))
+        if epoch not in passes:
+            passes[epoch] = order
+            if epoch > 0 and run.resolved.shuffle_within_stage:
+                passes[epoch] = order[:]
+                random.Random(run.cfg.run.seed * 7919 + stage.index * 131 + epoch).shuffle(passes[epoch])
+        picked.append(passes[epoch][k])
+    micro = [picked[j:j + B] for j in range(0, P, B)]
+    W, p = run.accelerator.num_processes, run.accelerator.process_index
+    return micro[p::W]
+
+
+def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, where: str) -> dict:
+    """One optimiser update over this process's micro-batches (gradient accumulation).
+
+    Each micro-batch's loss (a mean over its items) is scaled by its share of the update's items, so
+    the gradient is the whole batch's however the items are split (unequal splits included); with
+    ``optim.max_tokens_per_micro_batch`` the same items are re-split into token-bounded micro-batches.
+    """
+    acc, model, obj = run.accelerator, run.model, run.objective
+    bound = run.resolved.max_tokens_per_micro_batch
+    if bound:
+        micro = obj.micro_batches([i for idx in micro for i in idx], bound)
+        if acc.num_processes > 1:  # the same number of forwards everywhere (see even_out)
+            micro = even_out(micro, int(acc.gather(torch.tensor([len(micro)], device=acc.device)).max()))
+    n_items = sum(len(idx) for idx in micro)
+    sums: dict[str, float] = {}
+    for m, idx in enumerate(micro):
+        items = obj.items(idx)
+        rows, where_in = obj.rows(items)
+        # FSDP2 reduce-scatters every micro-batch: its no_sync would hold a whole unsharded gradient per process
+        sync = contextlib.nullcontext() if m == len(micro) - 1 or is_sharded(model) else acc.no_sync(model)
+        with sync:
+            lp, n = run.scorer.policy(model, [run.table.encoded[r] for r in rows])  # each unique response once
+            x = obj.inputs(lp, n, where_in, items, None if ref is None else ref[..., torch.tensor(rows)])
+            loss, metrics, _ = obj.loss(x)
+            check_finite_everywhere(acc, loss, where, idx)
+            acc.backward(loss * (len(idx) / n_items))  # the loss is a mean over the micro-batch's items
+        for k, v in metrics.items():  # metrics are means over items
+            sums[k] = sums.get(k, 0.0) + v * len(idx) / n_items
+        sums["difficulty"] = sums.get("difficulty", 0.0) + sum(
+            x.difficulty.get(run.cfg.curriculum.difficulty, math.nan) for x in items) / n_items
+    grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.optim.max_grad_norm or float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
+    if not torch.isfinite(torch.as_tensor(grad_norm)):
+        raise FloatingPointError(f"gradient norm is {float(grad_norm)} at {where}")
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in sums.items()}
+    out["grad_norm"] = float(grad_norm)
+    out["learning_rate"] = scheduler.get_last_lr()[0]
+    out["num_tokens"] = acc.reduce(torch.tensor(float(update_tokens(run, micro)), device=acc.device), "sum").item()
+    return out
+
+
+def update_tokens(run: Run, micro: list[list[int]]) -> int:
+    """Tokens this update's items stand for, counted as TRL counts them: every (prompt + response) sequence
+    of every item in full (the packed path computes shared prompts once; this is the data's size, not our cost)."""
+    obj, enc = run.objective, run.table.encoded
+    return sum(len(enc[r]) for x in obj.items([i for idx in micro for i in idx]) for r in obj.rows([x])[0])
+
+
+def check_finite_everywhere(acc: Accelerator, loss: torch.Tensor, where: str, pairs: list[int]) -> None:
+    """Raise FloatingPointError on every process if the loss is non-finite on any of them.
+
+    A process that stopped alone would leave the others waiting forever in the next
+    gradient all-reduce, so with several processes the verdict is all-reduced first.
+    """
+    bad = ~torch.isfinite(loss.detach())
+    if acc.num_processes > 1:
+        anywhere = acc.reduce(bad.float().reshape(1), "sum").item() > 0
+        if anywhere and not bad:
+            raise FloatingPointError(f"loss is non-finite on another process at {where}")
+    if bad:
+        raise FloatingPointError(f"loss is {loss.item()} at {where}, pairs {pairs}")
+
+
+def make_optimizer(run: Run, n_updates: int):
+    o = run.cfg.optim
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[o.lr_schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(o.warmup_ratio * n_updates),
+                              num_training_steps=n_updates)
+    return optimizer, scheduler
+
+
+def lr_schedule_warnings(cfg: TrainConfig, stage_updates: list[int]) -> list[str]:
+    """Stages the LR schedule would starve: every update at learning rate 0, or warm-up over the whole
+    stage (a run that 'succeeds' having barely trained). The schedule is replayed on a dummy parameter."""
+    o, restart = cfg.optim, resolve(cfg).across_stages == "restart"
+    spans = [stage_updates] if not restart else [[n] for n in stage_updates]
+    out, first = [], 0
+    for span in spans:
+        n_total = sum(span)
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=o.lr)
+        name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[o.lr_schedule]
+        warmup = int(o.warmup_ratio * n_total)
+        sched = get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=n_total)
+        lrs = []
+        for _ in range(n_total):
+            lrs.append(sched.get_last_lr()[0])
+            dummy.step()
+            sched.step()
+        start = 0
+        for j, n in enumerate(span):
+            k = first + j + 1
+            stage_lrs, steps = lrs[start:start + n], range(start, start + n)
+            if n and all(lr == 0 for lr in stage_lrs):
+                out.append(f"stage {k}: all {n} update(s) run at learning rate 0 (warm-up {warmup} of {n_total} "
+                           f"updates); lower optim.warmup_ratio or give the stage more updates")
+            elif n and all(t < warmup for t in steps):
+                out.append(f"stage {k}: warm-up ({warmup} updates) spans the whole stage ({n} updates), so it "
+                           f"never trains at optim.lr; lower optim.warmup_ratio")
+            start += n
+        first += len(span)
+    return out
 
 
 def stop_if_signalled(run: Run, optimizer, scheduler, pos: Position, saved: bool) -> None:
@@ -431,7 +547,8 @@ def save_position(run: Run, optimizer, scheduler, pos: Position) -> None:
 
 
 def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position | None = None) -> Run:
-    """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan."""
+    """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan; every
+    ``auto`` resolved once into `Run.resolved`."""
     c, o = cfg.curriculum, cfg.optim
     trackers = check_trackers(cfg.run.report_to)
     quiet_bars(cfg.run.progress)
@@ -456,22 +573,22 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     if model.config._attn_implementation == "flex_attention" and acc.device.type == "cpu":
         raise CurryError("model.attention flex cannot train on CPU: torch's FlexAttention has no backward there "
                          "(torch 2.13: forward only); use model.attention sdpa (auto picks it on CPU)")
+    split = _split_model(model)  # the LM-head kernel, fixed now for every log-prob pass of the run
+    lm_head = resolve_lm_head(cfg.model.fused_logprobs, None if split is None else split[1], acc.device)
     if fsdp:  # shard before the reference pass, which then runs sharded too; LoRA first, so its layers are sharded
         model = sharding.shard(add_lora(model, cfg.model) if cfg.model.lora else model, fsdp, acc.device)
+    scorer = Scorer(acc, tokenizer.pad_token_id, lm_head, o.batch_size * 2, cfg.run.progress and acc.is_main_process)
     enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
-    ref_rows = list(range(len(table.keys)))
-    progress = cfg.run.progress and acc.is_main_process
+    all_rows = list(range(len(table.keys)))
     if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
         ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device, dtype=prec.master_dtype(precision))
-        ref_model = sharding.shard(ref_model, fsdp, acc.device) if fsdp else ref_model
-        refs.ensure("initial", ref_model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc,
-                     lm_head=cfg.model.fused_logprobs)
+        refs.ensure("initial", sharding.shard(ref_model, fsdp, acc.device) if fsdp else ref_model, table, all_rows,
+                    scorer)
         del ref_model
     else:
-        refs.ensure("initial", model, table, ref_rows, tokenizer.pad_token_id, o.batch_size * 2, progress, acc,
-                     lm_head=cfg.model.fused_logprobs)
+        refs.ensure("initial", model, table, all_rows, scorer)
     model_difficulty(data.train_pairs + data.eval_pairs, data.records, table.keys,
                      refs.get("initial", len(table.keys)).tolist(),
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
@@ -479,11 +596,17 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     if cfg.model.lora and not fsdp:
         model = add_lora(model, cfg.model)
     memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision))
-    stages, lists = stage_plan(cfg, data.train_pairs), None
+    resolved = dataclasses.replace(
+        resolve(cfg), precision=precision, lm_head=lm_head, attention=memory["attention"],
+        gradient_checkpointing=memory["gradient_checkpointing"],
+        max_tokens_per_micro_batch=memory["max_tokens_per_micro_batch"], save_dtype=cfg.run.save_dtype)
+    stages = stage_plan(cfg, data.train_pairs)
+    objective = PairObjective(data.train_pairs, table, cfg.loss, c.mrpo_eta)
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
         measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty  # as stage_plan orders them
         lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, measure,
-                                    shuffle_within_stage(cfg))
+                                    resolved.shuffle_within_stage)
+        objective = ListObjective(lists, table, cfg.loss)
     if acc.is_main_process:
         prec.warn_if_updates_round_away(model, o.lr)
     P = o.batch_size * o.grad_accum * acc.num_processes
@@ -491,8 +614,9 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
              for s in stages]
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
     save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
-    return Run(cfg, acc, model, tokenizer, data, table, refs, stages, n_updates, fingerprint, memory,
-               save_dtype=save_dtype, lists=lists)
+    resolved = dataclasses.replace(resolved, save_dtype=str(save_dtype).removeprefix("torch."))
+    return Run(cfg, resolved, acc, model, tokenizer, data, table, refs, scorer, objective, stages, n_updates,
+               fingerprint, memory, save_dtype=save_dtype)
 
 
 def check_trackers(report_to: str) -> list[str]:
@@ -529,97 +653,6 @@ def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerato
             "attention": attention}
 
 
-def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = False,
-          online_source: Callable | None = None) -> dict:
-    """Train every stage of the curriculum; returns the run summary (also written to summary.json).
-    ``online_source`` samples and judges online stages (`evaluation.online.train` hands it in).
-    The output directory is held by this process alone (`lifetime.hold_output_dir`), and SIGTERM/SIGINT
-    stop the run with ``state/`` current: inside a stage at the next update boundary (`stop_if_signalled`),
-    elsewhere at once (`lifetime.stop_on_signals`)."""
-    out = cfg.run.output_dir
-    lifetime.check_output_dir(out)
-    if resume and not os.path.isdir(out):
-        raise CurryError(f"--resume: {out} does not exist; check run.output_dir (or drop --resume to start a run)")
-    created = not os.path.exists(out)
-    with lifetime.hold_output_dir(out), lifetime.stop_on_signals(out):
-        return _train(cfg, records, resume, online_source, created)
-
-
-def _train(cfg: TrainConfig, records: list[Record] | None, resume: bool, online_source: Callable | None,
-           created: bool) -> dict:
-    out = cfg.run.output_dir
-    resumed = Position.load(out) if resume else None
-    if resumed is not None:
-        check_same_run(out, cfg)
-    elif os.path.exists(os.path.join(out, ckpt.STATE_DIR)):
-        raise CurryError(f"{out} already holds a run; pass --resume to continue it or choose another run.output_dir")
-    try:
-        run = setup(cfg, records, resumed)
-    except BaseException:
-        if created:  # bad data or model: leave nothing behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    acc, optim_mode = run.accelerator, across_stages(cfg)  # continue | restart (auto: restart for iterative)
-    run.online_source = online_source
-    if acc.is_main_process:
-        write_text(os.path.join(out, "config.yaml"), to_yaml(cfg))
-    acc.init_trackers("currydpo", config={k: str(v) for k, v in cfg.to_dict().items()})
-    pos = resumed or Position(fingerprint=run.fingerprint)
-    if resumed is not None:
-        ckpt.load_weights(out, acc.unwrap_model(run.model))
-        run.resumed_from = {"stage": pos.stage + 1, "update": pos.update, "global_step": pos.global_step}
-        with open(os.path.join(out, "metrics.jsonl")) as f:  # drop lines logged after the checkpoint
-            run.log = [json.loads(line) for line, _ in zip(f, range(pos.log_lines))]  # (a kill may cut the last)
-    if acc.is_main_process:
-        with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-            f.writelines(json.dumps(e) + "\n" for e in run.log)
-    if not is_sharded(run.model):  # a sharded model is placed already; prepare would wrap it in DDP
-        run.model = acc.prepare(run.model)
-    run.model.train()
-    if acc.is_main_process and resumed is None:
-        for warning in lr_schedule_warnings(cfg, run.stage_updates):
-            print(f"currydpo: warning: {warning}", file=sys.stderr, flush=True)
-    optimizer = scheduler = None
-    if optim_mode == "continue":
-        optimizer, scheduler = make_optimizer(run, sum(run.stage_updates))
-    for k in range(pos.stage):  # online stages done before a resume: their data again, from their files
-        online.before_stage(run, k, replay=True)
-    for k in range(pos.stage, len(run.stages)):
-        online.before_stage(run, k)  # an online stage: pairs from fresh judged samples of this policy (#16)
-        if optim_mode == "restart":
-            optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
-        if resumed is not None and k == resumed.stage:
-            if optim_mode == "continue" or pos.update > 0:  # a restarted stage starts fresh
-                ckpt.load_optim(out, optimizer, scheduler, run.model)
-            ckpt.load_rng(out)
-        ref = stage_reference_logps(run, k)
-        if pos.order is None:
-            pos.order = stage_order(run, k, ref)
-        t0 = time.perf_counter()
-        with lifetime.deferred_stops():  # SIGTERM/SIGINT: stop at the next update boundary, checkpointed
-            run_stage(run, k, optimizer, scheduler, ref, pos)
-        info = {"stage": k + 1, "label": run.stages[k].label, "reference": reference_label(run.cfg, k),
-                "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
-                "train_seconds": round(time.perf_counter() - t0, 3), **run.online.get(k, {}),
-                **evaluate_held_out(run, ref_key="initial")}
-        if run.lists is not None:  # "pairs" counts lists; the pairs they stand for, for fair comparisons
-            info["pairs_equivalent"] = sum(run.lists[i].n_pairs for i in pos.order)
-        held_out = {key: v for key, v in info.items() if key.startswith("eval/") and isinstance(v, (int, float))}
-        if held_out:  # to metrics.jsonl and the trackers, as HF Trainer logs its evaluations
-            log_metrics(run, {"step": pos.global_step, "stage": k + 1, **held_out})
-        ensure_finite(run, f"the end of stage {k + 1}")
-        model = acc.unwrap_model(run.model)
-        weights = ckpt.full_state_dict(model) if is_sharded(model) else None  # gathered whole on the main process
-        if acc.is_main_process:
-            ckpt.save_model(os.path.join(out, stage_name(k)), model, run.tokenizer, cfg, info=info,
-                            dtype=run.save_dtype, state_dict=weights)
-        pos.stage, pos.update, pos.order = k + 1, 0, None
-        pos.stages_done.append(info)
-        keep = optim_mode == "continue"  # restart: the next stage builds a fresh optimiser, do not write this one
-        save_position(run, optimizer if keep else None, scheduler if keep else None, pos)
-    return finish(run, pos.stages_done, reference_mode(cfg))
-
-
 # Keys that may change between a kill and --resume: they do not change what is trained.
 RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir")
 
@@ -636,52 +669,6 @@ def check_same_run(output_dir: str, cfg: TrainConfig) -> None:
                          f"changed); resume with the same config, or start a new run.output_dir")
 
 
-def stage_reference_logps(run: Run, k: int) -> torch.Tensor | None:
-    """Reference log-probs of stage ``k``'s responses (None for reference-free losses). When the
-    reference is the previous stage's policy, the model being trained *is* that policy now, so
-    it scores the responses before its first update of the stage: no second copy in memory."""
-    if not needs_reference(run.cfg.loss.name):
-        return None
-    acc, rows, mode = run.accelerator, run.stage_rows(run.stages[k]), reference_mode(run.cfg)
-    if mode in ("all-previous", "mixture"):  # later stages use this policy too: score every training response now
-        rows = run.table.rows(run.data.train_pairs)[0]
-    ref = run.refs.ensure(reference_for(run.cfg, k), acc.unwrap_model(run.model), run.table, rows,
-                          run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2,
-                          run.cfg.run.progress and acc.is_main_process, acc, lm_head=run.cfg.model.fused_logprobs)
-    if mode == "mixture":
-        return mixture_reference(run, k)
-    if mode != "all-previous":
-        return ref
-    return torch.stack([run.refs.get(key, len(run.table.keys)) for key in references_for(run.cfg, k)])  # (K, T)
-
-
-def stage_order(run: Run, k: int, ref: torch.Tensor | None) -> list[int]:
-    """The pair order of stage ``k``: the plan's, or (self-paced) the pairs admitted by the current loss."""
-    stage = run.stages[k]
-    if stage.admit_fraction is None:
-        return list(stage.pairs)
-    measure_dynamic([run.data.train_pairs[i] for i in stage.pairs], dynamic_losses(run, stage.pairs, ref))
-    return list(admit(stage, run.data.train_pairs, run.cfg.run.seed, shuffle_within_stage(run.cfg)))
-
-
-def evaluate_held_out(run: Run, ref_key: str) -> dict:
-    """Preference metrics on held-out pairs against the initial reference (empty without eval_fraction)."""
-    if not run.data.eval_pairs:
-        return {}
-    from .preference import preference_metrics
-
-    pairs = run.data.eval_pairs
-    rows, ci, ri = run.table.rows(pairs)
-    lp, n = logps_for_rows_shared(run.accelerator, run.accelerator.unwrap_model(run.model), run.table, rows,
-                                  run.tokenizer.pad_token_id, run.cfg.optim.batch_size * 2, desc="held-out metrics",
-                                  progress=run.cfg.run.progress and run.accelerator.is_main_process,
-                                  lm_head=run.cfg.model.fused_logprobs)
-    ref = run.refs.get(ref_key, len(run.table.keys))[torch.tensor(rows)]
-    m = preference_metrics(lp[ci], lp[ri], n[ci], n[ri], ref[ci], ref[ri], run.cfg.loss.beta,
-                           [p.score_gap for p in pairs], buckets=[p.rejected_position for p in pairs])
-    return {f"eval/{k}": v for k, v in m.items()}
-
-
 def best_stage(output_dir: str, n_stages: int, metric: str) -> tuple[int, float]:
     """(stage, value): the stage whose held-out ``metric`` (saved in ``stage-K/``, so a resumed run sees
     every stage) is highest; the earliest on ties."""
@@ -693,20 +680,21 @@ def best_stage(output_dir: str, n_stages: int, metric: str) -> tuple[int, float]
     return j + 1, scores[j]
 
 
-def finish(run: Run, stage_info: list[dict], mode: str) -> dict:
+def finish(run: Run, stage_info: list[dict]) -> dict:
     """Save the final model and the run summary (what was held equal, for fair comparisons)."""
     cfg, acc, o = run.cfg, run.accelerator, run.cfg.optim
     summary = {
         "schedule": cfg.curriculum.schedule, "difficulty": cfg.curriculum.difficulty, "loss": cfg.loss.name,
-        "beta": cfg.loss.beta, "reference": mode, "total_updates": sum(run.stage_updates),
-        "pairs_per_update": run.pairs_per_update, "unit": "pair" if run.lists is None else "list",
+        "beta": cfg.loss.beta, "reference": run.resolved.reference, "total_updates": sum(run.stage_updates),
+        "pairs_per_update": run.pairs_per_update, "unit": run.objective.unit,
         "lr": o.lr, "lr_schedule": o.lr_schedule,
-        "warmup_ratio": o.warmup_ratio, "across_stages": across_stages(cfg),
-        "optimizer_resets": len(run.stages) - 1 if across_stages(cfg) == "restart" else 0,
+        "warmup_ratio": o.warmup_ratio, "across_stages": run.resolved.across_stages,
+        "optimizer_resets": len(run.stages) - 1 if run.resolved.across_stages == "restart" else 0,
         "train_pairs": len(run.data.train_pairs), "eval_pairs": len(run.data.eval_pairs),
         "unique_responses": len(run.table.keys), "stages": stage_info,
         "final_loss": next((e["loss"] for e in reversed(run.log) if "loss" in e), None), "memory": run.memory,
         "resumed_from": run.resumed_from, "updates_run": run.updates_run,
+        "resolved": run.resolved.to_dict(),  # every auto of the config, as this run resolved it
     }
     if acc.is_main_process:
         model, k = acc.unwrap_model(run.model), len(run.stages)

@@ -6,14 +6,14 @@ than others"; Yuan et al. 2024, "Self-Rewarding Language Models") samples fresh 
 from the current policy between rounds and rates them. An online stage joins the two:
 
 1. sample ``online.samples`` answers per training prompt from the current policy and
-   score them with ``online.judge`` — the run's ``online_source``, handed in by
-   `evaluation.online.train` (sampling and judging are the evaluation layer's; this
-   layer does not import it);
+   score them with ``online.judge`` — the ``collect`` function `OnlineStages` is built with,
+   handed in by the entry point (`evaluation.online.collect`; this layer does not import it);
 2. ranked `Record`s -> pairs with the configured builder -> difficulty -> the stage
    ordered easy -> hard (or shuffled inside, ``shuffle_within_stage``) by the same
    `curriculum.schedules.plan`; ``online.mix`` adds a fraction of the offline pairs;
 3. the new responses extend the `ResponseTable` (each tokenised once) and the
-   `RefCache` (reference log-probs from the stage's reference: the previous policy).
+   `RefCache` (reference log-probs from the stage's reference: the previous policy) —
+   `add_records`, the one place a run's data grows.
 
 The stage keeps the number of updates the offline plan gave it (one LR schedule over
 the run, comparable arms). A resumed run replays the finished online stages from their
@@ -26,14 +26,16 @@ from __future__ import annotations
 import json
 import os
 import random
+from typing import Callable
 
-from ..config import shuffle_within_stage
 from ..curriculum.difficulty import STATIC, measure_static
 from ..curriculum.schedules import Stage, plan
 from ..data.pairs import build_pairs
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json
+from ..pipeline import model_difficulty
+from .model import load_model
 from .references import reference_for, stage_name
 from .tokenize import encode_for
 
@@ -49,8 +51,42 @@ def is_online(cfg, k: int) -> bool:
     return cfg.online.enabled and k + 1 >= cfg.online.from_stage
 
 
-def extend(run, records: list[Record]) -> list[int]:
-    """Append ``records`` and their pairs to the run's data and response table; returns the new pair indices."""
+class OnlineStages:
+    """A `stages.StageSource`: offline stages from the plan, online ones built from ``collect``'s ranked records.
+
+    ``collect(run, k, replay) -> (records, info)`` samples answers from the current policy and judges them
+    (`evaluation.online.collect`; the entry point hands it in, this layer does not import sampling or judges).
+    """
+
+    def __init__(self, collect: Callable):
+        self.collect = collect
+
+    def stage(self, k: int, run, replay: bool = False) -> Stage:
+        if not is_online(run.cfg, k):
+            return run.stages[k]
+        records, info = self.collect(run, k, replay)
+        new = add_records(run, records)
+        if not new:
+            raise CurryError(f"online stage {k + 1}: no pairs from {info['online/prompts']} prompts (every prompt's "
+                             f"answers tied or fewer than 2 distinct); raise online.samples or online.temperature")
+        out = run.cfg.run.output_dir
+        if replay:
+            path = os.path.join(stage_dir(out, k), "summary.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    run.online[k] = json.load(f)
+            return run.stages[k]  # already trained: only its data had to come back
+        measure_model_difficulty(run, k, new)
+        stage = order_stage(run, k, new)
+        run.online[k] = {**info, "online/pairs": len(new), "online/stage_pairs": len(stage.pairs)}
+        if run.accelerator.is_main_process:
+            write_json(os.path.join(stage_dir(out, k), "summary.json"), run.online[k])
+        return stage
+
+
+def add_records(run, records: list[Record]) -> list[int]:
+    """Append ``records`` and their pairs to the run's data and response table; returns the new pair indices.
+    Each new response is tokenised once; static difficulty is measured as `pipeline.prepare` measures it."""
     cfg, d = run.cfg, run.cfg.data
     first = len(run.data.records)
     run.data.records = run.data.records + records  # a new list: the caller's records stay as given
@@ -70,20 +106,16 @@ def extend(run, records: list[Record]) -> list[int]:
 
 def measure_model_difficulty(run, k: int, new: list[int]) -> None:
     """Reference log-probs of the new responses (cached: the loop reuses them) and the model-based measures."""
-    from ..config import reference_mode
-    from ..pipeline import model_difficulty
-    from .model import load_model
-
     cfg, acc = run.cfg, run.accelerator
     # The stage's reference; with a reference-free loss (any mode) the current policy, named for what it is.
-    key = reference_for(run.cfg, k) if reference_mode(cfg) == "previous-stage" or k == 0 else stage_name(k - 1)
+    mode = run.resolved.reference
+    key = reference_for(mode, k) if mode == "previous-stage" or k == 0 else stage_name(k - 1)
     model = acc.unwrap_model(run.model)
     if k == 0 and cfg.model.ref_model:  # stage 1's reference is the separate reference model
         model = load_model(cfg.model.ref_model, cfg.model, acc.device)
     pairs = [run.data.train_pairs[i] for i in new]
     rows = run.table.rows(pairs)[0]
-    values = run.refs.ensure(key, model, run.table, rows, run.tokenizer.pad_token_id, cfg.optim.batch_size * 2,
-                             cfg.run.progress and acc.is_main_process, acc, lm_head=cfg.model.fused_logprobs)
+    values = run.refs.ensure(key, model, run.table, rows, run.scorer)
     c = cfg.curriculum
     model_difficulty(pairs, run.data.records, [run.table.keys[r] for r in rows], values[rows].tolist(),
                      c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
@@ -100,37 +132,6 @@ def order_stage(run, k: int, new: list[int]) -> Stage:
     c = cfg.curriculum
     measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
     inner = plan([run.data.train_pairs[i] for i in idx], "single-pass", measure, seed=cfg.run.seed + k,
-                 shuffle_within_stage=shuffle_within_stage(cfg))[0]  # resolved: the string 'false' is truthy
+                 shuffle_within_stage=run.resolved.shuffle_within_stage)[0]
     label = f"online: {len(new)} pairs" + (f" + {len(mixed)} offline" if mixed else "")
     return Stage(k, [idx[j] for j in inner.pairs], label, admit_fraction=offline.admit_fraction)
-
-
-def before_stage(run, k: int, replay: bool = False) -> Stage:
-    """Stage ``k`` as it will be trained: unchanged offline, or built from fresh judged samples.
-
-    ``replay``: stage ``k`` finished before a resume; rebuild its data from the files only
-    (so later pair indices match), never sample or judge.
-    """
-    if not is_online(run.cfg, k):
-        return run.stages[k]
-    if run.online_source is None:
-        raise CurryError("online stages sample and judge through the evaluation layer: train with "
-                         "currydpo.evaluation.online.train(cfg) (the train and compare commands do)")
-    acc, out = run.accelerator, run.cfg.run.output_dir
-    records, info = run.online_source(run, k, replay)
-    new = extend(run, records)
-    if not new:
-        raise CurryError(f"online stage {k + 1}: no pairs from {info['online/prompts']} prompts (every prompt's "
-                         f"answers tied or fewer than 2 distinct); raise online.samples or online.temperature")
-    if replay:
-        path = os.path.join(stage_dir(out, k), "summary.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                run.online[k] = json.load(f)
-        return run.stages[k]
-    measure_model_difficulty(run, k, new)
-    stage = run.stages[k] = order_stage(run, k, new)
-    run.online[k] = {**info, "online/pairs": len(new), "online/stage_pairs": len(stage.pairs)}
-    if acc.is_main_process:
-        write_json(os.path.join(stage_dir(out, k), "summary.json"), run.online[k])
-    return stage

@@ -175,18 +175,16 @@ class RefCache:
             self.values[key] = torch.cat([self.values[key], grown])
         return self.values[key]
 
-    def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], pad_token_id: int,
-               batch_size: int, progress: bool = True, accelerator=None, lm_head: str = "auto") -> torch.Tensor:
+    def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], scorer: "Scorer") -> torch.Tensor:
         """Compute the missing rows with ``model`` (which must be the reference ``key``) and save.
 
-        With several processes (``accelerator``), each computes its share of the rows and all
+        With several processes (the scorer's accelerator), each computes its share of the rows and all
         receive every value: the reference pass takes 1/W of the time instead of all of it.
         """
         values = self.get(key, len(table.keys))
         missing = [r for r in rows if math.isnan(values[r])]
         if missing:
-            lp, _ = logps_for_rows_shared(accelerator, model, table, missing, pad_token_id, batch_size,
-                                          desc=f"reference log-probs ({key})", progress=progress, lm_head=lm_head)
+            lp, _ = scorer.score(model, table, missing, desc=f"reference log-probs ({key})")
             bad = [table.keys[missing[j]] for j in range(len(missing)) if not math.isfinite(lp[j])]
             if bad:
                 raise CurryError(f"reference '{key}' gives a non-finite log-prob to {len(bad)} responses "
@@ -202,3 +200,28 @@ class RefCache:
             os.makedirs(self.directory, exist_ok=True)
             with atomic_path(path) as tmp:
                 torch.save(self.values[key], tmp)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A run's one log-prob function, fixed when the model is loaded: the LM-head kernel (resolved, never
+    ``auto``), packing, the pad token and the accelerator (autocast, work split over processes). The
+    policy's training forward, every reference pass, the held-out metrics and dynamic difficulty all go
+    through it, so policy and reference are computed alike."""
+
+    accelerator: object
+    pad_token_id: int
+    lm_head: str
+    batch_size: int  # sequences per no-grad forward
+    progress: bool = False
+
+    def policy(self, model, encoded: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training forward (gradients flow) of ``encoded`` sequences, under the run's autocast."""
+        with self.accelerator.autocast():
+            return response_logps(model, list(encoded), self.pad_token_id, lm_head=self.lm_head)
+
+    def score(self, model, table: ResponseTable, rows: Sequence[int],
+              desc: str = "log-probs") -> tuple[torch.Tensor, torch.Tensor]:
+        """No-grad log-probs of table ``rows`` (``model`` unwrapped), split over the processes."""
+        return logps_for_rows_shared(self.accelerator, model, table, rows, self.pad_token_id, self.batch_size,
+                                     desc=desc, progress=self.progress, lm_head=self.lm_head)
