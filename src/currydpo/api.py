@@ -67,14 +67,16 @@ class Plan:
 
 def plan_stages(config: TrainConfig | dict | str, records=None) -> Plan:
     """The stages `train` would train with this config: the same held-out split, pairs, difficulty and
-    schedule (`pipeline.prepare`, which `train` calls). Model-based difficulty is measured by `train`."""
-    from .pipeline import prepare, stage_plan
+    schedule (`pipeline.prepare` and `pipeline.plan`, which `train` calls). Difficulty from the reference
+    model (``ref-logratio``, ``data.select``) needs the model run: `train` or ``currydpo pairs --model``."""
+    from .pipeline import plan, prepare
 
     cfg = as_config(config)
     if records is not None and not isinstance(records, list):
         records = load_records(records, cfg.data.format, score=cfg.data.score)
     prepared = prepare(cfg, records)
-    return Plan(prepared.records, prepared.train_pairs, prepared.eval_pairs, stage_plan(cfg, prepared.train_pairs))
+    plan(cfg, prepared)
+    return Plan(prepared.records, prepared.train_pairs, prepared.eval_pairs, prepared.stages)
 
 
 def train(config: TrainConfig | dict | str, records=None, resume: bool = False, **overrides: Any) -> dict:

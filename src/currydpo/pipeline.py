@@ -1,4 +1,12 @@
-"""records -> pairs -> difficulty -> stages: the data half of a run, shared by `train`, `pairs` and `demo`."""
+"""records -> pairs -> difficulty -> stages: the data half of a run, the one place it is built.
+
+`prepare` reads the records, holds out the eval prompts, builds the pairs and measures the static
+difficulties; `plan` adds the model-based measures (from the reference log-probs the caller
+computed), applies reference-guided selection and plans the stages. `train` (via
+`training.loop.setup`), `currydpo pairs` and `currydpo.plan_stages` all call these two, so their
+pairs and stages are the same for one config. A measure is written on a pair only when it was
+measured: no placeholder values.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,8 @@ from dataclasses import dataclass, field
 
 from .config import TrainConfig, resolve
 from .curriculum.difficulty import STATIC, measure_from_response_values, measure_static
-from .curriculum.schedules import Stage, plan
+from .curriculum.schedules import Stage
+from .curriculum.schedules import plan as schedule
 from .data.loading import load_records
 from .data.pairs import Pair, build_pairs
 from .data.records import Record, text_of
@@ -23,16 +32,18 @@ class Prepared:
     eval_pairs: list[Pair]
     rows_read: int = 0
     bad_rows: dict[str, int] = field(default_factory=dict)
+    format: str = ""  # the data format read (auto: as detected)
+    stages: list[Stage] = field(default_factory=list)  # filled by `plan`
 
 
 def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
     """Load the data (unless ``records`` is given), hold out eval prompts, build pairs, measure static difficulty."""
     d, c = cfg.data, cfg.curriculum
-    rows_read, bad = 0, {}
+    rows_read, bad, fmt = 0, {}, "records"
     if records is None:
         res = load_records(d.path, d.format, split=d.split, subset=d.subset, score=d.score,
                            on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
-        records, rows_read, bad = res.records, res.rows_read, res.bad_rows
+        records, rows_read, bad, fmt = res.records, res.rows_read, res.bad_rows, res.format
     if not records:
         raise CurryError(f"{d.path or 'data'}: no usable records")
     if d.sample_prompts is not None and d.sample_prompts < len(records):  # a seeded subset, file order kept
@@ -50,7 +61,29 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
         measure_static(name, train + evals, records)
     if c.difficulty.startswith(("column:", "function:")):
         measure_static(c.difficulty, train + evals, records)
-    return Prepared(records, train, evals, rows_read, bad)
+    return Prepared(records, train, evals, rows_read, bad, fmt)
+
+
+def response_keys(pairs: list[Pair]) -> list[tuple[int, int]]:
+    """Every (record, response) the pairs use, each once, sorted."""
+    return sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs})
+
+
+def plan(cfg: TrainConfig, data: Prepared, reference_logps: dict[tuple[int, int], float] | None = None) -> None:
+    """The model-based measures, selection and the stage plan, into ``data`` (``train_pairs`` narrowed by
+    ``data.select``, ``stages``). ``reference_logps``: the initial reference's summed log-prob of each
+    (record, response) of the pairs, for ``ref-logratio`` and ``data.select``; None when no reference
+    was run (then neither may be asked for)."""
+    c, pairs = cfg.curriculum, data.train_pairs + data.eval_pairs
+    if reference_logps is not None:
+        measure_ref_logratio(pairs, reference_logps)
+    elif c.difficulty == "ref-logratio" or cfg.data.select != "none":
+        what = "difficulty ref-logratio" if c.difficulty == "ref-logratio" else "data.select ref-margin"
+        raise CurryError(f"{what} needs the reference model's log-probs of every response: give a model")
+    if c.difficulty == "reward-margin":
+        measure_reward_margin(pairs, data.records, c.reward_model, cfg.model.trust_remote_code)
+    data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)
+    data.stages = stage_plan(cfg, data.train_pairs)
 
 
 def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
@@ -72,12 +105,12 @@ def select_pairs(pairs: list[Pair], select: str, fraction: float) -> list[Pair]:
     """Reference-guided pair selection ("Clear Preferences Leave Traces", 2024): keep the ``fraction`` of
     pairs whose reference log-prob margin log π_ref(y_w) − log π_ref(y_l) is largest, i.e. whose
     preference the reference already sees most clearly (the paper trains on 30–50%). The margin is
-    −c, c the ``ref-logratio`` difficulty that `model_difficulty` computed from the reference cache,
+    −c, c the ``ref-logratio`` difficulty that `plan` measured from the reference log-probs,
     so selection needs no extra forward pass. Kept pairs stay in their order; ties keep the earlier."""
     if select == "none":
         return pairs
     if any("ref-logratio" not in p.difficulty for p in pairs):
-        raise CurryError("data.select ref-margin needs the reference log-probs of every pair (model_difficulty)")
+        raise CurryError("data.select ref-margin needs the reference log-probs of every pair (see `plan`)")
     keep = max(1, round(fraction * len(pairs)))
     chosen = set(sorted(range(len(pairs)), key=lambda i: (pairs[i].difficulty["ref-logratio"], i))[:keep])
     return [p for i, p in enumerate(pairs) if i in chosen]
@@ -87,26 +120,26 @@ def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     """The schedule's stages. Self-paced orders its candidates by score-gap until it measures the policy."""
     c = cfg.curriculum
     measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
-    return plan(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
+    return schedule(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
                 seed=cfg.run.seed, shuffle_within_stage=resolve(cfg).shuffle_within_stage,
                 cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)
 
 
-def model_difficulty(pairs: list[Pair], records: list[Record], keys: list[tuple[int, int]],
-                     reference_logps: list[float] | None, reward_model: str | None = None,
-                     trust_remote_code: bool = False) -> None:
-    """The model-based measures: ``ref-logratio`` from per-response reference log-probs
-    (aligned with ``keys``), and ``reward-margin`` when a reward model path is given."""
-    if reference_logps is not None:  # None: only the reward margin is asked for (no made-up ref-logratio)
-        measure_from_response_values("ref-logratio", pairs, dict(zip(keys, reference_logps)), sign=-1.0)
-    if reward_model:
-        from .curriculum.reward_model import RewardModel
+def measure_ref_logratio(pairs: list[Pair], reference_logps: dict[tuple[int, int], float]) -> None:
+    """``ref-logratio``: minus the reference's log-prob margin of each pair (a clear preference is easy)."""
+    measure_from_response_values("ref-logratio", pairs, reference_logps, sign=-1.0)
 
-        rm = RewardModel(reward_model, trust_remote_code=trust_remote_code,
-                         what=f"curriculum.reward_model {reward_model}")
-        rewards = rm.score([text_of(records[r].prompt) for r, _ in keys],
-                           [text_of(records[r].responses[i].text) for r, i in keys])
-        measure_from_response_values("reward-margin", pairs, dict(zip(keys, rewards)), sign=-1.0)
+
+def measure_reward_margin(pairs: list[Pair], records: list[Record], reward_model: str,
+                          trust_remote_code: bool = False) -> None:
+    """``reward-margin``: minus a reward model's margin of each pair, each response scored once."""
+    from .curriculum.reward_model import RewardModel
+
+    keys = response_keys(pairs)
+    rm = RewardModel(reward_model, trust_remote_code=trust_remote_code, what=f"curriculum.reward_model {reward_model}")
+    rewards = rm.score([text_of(records[r].prompt) for r, _ in keys],
+                       [text_of(records[r].responses[i].text) for r, i in keys])
+    measure_from_response_values("reward-margin", pairs, dict(zip(keys, rewards)), sign=-1.0)
 
 
 def data_fingerprint(records: list[Record]) -> str:

@@ -240,15 +240,17 @@ def test_plackett_luce_on_pairs_trains_exactly_as_dpo(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("schedule", ["iterative", "single-pass", "cyclical"])
 def test_ref_margin_selection_keeps_the_clearest_pairs(tiny_model_dir, tmp_path, schedule, monkeypatch):
+    from currydpo import pipeline
+
     kept = []
-    real = loop.select_pairs
+    real = pipeline.select_pairs
 
     def spy(pairs, select, fraction):
         out = real(pairs, select, fraction)
         kept.append((pairs, out))
         return out
 
-    monkeypatch.setattr(loop, "select_pairs", spy)
+    monkeypatch.setattr(pipeline, "select_pairs", spy)
     cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": schedule, "stages": 2},
                       data={"select": "ref-margin", "select_fraction": 0.5}, optim={"total_updates": 4})
     s = loop.train(cfg, records=make_records(8))

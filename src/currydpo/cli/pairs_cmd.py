@@ -1,26 +1,26 @@
 """`currydpo pairs DATA --out pairs.jsonl`: load rated data, build preference pairs, write them.
 
-The work is three small steps so later flags (difficulty, schedule) slot in between:
-`load(args)` -> `make_pairs(records, args)` -> `write_pairs(...)`, then `summary(...)`.
+The pairs, their difficulty and the stage plan come from `pipeline.prepare` and `pipeline.plan`,
+the functions `train` calls, so `pairs --config run.yaml` shows exactly what `train` would train;
+the flags are shortcuts for config keys (`FLAG_KEYS`).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from typing import Iterator
 
 from ..config import TrainConfig, load_config
-from ..curriculum.difficulty import check_measure, measure_static
+from ..curriculum.difficulty import check_measure
 from ..curriculum.schedules import SCHEDULES, Stage
 from ..data.formats import FORMATS, SCORES
-from ..data.loading import ON_BAD_ROW, LoadResult, load_records
-from ..data.pairs import BUILDERS, Pair, build_pairs
+from ..data.loading import ON_BAD_ROW
+from ..data.pairs import BUILDERS, Pair
 from ..data.records import Record, Text
 from ..errors import CurryError
 from ..io import save_figure, write_jsonl
-from ..pipeline import held_out_records, pair_strategy, stage_plan
+from ..pipeline import Prepared, plan, prepare, stage_plan
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -93,21 +93,6 @@ def pairs_config(args: argparse.Namespace) -> TrainConfig:
     return load_config(args.config, overrides)
 
 
-def load(cfg: TrainConfig, path: str) -> LoadResult:
-    d = cfg.data
-    return load_records(path, d.format, split=d.split, subset=d.subset, score=d.score, on_bad_row=d.on_bad_row,
-                        limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
-
-
-def make_pairs(records: list[Record], cfg: TrainConfig) -> list[Pair]:
-    """The training pairs, as `train` builds them: `pipeline.pair_strategy` (the single-pair schedule swaps in
-    its builder), without the records ``data.eval_fraction`` holds out."""
-    d = cfg.data
-    held_out = held_out_records(cfg, len(records))
-    return [p for p in build_pairs(records, pair_strategy(cfg), min_gap=d.min_gap, allow_ties=d.allow_ties,
-                                   seed=cfg.run.seed) if p.record not in held_out]
-
-
 def _as_messages(t: Text, role: str) -> list[dict]:
     return t if isinstance(t, list) else [{"role": role, "content": t}]
 
@@ -156,7 +141,7 @@ def gap_bins(gaps: list[float], bins: int = 8) -> dict[str, int]:
             for k, c in enumerate(counts)}
 
 
-def summary(result: LoadResult, pairs: list[Pair], out: str) -> str:
+def summary(result: Prepared, pairs: list[Pair], out: str) -> str:
     per_prompt = [0] * len(result.records)
     for p in pairs:
         per_prompt[p.record] += 1
@@ -190,53 +175,35 @@ def summary(result: LoadResult, pairs: list[Pair], out: str) -> str:
 
 # ------------------------------------------------------------------ curriculum inspection
 
-def measure(records: list[Record], pairs: list[Pair], args: argparse.Namespace, cfg: TrainConfig) -> str:
-    """Compute ``curriculum.difficulty`` (default score-gap) on every pair; returns the measure's name."""
+def check_measure_here(cfg: TrainConfig, args: argparse.Namespace) -> str:
+    """``curriculum.difficulty``, if `pairs` can measure it (the flags it needs given)."""
     name = check_measure(cfg.curriculum.difficulty)
     if name == "dynamic":
         raise CurryError("difficulty 'dynamic' is measured by the policy during training; use `currydpo train`")
-    if name == "ref-logratio" and pairs and all(name in p.difficulty for p in pairs):
-        return name  # already measured for --select
-    if name in ("ref-logratio", "reward-margin"):
-        need = {"ref-logratio": ("--model", args.model), "reward-margin": ("--reward-model", args.reward_model)}
-        flag, value = need[name]
-        if not value:
-            raise CurryError(f"difficulty {name!r} needs {flag} PATH")
-        from ..pipeline import model_difficulty
-
-        keys, ref = reference_logps(records, pairs, args) if name == "ref-logratio" else (
-            sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs}), None)
-        model_difficulty(pairs, records, keys, ref, args.reward_model, args.trust_remote_code)
-    else:
-        measure_static(name, pairs, records)
+    if name == "reward-margin" and not cfg.curriculum.reward_model:
+        raise CurryError("difficulty 'reward-margin' needs --reward-model PATH")
     return name
 
 
-def reference_logps(records, pairs, args):
+def reference_logps(cfg: TrainConfig, data: Prepared) -> dict[tuple[int, int], float]:
+    """The reference model's (``model.path``, i.e. --model) summed log-prob of every response of the pairs,
+    tokenised and scored by the rule `train` uses (`training.tokenize.encode_for`, `training.responses.Scorer`
+    with the config's LM-head kernel)."""
     from ..device import default_device
+    from ..training.logprobs import _split_model, resolve_lm_head
     from ..training.model import load_model, load_tokenizer
-    from ..training.responses import ResponseTable, logps_for_rows
+    from ..training.responses import ResponseTable, Scorer
     from ..training.tokenize import encode_for
 
-    cfg = pairs_config(args)
-    tok = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, cfg.model, default_device())
-    table = ResponseTable.from_pairs(pairs, encode_for(tok, records, cfg.data))
-    lp, _ = logps_for_rows(model, table, list(range(len(table.keys))), tok.pad_token_id, 16,
-                           desc="reference log-probs")
-    return table.keys, lp.tolist()
-
-
-def select(records: list[Record], pairs: list[Pair], args: argparse.Namespace, cfg: TrainConfig) -> set[int]:
-    """--select: indices of the pairs `train` keeps (`pipeline.select_pairs`, from one reference pass)."""
-    if not args.model:
-        raise CurryError("--select ranks pairs by their reference log-prob margin: it needs --model PATH")
-    from ..pipeline import model_difficulty, select_pairs
-
-    keys, ref = reference_logps(records, pairs, args)
-    model_difficulty(pairs, records, keys, ref)
-    kept = {id(p) for p in select_pairs(pairs, "ref-margin", cfg.data.select_fraction)}
-    return {i for i, p in enumerate(pairs) if id(p) in kept}
+    m, device = cfg.model, default_device()
+    tok = load_tokenizer(m.path, m.trust_remote_code)
+    model = load_model(m.path, m, device)
+    split = _split_model(model)
+    scorer = Scorer(None, tok.pad_token_id, resolve_lm_head(m.fused_logprobs, split and split[1], device),
+                    cfg.optim.batch_size * 2, cfg.run.progress)
+    table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, encode_for(tok, data.records, cfg.data))
+    lp, _ = scorer.score(model, table, list(range(len(table.keys))), desc="reference log-probs")
+    return dict(zip(table.keys, lp.tolist()))
 
 
 def selection_report(kept: set[int], n: int, stages: list[Stage] | None, fraction: float) -> str:
@@ -280,36 +247,44 @@ def run(args: argparse.Namespace) -> int:
     if args.stages is not None and args.stages < 1:
         raise CurryError(f"--stages must be >= 1, got {args.stages}")
     cfg = pairs_config(args)
-    args.data = args.data or cfg.data.path
-    if not args.data:
+    cfg.data.path = args.data or cfg.data.path
+    if not cfg.data.path:
         raise CurryError("no data: give DATA, or --config with a data.path")
     show_plan = args.schedule is not None or args.config is not None or any(
         o.startswith("curriculum.") for o in args.overrides)
-    result = load(cfg, args.data)
-    pairs = make_pairs(result.records, cfg)
-    kept = select(result.records, pairs, args, cfg) if args.select and pairs else None
-    name = measure(result.records, pairs, args, cfg) if (args.difficulty or show_plan) else None
-    stages = stage_plan(cfg, pairs) if show_plan and pairs else None
-    rows = list(pair_rows(result.records, pairs, args.trl))
+    name = check_measure_here(cfg, args) if (args.difficulty or show_plan or args.select) else None
+    wants_model = cfg.data.select != "none" or name == "ref-logratio"
+    if wants_model and not args.model:
+        what = "--select ranks pairs by their reference log-prob margin: it" if args.select else \
+            "difficulty 'ref-logratio'"
+        raise CurryError(f"{what} needs --model PATH")
+    data = prepare(cfg)  # the pairs train builds: the same held-out split, builder and static difficulty
+    pairs = list(data.train_pairs)
+    stages, kept = None, None
+    if name:  # model-based difficulty, selection and the stages, as train plans them (pipeline.plan)
+        plan(cfg, data, reference_logps(cfg, data) if wants_model else None)
+        stages = data.stages if show_plan else None
+        if args.select:
+            kept = {id(p) for p in data.train_pairs}
+    rows = list(pair_rows(data.records, pairs, args.trl))
     if name and not args.trl:
-        stage_of = {i: s.index + 1 for s in stages or [] for i in s.pairs}
-        for i, (row, pair) in enumerate(zip(rows, pairs)):
-            row["difficulty"] = dict(pair.difficulty)
+        stage_of = {id(data.train_pairs[i]): s.index + 1 for s in stages or [] for i in s.pairs}
+        for row, pair in zip(rows, pairs):
+            row["difficulty"] = dict(pair.difficulty)  # only what was measured
             if stages:
-                row["stage"] = stage_of.get(i)
+                row["stage"] = stage_of.get(id(pair))
     if kept is not None and not args.trl:
-        for i, row in enumerate(rows):
-            row["selected"] = i in kept
+        for row, pair in zip(rows, pairs):
+            row["selected"] = id(pair) in kept
     write_jsonl(args.out, rows)
-    print(summary(result, pairs, args.out))
-    if not pairs:
-        print("warning: no pairs were made (all responses tied, or --min-gap too large); "
-              "try --allow-ties or a smaller --min-gap", file=sys.stderr)
+    print(summary(data, pairs, args.out))
     if stages:
-        print(stage_report(pairs, stages, name))
+        print(stage_report(data.train_pairs, stages, name))
         plot = args.plot or str(args.out).rsplit(".", 1)[0] + ".stages.png"
-        plot_stages(plot, pairs, stages, name)
+        plot_stages(plot, data.train_pairs, stages, name)
         print(f"difficulty histogram by stage -> {plot}")
-    if kept is not None:
-        print(selection_report(kept, len(pairs), stages, cfg.data.select_fraction))
+    if kept is not None:  # per stage of the plan over every pair: which difficulties the selection drops
+        everything = stage_plan(cfg, pairs) if show_plan else None
+        print(selection_report({i for i, p in enumerate(pairs) if id(p) in kept}, len(pairs), everything,
+                               cfg.data.select_fraction))
     return 0

@@ -43,7 +43,7 @@ from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import bars_off, quiet_bars, write_json, write_text
-from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, select_pairs, stage_plan
+from ..pipeline import Prepared, data_fingerprint, plan, prepare
 from . import checkpoint as ckpt
 from . import precision as prec
 from . import sharding
@@ -589,10 +589,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
         del ref_model
     else:
         refs.ensure("initial", model, table, all_rows, scorer)
-    model_difficulty(data.train_pairs + data.eval_pairs, data.records, table.keys,
-                     refs.get("initial", len(table.keys)).tolist(),
-                     c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
-    data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)  # from the cache
+    plan(cfg, data, dict(zip(table.keys, refs.get("initial", len(table.keys)).tolist())))  # difficulty, stages
     if cfg.model.lora and not fsdp:
         model = add_lora(model, cfg.model)
     memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision))
@@ -600,7 +597,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
         resolve(cfg), precision=precision, lm_head=lm_head, attention=memory["attention"],
         gradient_checkpointing=memory["gradient_checkpointing"],
         max_tokens_per_micro_batch=memory["max_tokens_per_micro_batch"], save_dtype=cfg.run.save_dtype)
-    stages = stage_plan(cfg, data.train_pairs)
+    stages = data.stages
     objective = PairObjective(data.train_pairs, table, cfg.loss, c.mrpo_eta)
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
         measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty  # as stage_plan orders them

@@ -34,7 +34,7 @@ from ..data.pairs import build_pairs
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json
-from ..pipeline import model_difficulty
+from ..pipeline import measure_ref_logratio, measure_reward_margin
 from .model import load_model
 from .references import reference_for, stage_name
 from .tokenize import encode_for
@@ -116,9 +116,9 @@ def measure_model_difficulty(run, k: int, new: list[int]) -> None:
     pairs = [run.data.train_pairs[i] for i in new]
     rows = run.table.rows(pairs)[0]
     values = run.refs.ensure(key, model, run.table, rows, run.scorer)
-    c = cfg.curriculum
-    model_difficulty(pairs, run.data.records, [run.table.keys[r] for r in rows], values[rows].tolist(),
-                     c.reward_model if c.difficulty == "reward-margin" else None, cfg.model.trust_remote_code)
+    measure_ref_logratio(pairs, dict(zip([run.table.keys[r] for r in rows], values[rows].tolist())))
+    if cfg.curriculum.difficulty == "reward-margin":
+        measure_reward_margin(pairs, run.data.records, cfg.curriculum.reward_model, cfg.model.trust_remote_code)
 
 
 def order_stage(run, k: int, new: list[int]) -> Stage:
