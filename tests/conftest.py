@@ -97,3 +97,16 @@ def check_log_continued(output_dir, checkpoint_step: int, total_updates: int) ->
     resumed = [e.get("before_resume", False) for e in log]
     assert resumed == [True] * checkpoint_step + [False] * (total_updates - checkpoint_step), resumed
     assert [e["step"] for e in log] == list(range(1, total_updates + 1))
+
+
+def save_reward_model(tiny_model_dir, path):
+    """A tiny sequence-classification reward model sharing the tiny model's tokenizer, saved to ``path``."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

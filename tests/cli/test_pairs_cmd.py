@@ -189,3 +189,18 @@ def test_pairs_config_without_data_gives_the_stages_train_trains(tmp_path, capsy
     held = {plan.records[p.record].id for p in plan.eval_pairs}
     assert held and not held & {r["prompt_id"] for r in rows}
     assert all(set(r["difficulty"]) >= {"score-gap"} and "ref-logratio" not in r["difficulty"] for r in rows)
+
+
+def test_pairs_reward_margin_writes_only_what_was_measured(tmp_path, tiny_model_dir):
+    """--difficulty reward-margin scores each response with the reward model; no ref-logratio column is
+    made up (before: every row carried ref-logratio -0.0 without a reference pass)."""
+    from conftest import save_reward_model
+
+    rm = save_reward_model(tiny_model_dir, tmp_path / "rm")
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", str(EXAMPLES / "ultrafeedback_tiny.jsonl"), "--out", str(out), "--difficulty",
+                 "reward-margin", "--reward-model", rm]) == 0
+    rows = read(out)
+    assert rows and all("ref-logratio" not in r["difficulty"] for r in rows)
+    margins = [r["difficulty"]["reward-margin"] for r in rows]
+    assert len(set(margins)) > 1 and all(isinstance(v, float) for v in margins)

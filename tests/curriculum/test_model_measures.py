@@ -2,22 +2,9 @@
 
 import json
 
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
 from currydpo.training import loop
 
-from conftest import make_records, tiny_config
-
-
-def save_reward_model(tiny_model_dir, path):
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+from conftest import make_records, save_reward_model, tiny_config
 
 
 def test_reward_margin_orders_single_pass(tiny_model_dir, tmp_path):
