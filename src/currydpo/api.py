@@ -99,8 +99,8 @@ def evaluate(model: str, *, reference: str | None = None, records=None, prompts=
     the judge's scores, the win rate over ``baseline``'s answers and the KL to ``reference``."""
     from .device import default_device
     from .evaluation.evaluate import evaluate_model
-    from .evaluation.generation import GenerationConfig, load_prompts
     from .evaluation.judges import make_judge
+    from .generation.generate import GenerationConfig, load_prompts
     from .training.model import load_model, load_tokenizer
 
     data = as_config(config).data
@@ -115,7 +115,7 @@ def evaluate(model: str, *, reference: str | None = None, records=None, prompts=
                            seed=seed)
     baseline_answers = None
     if baseline and prompt_list:
-        from .evaluation.engines import HFEngine
+        from .generation.engines import HFEngine
 
         base = load_model(baseline, mcfg, device)
         baseline_answers = HFEngine(base, tokenizer).generate(prompt_list, gen, progress=progress)

@@ -489,7 +489,7 @@ def validate_online(cfg: TrainConfig) -> None:
     from .training.losses import is_listwise, needs_reference
 
     g, on = cfg.generation, cfg.online
-    _choice("generation.engine", g.engine, ["hf", "vllm"])  # evaluation/engines.py
+    _choice("generation.engine", g.engine, ["hf", "vllm"])  # generation/engines.py
     _positive("generation.batch_size", g.batch_size)
     if not 0 < g.top_p <= 1:
         raise CurryError(f"config key 'generation.top_p' must be in (0, 1], got {g.top_p}")

@@ -12,9 +12,9 @@ import pytest
 
 from currydpo.cli import main
 from currydpo.errors import CurryError
-from currydpo.evaluation.generation import Prompt
 from currydpo.evaluation.grading_prompt import grading_messages, parse_rating
 from currydpo.evaluation.mt_bench import SingleGrader, load_references, missing_references, summarise
+from currydpo.generation.generate import Prompt
 
 from conftest import SHARED_DATA
 from http_judge_server import JudgeServer
@@ -110,8 +110,8 @@ def test_references_and_missing_references(tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "mt_bench")), reason="shared data absent")
 def test_real_reference_file_covers_the_real_math_reasoning_coding_questions():
-    from currydpo.evaluation.generation import load_prompts
     from currydpo.evaluation.mt_bench import default_reference_path
+    from currydpo.generation.generate import load_prompts
 
     q = os.path.join(SHARED_DATA, "mt_bench", "question.jsonl")
     refs = load_references(default_reference_path(q))
@@ -227,7 +227,7 @@ def test_eval_mt_bench_needs_an_openai_judge(tmp_path, tiny_model_dir, capsys):
 
 GRADE_SCRIPT = """
 import json, sys
-from currydpo.evaluation.generation import Prompt
+from currydpo.generation.generate import Prompt
 from currydpo.evaluation.mt_bench import SingleGrader
 url, cache = sys.argv[1], sys.argv[2]
 qs = [Prompt(i, f"question {i}", turns=[f"question {i}", f"follow-up {i}"], category="writing") for i in range(6)]

@@ -58,9 +58,9 @@ def install(spec: str) -> None:
     elif point == "stage-end":
         after(checkpoint, "save_model", when=lambda path, *a, **k: os.path.basename(path).startswith("stage-"))
     elif point == "online-sample":  # a chunk of an online stage's samples is written
-        from currydpo.evaluation import online
+        from currydpo.generation import sampling
 
-        after(online, "write_json", when=lambda path, *a, **k: os.path.basename(os.path.dirname(path)) == "samples")
+        after(sampling, "write_json", when=lambda path, *a, **k: os.path.basename(os.path.dirname(path)) == "samples")
     elif point == "online-judge":  # an LLM judge answered one prompt's comparisons; its chunk is not written yet
         from currydpo.evaluation import judges
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from currydpo.errors import CurryError
-from currydpo.evaluation import online as sampling
+from currydpo.evaluation import online as judging
 from currydpo.evaluation.online import train
+from currydpo.generation import sampling
 from currydpo.training import loop, online
 
 from conftest import make_records, tiny_config
@@ -54,7 +55,7 @@ def test_online_stage_trains_on_judged_samples_of_the_previous_policy(tiny_model
 
     run = loop.setup(online_config(tiny_model_dir, out), recs)
     n_offline = len(run.table.keys)
-    online.OnlineStages(sampling.collect).stage(1, run, replay=True)
+    online.OnlineStages(judging.collect).stage(1, run, replay=True)
     new_rows = list(range(n_offline, len(run.table.keys)))
     assert new_rows and all(run.data.records[r].meta["online_stage"] == 2 for r, _ in
                             (run.table.keys[j] for j in new_rows))
@@ -67,7 +68,7 @@ def test_online_stage_trains_on_judged_samples_of_the_previous_policy(tiny_model
 def test_from_stage_1_with_prompt_file_and_offline_mix(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from currydpo.evaluation.generation import GenerationConfig, generate
+    from currydpo.generation.generate import GenerationConfig, generate
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"the cat sat {w}"}) + "\n" for w in ("on", "in", "by")))

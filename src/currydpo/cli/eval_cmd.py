@@ -73,10 +73,10 @@ def evaluate(args) -> int:
     from ..data.loading import load_records
     from ..device import default_device
     from ..errors import CurryError
-    from ..evaluation.engines import make_engine
     from ..evaluation.evaluate import evaluate_model
-    from ..evaluation.generation import GenerationConfig, export_alpaca_eval, export_mt_bench, load_prompts
     from ..evaluation.judges import make_judge
+    from ..generation.engines import make_engine
+    from ..generation.generate import GenerationConfig, export_alpaca_eval, export_mt_bench, load_prompts
     from ..io import write_json, write_text
     from ..training.model import load_model, load_tokenizer
 
@@ -164,8 +164,8 @@ def model_name(path: str) -> str:
 def prepare_mt_bench(args) -> dict:
     """Questions, reference answers, temperatures and the grader of ``--mt-bench``, checked before loading models."""
     from ..errors import CurryError
-    from ..evaluation.generation import MT_BENCH_DEFAULT_TEMPERATURE, MT_BENCH_TEMPERATURES, load_prompts
     from ..evaluation.mt_bench import SingleGrader, default_reference_path, load_references, warn_missing_references
+    from ..generation.generate import MT_BENCH_DEFAULT_TEMPERATURE, MT_BENCH_TEMPERATURES, load_prompts
 
     if not (args.judge or "").startswith("openai:"):
         raise CurryError(f"--mt-bench rates answers 1-10 with an LLM judge: give --judge openai:URL#MODEL "
@@ -201,9 +201,9 @@ def run_mt_bench(args, mt: dict, tokenizer, policy, mcfg, device, gen) -> dict[s
     {name: summary}. Answers are written before grading, so a killed grading run keeps them."""
     from dataclasses import replace
 
-    from ..evaluation.engines import make_engine
-    from ..evaluation.generation import answer_turns, export_mt_bench
     from ..evaluation.mt_bench import load_answer_file, summarise
+    from ..generation.engines import make_engine
+    from ..generation.generate import answer_turns, export_mt_bench
     from ..training.model import load_model
 
     questions = mt["questions"]

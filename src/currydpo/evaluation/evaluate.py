@@ -19,11 +19,11 @@ from typing import Sequence
 from ..config import DataConfig
 from ..data.pairs import build_pairs
 from ..data.records import Record, Response
+from ..generation.engines import HFEngine
+from ..generation.generate import GenerationConfig, Prompt
 from ..training.preference import preference_metrics
 from ..training.responses import ResponseTable, logps_for_rows
 from ..training.tokenize import encode_for
-from .engines import HFEngine
-from .generation import GenerationConfig, Prompt
 from .winrate import bootstrap_ci, win_rate_report
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BadRow, CurryError
+from ..generation.generate import Prompt, user_turns
 from ..io import save_figure
-from .generation import Prompt, user_turns
 from .judges import ChatClient, openai_spec, run_concurrently
 from .winrate import bootstrap_ci
 

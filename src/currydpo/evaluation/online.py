@@ -1,13 +1,11 @@
-"""Online stages, the sampling and judging half: fresh answers from the current policy, rated (issue #16).
+"""Online stages, the judging half: the current policy's fresh answers, rated (issue #16).
 
-`collect` is what an online training stage asks for (`training/online.py` does the rest:
-pairs, difficulty, order, response table): for every training prompt (or every prompt of
-``online.prompts``) it samples ``online.samples`` answers from the current policy with
-``generation.engine`` (seeded per chunk of ``generation.batch_size`` prompts), scores them
-with ``online.judge`` — pointwise judges (gold function, reward model) score each answer;
-a pairwise LLM judge compares every two answers of a prompt in both orders, and an
-answer's score is its share of comparisons won (ties count 1/2) — and returns one ranked
-`Record` per prompt with at least two distinct answers.
+`collect` is what an online training stage asks for (`training.online.OnlineStages` does the
+rest: pairs, difficulty, order, response table): the answers `generation.sampling.sample`
+drew for every training prompt, scored with ``online.judge`` — pointwise judges (gold
+function, reward model) score each answer; a pairwise LLM judge compares every two answers
+of a prompt in both orders, and an answer's score is its share of comparisons won (ties
+count 1/2) — and returns one ranked `Record` per prompt with at least two distinct answers.
 
 Nothing paid for is lost: every chunk of samples and of scores is written atomically
 under ``OUTPUT/online/stage-K/`` (``samples/``, ``judged/``) with its time, judge calls
@@ -15,26 +13,21 @@ and the endpoint's usage; an LLM judge keeps its verdict cache in
 ``OUTPUT/online/judge-cache/``. A resumed run reads what is written and samples or asks
 only the rest; a finished stage is replayed from its files alone.
 
-It lives in the evaluation layer because it samples and judges (`engines`, `judges`);
-`train` hands it to the training loop, which does not import this layer.
+It lives in the evaluation layer because it judges (`judges`); `train` builds the
+`OnlineStages` source from it and hands that to the training loop, which imports neither.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 
-import torch
-from tqdm.auto import tqdm
-
 from ..data.records import Record, Response
-from ..errors import CurryError
-from ..io import bars_off, write_json
+from ..generation.generate import Prompt
+from ..generation.sampling import distinct, read_chunk, sample, stage_bar, training_prompts
+from ..io import write_json
 from ..training.online import ONLINE_DIR, stage_dir
-from .engines import make_engine
-from .generation import GenerationConfig, Prompt, load_prompts
 
 
 def train(cfg, records=None, resume: bool = False, hooks=None) -> dict:
@@ -64,92 +57,6 @@ def collect(run, k: int, replay: bool) -> tuple[list[Record], dict]:
         judged = judge_all(run, k, samples, chunks, replay=True)
     records = ranked_records(k, chunks, samples, judged)
     return records, cost_summary(prompts, samples, judged, records)
-
-
-def training_prompts(run) -> list[Prompt]:
-    """``online.prompts``, else the prompts of the offline training records (held-out ones excluded)."""
-    if run.cfg.data.chat_template == "never" and getattr(run.tokenizer, "chat_template", None):
-        raise CurryError("online stages sample through the tokenizer's chat template, as eval does, but "
-                         "data.chat_template is never: set data.chat_template auto so training sees the same text")
-    if run.cfg.online.prompts:
-        return load_prompts(run.cfg.online.prompts)
-    held_out = {p.record for p in run.data.eval_pairs}
-    out = []
-    for i, rec in enumerate(run.data.records):
-        if i in held_out or "online_stage" in rec.meta:
-            continue
-        if isinstance(rec.prompt, str):
-            out.append(Prompt(rec.id, rec.prompt))
-        else:
-            users = [m["content"] for m in rec.prompt if m["role"] == "user"]
-            out.append(Prompt(rec.id, users[-1] if users else "", rec.prompt))
-    return out
-
-
-def _read_chunk(path: str, prompts: list[Prompt], replay: bool) -> dict | None:
-    """The chunk file at ``path`` if written (None if not); a replayed stage must have all of them."""
-    if not os.path.exists(path):
-        if replay:
-            raise CurryError(f"{path} is missing but its stage already finished; restore the file or start a new "
-                             f"run.output_dir")
-        return None
-    with open(path, encoding="utf-8") as f:
-        chunk = json.load(f)
-    if chunk["prompts"] != [p.text for p in prompts]:
-        raise CurryError(f"{path} was written for other prompts (changed data, online.prompts or "
-                         f"generation.batch_size); delete {os.path.dirname(os.path.dirname(path))} to sample afresh")
-    return chunk
-
-
-def _bar(run, k: int, what: str, total: int):
-    return tqdm(total=total, desc=f"online stage {k + 1}: {what}", unit="prompt",
-                disable=bars_off(run.cfg.run.progress and run.accelerator.is_main_process))
-
-
-def sample(run, k: int, prompts: list[Prompt], chunks: list[list[Prompt]], replay: bool) -> list[dict]:
-    """Per chunk of prompts: ``{"prompts", "answers": [[S answers] per prompt], "seconds"}``; read when written."""
-    cfg, on = run.cfg, run.cfg.online
-    base = stage_dir(cfg.run.output_dir, k)
-    out, engine = [], None
-    bar = _bar(run, k, "sampling", len(prompts))
-    for c, chunk in enumerate(chunks):
-        path = os.path.join(base, "samples", f"chunk-{c:05d}.json")
-        got = _read_chunk(path, chunk, replay)
-        if got is None:
-            engine = engine or _engine(run, k)
-            t0 = time.perf_counter()
-            gen = GenerationConfig(max_new_tokens=on.max_new_tokens, temperature=on.temperature,
-                                   top_p=cfg.generation.top_p, do_sample=True, batch_size=len(chunk) * on.samples,
-                                   seed=cfg.run.seed * 1_000_003 + (k + 1) * 100_003 + c)
-            flat = engine.generate([p for p in chunk for _ in range(on.samples)], gen, progress=False)
-            got = {"prompts": [p.text for p in chunk],
-                   "answers": [flat[j * on.samples:(j + 1) * on.samples] for j in range(len(chunk))],
-                   "seconds": time.perf_counter() - t0}
-            write_json(path, got)
-        out.append(got)
-        bar.update(len(chunk))
-    bar.close()
-    del engine
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # a vLLM engine's KV cache goes back before training
-    return out
-
-
-def _engine(run, k: int):
-    cfg = run.cfg
-    path = cfg.model.path if k == 0 else os.path.join(cfg.run.output_dir, f"stage-{k}")  # the current policy
-    return make_engine(cfg.generation.engine, model=run.accelerator.unwrap_model(run.model), tokenizer=run.tokenizer,
-                       path=path, seed=cfg.run.seed, gpu_memory_utilization=cfg.generation.vllm_gpu_memory_utilization,
-                       trust_remote_code=cfg.model.trust_remote_code)
-
-
-def distinct(answers: list[str]) -> list[str]:
-    """The answers worth judging: non-empty, each text once (a record stores each response once)."""
-    seen: dict[str, None] = {}
-    for a in answers:
-        if a.strip():
-            seen.setdefault(a, None)
-    return list(seen)
 
 
 def judge_chunk(judge, chunk: dict) -> dict:
@@ -183,10 +90,10 @@ def judge_all(run, k: int, samples: list[dict], chunks: list[list[Prompt]], repl
     cfg = run.cfg
     base = stage_dir(cfg.run.output_dir, k)
     judge, out = None, []
-    bar = _bar(run, k, "judging", sum(len(c) for c in chunks))
+    bar = stage_bar(run, k, "judging", sum(len(c) for c in chunks))
     for c, (chunk, got_samples) in enumerate(zip(chunks, samples)):
         path = os.path.join(base, "judged", f"chunk-{c:05d}.json")
-        got = _read_chunk(path, chunk, replay)
+        got = read_chunk(path, chunk, replay)
         if got is None:
             judge = judge or _judge(run)
             stats0, usage0 = dict(getattr(judge, "stats", {})), dict(getattr(judge, "usage", {}))

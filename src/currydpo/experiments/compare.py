@@ -30,7 +30,7 @@ from .. import lifetime
 from ..config import TrainConfig, from_dict, resolve, validate
 from ..device import default_device
 from ..errors import CurryError
-from ..evaluation.generation import GenerationConfig, load_prompts
+from ..generation.generate import GenerationConfig, load_prompts
 from ..io import bars_off, write_json
 
 BASELINE = "sft"

@@ -182,8 +182,8 @@ def stage_data(spec: CompareSpec) -> list[dict]:
 def stage_checkpoints(spec: CompareSpec, arm: str = STAGED, progress: bool = True) -> list[dict]:
     """Evaluate ``arm``'s ``stage-K/`` checkpoints before the last (the last is ``final/``) exactly as
     every arm is evaluated; cached per seed in ``ARM/seed-S/stage-K-result.json``."""
-    from ..evaluation.generation import load_prompts
     from ..evaluation.judges import make_judge
+    from ..generation.generate import load_prompts
     from ..io import write_json
 
     judge = make_judge(spec.judge, cache_dir=os.path.join(spec.output_dir, "judge-cache"),

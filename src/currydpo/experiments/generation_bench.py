@@ -5,7 +5,7 @@
 
 Both engines sample the same prompts (``--prompts`` x ``--samples``, ``--max-new-tokens``,
 temperature 1) from the same random-init Llama of the bench (``0.5b``, bf16 on a GPU; ``tiny``
-with ``--tiny``), through `evaluation.engines` — the code path online stages use. Prints
+with ``--tiny``), through `generation.engines` — the code path online stages use. Prints
 gpu_check.sh table rows ``| check | value | target | verdict |``; the vLLM row is SKIP when the
 vllm package or CUDA is absent. The first call of each engine is a warm-up and is not timed.
 """
@@ -19,7 +19,7 @@ import time
 
 
 def throughput(engine, prompts: list[str], samples: int, max_new_tokens: int) -> float:
-    from ..evaluation.generation import GenerationConfig
+    from ..generation.generate import GenerationConfig
 
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=1.0, batch_size=len(prompts) * samples, seed=0)
     flat = [p for p in prompts for _ in range(samples)]
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from ..config import ModelConfig
     from ..errors import CurryError
-    from ..evaluation.engines import make_engine
+    from ..generation.engines import make_engine
     from ..training.model import load_model, load_tokenizer
     from .bench import build_model, make_records
 

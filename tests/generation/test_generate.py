@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from currydpo.errors import CurryError
-from currydpo.evaluation.generation import (
+from currydpo.generation.generate import (
     MT_BENCH_TEMPERATURES,
     GenerationConfig,
     Prompt,
@@ -210,7 +210,7 @@ def test_answer_turns_feeds_own_answers_batches_across_questions_and_uses_catego
 
 
 def test_answer_turns_with_hf_equals_generate_on_the_conversation(model_and_tokenizer):
-    from currydpo.evaluation.engines import HFEngine
+    from currydpo.generation.engines import HFEngine
 
     model, tok = model_and_tokenizer
     qs = [Prompt(1, "the cat", turns=["the cat", "and the dog?"], category="math"),
@@ -229,7 +229,7 @@ def test_answer_turns_with_hf_equals_generate_on_the_conversation(model_and_toke
 def test_answer_turns_with_vllm_renders_the_conversation(model_and_tokenizer):
     from test_engines import FakeVLLM
 
-    from currydpo.evaluation.engines import VLLMEngine
+    from currydpo.generation.engines import VLLMEngine
 
     _, tok = model_and_tokenizer
     fake = FakeVLLM()

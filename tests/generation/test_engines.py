@@ -7,8 +7,8 @@ import pytest
 
 from currydpo.cli import main
 from currydpo.errors import CurryError
-from currydpo.evaluation.engines import VLLM_MISSING, HFEngine, VLLMEngine, make_engine, vllm_sampling_kwargs
-from currydpo.evaluation.generation import GenerationConfig, generate
+from currydpo.generation.engines import VLLM_MISSING, HFEngine, VLLMEngine, make_engine, vllm_sampling_kwargs
+from currydpo.generation.generate import GenerationConfig, generate
 
 
 @pytest.fixture(scope="module")

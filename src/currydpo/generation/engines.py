@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from ..errors import CurryError
-from .generation import GenerationConfig, Prompt, generate, render_prompt
+from .generate import GenerationConfig, Prompt, generate, render_prompt
 
 ENGINES = ("hf", "vllm")
 VLLM_MISSING = ("generation.engine vllm needs the vllm package, which is not installed: pip install "
