@@ -348,3 +348,17 @@ def test_mixture_reference_is_the_geometric_mixture_of_cached_logps(tiny_model_d
 def test_reference_mix_outside_0_1_is_refused(tiny_model_dir, tmp_path):
     with pytest.raises(CurryError, match="curriculum.reference_mix"):
         tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"reference": "mixture", "reference_mix": 1.5})
+
+
+def test_every_auto_is_resolved_once_and_logged(tiny_model_dir, tmp_path):
+    """summary.json logs the resolved config: no field left at auto, booleans as booleans, and the values
+    are what the run did (iterative: restart, shuffle, previous-stage; CPU: fp32, chunked head, sdpa)."""
+    cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": "iterative", "stages": 2},
+                      optim={"total_updates": 2})
+    assert cfg.curriculum.shuffle_within_stage == "auto" and cfg.optim.across_stages == "auto"
+    resolved = loop.train(cfg, records=make_records(4))["resolved"]
+    assert "auto" not in resolved.values() and None not in resolved.values()
+    assert resolved == {"reference": "previous-stage", "across_stages": "restart", "shuffle_within_stage": True,
+                        "precision": "fp32", "lm_head": "chunked", "attention": "sdpa", "gradient_checkpointing": False,
+                        "max_tokens_per_micro_batch": resolved["max_tokens_per_micro_batch"],
+                        "save_dtype": "float32"}
