@@ -42,13 +42,12 @@ from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import bars_off, quiet_bars, write_json, write_text
+from ..losses import ListLogps, PairLogps, is_listwise, list_loss, mrpo_reference, needs_reference, pair_loss
 from ..pipeline import Prepared, data_fingerprint, model_difficulty, prepare, select_pairs, stage_plan
 from . import checkpoint as ckpt
 from . import online, sharding
 from . import precision as prec
-from .listwise import ListLogps
 from .logprobs import response_logps
-from .losses import PairLogps, is_listwise, list_loss, mrpo_reference, needs_reference, pair_loss
 from .memory import (
     choose_checkpointing,
     enable_checkpointing,
