@@ -1,5 +1,5 @@
-"""The package is layered: data -> curriculum -> pipeline -> training -> generation -> evaluation -> world ->
-experiments -> cli.
+"""The package is layered: data -> curriculum, losses -> config -> pipeline -> training -> generation ->
+evaluation -> world -> experiments -> cli.
 
 No module imports from a layer above its own (lazy imports inside functions included), so each
 layer can be read, tested and reused without the ones above it. The one exception is named.
@@ -9,13 +9,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "currydpo"
-LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "config": 0, "lifetime": 0, "trl_names": 0, "api": 9,
-         "data": 1, "curriculum": 2,
-         "pipeline": 3, "training": 4, "generation": 5, "evaluation": 6, "world": 7, "experiments": 8, "cli": 9,
-         "__init__": 0, "__main__": 10}
-# config.validate asks the registries (losses, schedules, measures, builders, formats) for the valid names,
+LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "lifetime": 0, "trl_names": 0, "api": 10,
+         "data": 1, "curriculum": 2, "losses": 2, "config": 3,
+         "pipeline": 4, "training": 5, "generation": 6, "evaluation": 7, "world": 8, "experiments": 9, "cli": 10,
+         "__init__": 0, "__main__": 11}
+# config.validate asks the registries (schedules, measures, builders, formats) for the valid names,
 # lazily, so an unknown value fails before any model loads; the registries never import config's callers.
-ALLOWED = {("config", "curriculum"), ("config", "data"), ("config", "training")}
+ALLOWED = {("config", "curriculum"), ("config", "data")}
 
 
 def upward_imports():

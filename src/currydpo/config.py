@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from .errors import CurryError
+from .losses.registry import OPTIONS, check_section, is_listwise, needs_reference
 
 
 @dataclass
@@ -117,6 +118,11 @@ class CurriculumConfig:
     reward_model: str | None = field(default=None, metadata={"help": "reward model path for reward-margin"})
 
 
+def _option(name: str) -> Any:
+    """A ``loss.*`` option field with the registry's default and help."""
+    return field(default=OPTIONS[name].default, metadata={"help": OPTIONS[name].help})
+
+
 @dataclass
 class LossConfig:
     name: str | list[str] = field(default="dpo", metadata={
@@ -126,16 +132,13 @@ class LossConfig:
     beta: float = field(default=0.1, metadata={"help": "inverse temperature of the implicit reward"})
     weights: list[float] | None = field(default=None, metadata={
         "help": "one weight per loss of loss.name (default 1 each), as TRL's loss_weights"})
-    label_smoothing: float = field(default=0.0, metadata={
-        "help": "cdpo/robust: label noise epsilon in [0, 0.5); exo: its epsilon, > 0 (paper: 1e-3)"})
-    gamma: float = field(default=0.5, metadata={
-        "help": "simpo: target margin gamma/beta ratio; mmpo: score-gap scale"})
-    ipo_length_normalise: bool = field(default=True, metadata={"help": "ipo on length-averaged log-ratios"})
-    discopop_tau: float = field(default=0.05, metadata={"help": "discopop: temperature tau of the modulation (paper)"})
-    pro_sft_weight: float = field(default=0.05, metadata={
-        "help": "pro: weight of the SFT term on the best response, times (list size - 1)^2 (the authors' code)"})
-    pro_score_temperature: bool = field(default=False, metadata={
-        "help": "pro: score-gap temperatures (PRO eq. 11; needs scores)"})
+    # The per-loss options: default, help and range are the loss registry's (losses.registry.OPTIONS).
+    label_smoothing: float = _option("label_smoothing")
+    gamma: float = _option("gamma")
+    ipo_length_normalise: bool = _option("ipo_length_normalise")
+    discopop_tau: float = _option("discopop_tau")
+    pro_sft_weight: float = _option("pro_sft_weight")
+    pro_score_temperature: bool = _option("pro_score_temperature")
     wpo: bool = field(default=False, metadata={"help": "weight each pair by the policy's probability of it (WPO)"})
     rpo_alpha: float | None = field(default=None, metadata={"help": "add alpha * NLL of the chosen response"})
 
@@ -146,10 +149,8 @@ class LossConfig:
         return " + ".join(f"{w:g} {n}" for n, w in zip(self.name, self.weights or [1.0] * len(self.name)))
 
     def options(self) -> dict[str, Any]:
-        """The per-loss options (`losses.OPTION_DEFAULTS`' keys), as `pair_loss` takes them."""
-        from .training.losses import OPTION_DEFAULTS
-
-        return {k: getattr(self, k) for k in OPTION_DEFAULTS}
+        """The per-loss options (`losses.OPTIONS`' keys), as `pair_loss` takes them."""
+        return {k: getattr(self, k) for k in OPTIONS}
 
 
 @dataclass
@@ -360,11 +361,11 @@ def _finite(cfg: TrainConfig) -> None:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """All range and choice checks, in one place. Registries are imported lazily to name valid values."""
+    """All range and choice checks, in one place; the ``loss:`` section's are the loss registry's
+    (`losses.check_section`). The data and curriculum registries are imported lazily to name valid values."""
     from .curriculum.difficulty import check_measure
     from .curriculum.schedules import SCHEDULES
     from .data.pairs import check_strategy
-    from .training.losses import check_loss, check_options, is_listwise
 
     m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
     _finite(cfg)
@@ -389,11 +390,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("data.format", d.format, ["auto", *FORMATS])
     try:
         check_strategy(d.strategy)
-        for name in [lo.name] if isinstance(lo.name, str) else lo.name:
-            check_loss(name)
         check_measure(c.difficulty)
     except CurryError as e:
         raise CurryError(f"config: {e}") from None
+    check_section(lo)
     _positive("data.min_gap", d.min_gap, allow_zero=True)
     _positive("data.max_length", d.max_length)
     _positive("data.max_prompt_length", d.max_prompt_length)
@@ -429,33 +429,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("curriculum.cyclical_factor", c.cyclical_factor)
     if c.difficulty == "reward-margin" and not c.reward_model:
         raise CurryError("config: difficulty 'reward-margin' needs 'curriculum.reward_model' (a model path)")
-    _positive("loss.beta", lo.beta)
-    if not 0 <= lo.label_smoothing < 0.5:
-        raise CurryError(f"config key 'loss.label_smoothing' must be in [0, 0.5), got {lo.label_smoothing}")
-    try:
-        check_options(lo.name, lo.options())
-    except CurryError as e:
-        raise CurryError(f"config key 'loss.{e}") from None
-    names = [lo.name] if isinstance(lo.name, str) else lo.name
-    if lo.weights is not None and len(lo.weights) != len(names):
-        raise CurryError(f"config key 'loss.weights' has {len(lo.weights)} weights for {len(names)} losses "
-                         f"({', '.join(names)}); give one weight per loss")
-    if len(set(names)) < len(names):
-        raise CurryError(f"config key 'loss.name' lists a loss twice ({', '.join(names)}); weight it instead")
-    _positive("loss.discopop_tau", lo.discopop_tau)
-    _positive("loss.pro_sft_weight", lo.pro_sft_weight, allow_zero=True)
-    try:
-        listwise = is_listwise(lo.name)
-    except CurryError as e:
-        raise CurryError(f"config key 'loss.name': {e}") from None
-    if listwise and (lo.wpo or lo.rpo_alpha):
-        raise CurryError("config keys 'loss.wpo' and 'loss.rpo_alpha' weight pairs; a listwise loss takes whole lists "
-                         "(pro has its own SFT term): unset them or use a pairwise loss")
-    if listwise and c.schedule == "self-paced":
+    if is_listwise(lo.name) and c.schedule == "self-paced":
         raise CurryError("config: schedule 'self-paced' admits single pairs by their current loss; with a listwise "
                          "loss use iterative, anti, single-pass, random, single-pair or cyclical")
-    if lo.rpo_alpha is not None:
-        _positive("loss.rpo_alpha", lo.rpo_alpha, allow_zero=True)
     _positive("optim.lr", o.lr)
     _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
     _positive("optim.batch_size", o.batch_size)
@@ -486,8 +462,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 
 def validate_online(cfg: TrainConfig) -> None:
-    from .training.losses import is_listwise, needs_reference
-
     g, on = cfg.generation, cfg.online
     _choice("generation.engine", g.engine, ["hf", "vllm"])  # generation/engines.py
     _positive("generation.batch_size", g.batch_size)

@@ -52,7 +52,7 @@ SAME = {
 }
 OLDER_TRL = {"max_prompt_length", "warmup_ratio", "rpo_alpha"}  # names of earlier TRL releases, still in configs
 
-# TRL's loss_type names -> ours (the same loss; tests/training/test_losses.py cross-checks them against TRL)
+# TRL's loss_type names -> ours (the same loss; tests/losses/test_trl_crosscheck.py cross-checks them against TRL)
 LOSSES = {
     "sigmoid": "dpo", "hinge": "hinge", "ipo": "ipo", "robust": "robust", "exo_pair": "exo", "nca_pair": "nca",
     "bco_pair": "bco-pair", "apo_zero": "apo-zero", "apo_down": "apo-down", "discopop": "discopop", "sft": "sft",

@@ -29,9 +29,9 @@ from currydpo.config import DataConfig, ModelConfig, from_dict, validate
 from currydpo.data.loading import load_records
 from currydpo.data.records import Record, Response
 from currydpo.io import atomic_dir
+from currydpo.losses import PairLogps, pair_loss
 from currydpo.training import loop
 from currydpo.training.logprobs import packing_supported, response_logps
-from currydpo.training.losses import PairLogps, pair_loss
 from currydpo.training.model import load_model, load_tokenizer
 from currydpo.training.tokenize import encode, encode_for
 

@@ -279,8 +279,8 @@ def arm_check(args, records, stages) -> dict:
     """
     import trl
 
+    from ..losses import PairLogps, pair_loss
     from ..training.logprobs import response_logps
-    from ..training.losses import PairLogps, pair_loss
     from ..training.tokenize import encode
 
     pairs = [p for s in stages for p in s][:BATCH]

@@ -43,12 +43,12 @@ from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import bars_off, quiet_bars, write_json, write_text
+from ..losses import is_listwise, needs_reference
 from ..pipeline import Prepared, data_fingerprint, plan, prepare
 from . import checkpoint as ckpt
 from . import precision as prec
 from . import sharding
 from .logprobs import _split_model, resolve_lm_head
-from .losses import is_listwise, needs_reference
 from .memory import choose_checkpointing, enable_checkpointing, even_out, memory_budget, resolve_token_bound
 from .model import _check_path, add_lora, load_model, load_tokenizer
 from .model_card import model_card

@@ -16,8 +16,7 @@ from torch import Tensor
 
 from ..curriculum.lists import RankedList
 from ..data.pairs import Pair
-from .listwise import ListLogps
-from .losses import PairLogps, list_loss, mrpo_reference, pair_loss
+from ..losses import ListLogps, PairLogps, list_loss, mrpo_reference, pair_loss
 from .memory import split_by_tokens
 from .responses import ResponseTable
 

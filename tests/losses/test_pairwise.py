@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from currydpo.errors import CurryError
-from currydpo.training.losses import LOSSES, PairLogps, check_loss, pair_loss
+from currydpo.losses import LOSSES, PairLogps, check_loss, pair_loss
 
 # Two pairs. Policy/reference summed log-probs and lengths.
 PC, PR = [-10.0, -20.0], [-12.0, -15.0]
@@ -254,7 +254,7 @@ def authors_k2(l_other_w, l_other_l, l_p_w, l_p_l, eta):
 
 
 def test_mrpo_reference_matches_the_authors_k2_code_and_reduces_to_one_reference():
-    from currydpo.training.losses import mrpo_reference
+    from currydpo.losses import mrpo_reference
 
     g = torch.Generator().manual_seed(0)
     primary_w, primary_l = -20 - 10 * torch.rand(8, generator=g, dtype=torch.float64), -25 - 10 * torch.rand(

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from currydpo.losses import PairLogps, pair_loss
 from currydpo.training.logprobs import response_logps
-from currydpo.training.losses import PairLogps, pair_loss
 from currydpo.training.tokenize import encode
 
 trl = pytest.importorskip("trl")

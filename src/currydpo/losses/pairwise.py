@@ -4,22 +4,20 @@ Every loss is a pure function of a `PairLogps` and floats and returns
 ``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))``; rewards are detached.
 Notation: Δ_w = log π(y_w) − log π_ref(y_w), Δ_l likewise (log-probs summed over the
 response tokens), h = β (Δ_w − Δ_l). Unless a loss says otherwise, its rewards are
-β Δ_w and β Δ_l. `LOSSES` maps each name to its `LossSpec` (function, needs a reference,
-options it takes); `pair_loss` combines one or several of them, adds the WPO weight and the
-RPO NLL term, and reduces to a scalar.
+β Δ_w and β Δ_l. `registry.LOSSES` maps each name to its `LossSpec` (function, needs a
+reference, options it takes); `registry.pair_loss` combines one or several of them, adds the
+WPO weight and the RPO NLL term, and reduces to a scalar.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import CurryError
-from .listwise import ListLogps, lipo, list_metrics, plackett_luce, pro
 
 
 @dataclass
@@ -42,12 +40,15 @@ class PairLogps:
 
 
 LossOut = tuple[Tensor, Tensor, Tensor]
+# Named in the error of a loss that gets no reference log-probs (the registry's reference-free pair losses;
+# tests/losses/test_registry.py keeps the two equal: the registry imports this module, not back).
+REFERENCE_FREE = "simpo, orpo, sft"
 
 
 def _logratios(x: PairLogps, loss: str) -> tuple[Tensor, Tensor]:
     if x.reference_chosen_logps is None or x.reference_rejected_logps is None:
         raise CurryError(f"loss '{loss}' needs reference log-probs; compute them with the reference model, "
-                         f"or use a reference-free loss ({', '.join(n for n, s in LOSSES.items() if not s.reference)})")
+                         f"or use a reference-free loss ({REFERENCE_FREE})")
     return x.policy_chosen_logps - x.reference_chosen_logps, x.policy_rejected_logps - x.reference_rejected_logps
 
 
@@ -230,139 +231,3 @@ def mrpo_reference(chosen: Tensor, rejected: Tensor, *, eta: float) -> tuple[Ten
         return -torch.logsumexp(torch.log(w) - torch.cat([primary[None], others]), dim=0)
 
     return virtual(chosen, eta * s), virtual(rejected, eta * (1 - s))
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A registry entry: the function, whether it needs reference log-probs, and the ``loss.*`` options it
-    takes besides ``beta`` (the keyword arguments `pair_loss` passes it)."""
-
-    fn: Callable[..., LossOut]
-    reference: bool = True
-    options: tuple[str, ...] = ()
-    listwise: bool = False  # over a prompt's ranked list (`listwise.py`, reduced by `list_loss`)
-
-
-LOSSES: dict[str, LossSpec] = {
-    "dpo": LossSpec(dpo), "cdpo": LossSpec(cdpo, options=("label_smoothing",)),
-    "robust": LossSpec(robust, options=("label_smoothing",)), "ipo": LossSpec(ipo, options=("ipo_length_normalise",)),
-    "hinge": LossSpec(hinge), "simpo": LossSpec(simpo, reference=False, options=("gamma",)),
-    "orpo": LossSpec(orpo, reference=False), "mmpo": LossSpec(mmpo, options=("gamma",)),
-    "discopop": LossSpec(discopop, options=("discopop_tau",)), "exo": LossSpec(exo, options=("label_smoothing",)),
-    "nca": LossSpec(nca), "bco-pair": LossSpec(bco_pair), "apo-zero": LossSpec(apo_zero),
-    "apo-down": LossSpec(apo_down), "sigmoid-norm": LossSpec(sigmoid_norm), "sft": LossSpec(sft, reference=False),
-    "plackett-luce": LossSpec(plackett_luce, listwise=True), "lipo": LossSpec(lipo, listwise=True),
-    "pro": LossSpec(pro, reference=False, options=("pro_sft_weight", "pro_score_temperature"), listwise=True),
-}
-# The default of every option; an option set away from it must be taken by some loss of the run.
-OPTION_DEFAULTS = {"label_smoothing": 0.0, "gamma": 0.5, "ipo_length_normalise": True, "discopop_tau": 0.05,
-                   "pro_sft_weight": 0.05, "pro_score_temperature": False}
-
-
-def check_loss(name: str) -> str:
-    """Return ``name`` if it is a known loss, else raise `CurryError` listing the valid names."""
-    if name not in LOSSES:
-        raise CurryError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
-    return name
-
-
-def needs_reference(names: str | list[str]) -> bool:
-    """Whether any loss of ``names`` reads reference log-probs (else the trainer skips computing them)."""
-    return any(LOSSES[check_loss(n)].reference for n in as_names(names))
-
-
-def as_names(names: str | list[str]) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)
-
-
-def is_listwise(names: str | list[str]) -> bool:
-    """True for a listwise loss; a combination may not mix listwise and pairwise losses."""
-    kinds = {LOSSES[check_loss(n)].listwise for n in as_names(names)}
-    if len(kinds) > 1:
-        raise CurryError(f"losses {', '.join(as_names(names))} mix listwise and pairwise losses; combine only "
-                         f"losses of one kind")
-    return kinds.pop()
-
-
-def check_options(names: str | list[str], options: dict) -> None:
-    """Raise if an option is set (away from its default) but no loss of ``names`` takes it."""
-    names = as_names(names)
-    for key, value in options.items():
-        if value != OPTION_DEFAULTS[key] and not any(key in LOSSES[check_loss(n)].options for n in names):
-            users = [n for n, s in LOSSES.items() if key in s.options]
-            raise CurryError(f"{key}={value} is only used by the losses {', '.join(users)}, not "
-                             f"{', '.join(names)}; set it back to {OPTION_DEFAULTS[key]} or change the loss")
-
-
-def combine(names: list[str], x, beta: float, loss_weights: list[float] | None, options: dict,
-            scale: Tensor | float = 1.0) -> tuple[Tensor, dict[str, float], list[Tensor]]:
-    """Σ_k c_k · scale · LOSSES[names_k](x): the per-item total, each loss's mean (``loss/NAME``, before its
-    weight) and the first loss's rewards. Each loss receives the options its `LossSpec` names."""
-    weights = [1.0] * len(names) if loss_weights is None else list(loss_weights)
-    if len(weights) != len(names):
-        raise CurryError(f"{len(weights)} loss weights for {len(names)} losses ({', '.join(names)}); give one each")
-    opts = {**OPTION_DEFAULTS, **options}
-    check_options(names, {k: opts[k] for k in OPTION_DEFAULTS})
-    total, parts, first = 0.0, {}, []
-    for k, (n, c) in enumerate(zip(names, weights)):
-        spec = LOSSES[n]
-        losses, *rewards = spec.fn(x, beta=beta, **{o: opts[o] for o in spec.options})
-        total = total + c * losses * scale
-        parts[f"loss/{n}"] = losses.detach().mean().item()
-        first = rewards if k == 0 else first
-    return total, parts, first
-
-
-def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights: list[float] | None = None,
-              wpo: bool = False, rpo_alpha: float | None = None, **options) -> tuple[Tensor, dict[str, float], Tensor]:
-    """Per-pair loss ``name`` (or a weighted sum of several, as TRL's loss_type list) plus options, reduced.
-
-    Per pair: l = Σ_k c_k · LOSSES[name_k] · w_wpo + α · NLL_w, c_k = ``loss_weights`` (default 1 each), where
-      - ``wpo`` (WPO, Zhou et al. 2024 eq. 2): w_wpo = exp(ā_w + ā_l), ā the policy's
-        length-mean log-prob of each response, detached (the plain form, without the
-        "sampled alignment" normalisation by log Σ_v p(v)² that TRL's use_weighting adds);
-      - ``rpo_alpha`` (RPO, Pang et al. 2024): NLL_w = −ā_w, the length-mean chosen NLL.
-    ``options``: the ``loss.*`` options of `OPTION_DEFAULTS`; each loss receives those its `LossSpec` names.
-    The scalar is the mean over pairs.
-
-    Returns ``(scalar, metrics, per_pair (B,))``; metrics use TRL's names and are means over the batch
-    (``loss`` is the scalar; rewards are those of the first loss; with several losses each one's mean is
-    logged as ``loss/NAME``, before its weight).
-    """
-    names = [check_loss(n) for n in as_names(name)]
-    if is_listwise(names):
-        raise CurryError(f"{', '.join(names)} is listwise: it takes whole ranked lists (losses.list_loss)")
-    wpo_w = torch.exp(x.mean_chosen() + x.mean_rejected()).detach() if wpo else 1.0
-    per_pair, parts, (chosen_rewards, rejected_rewards) = combine(names, x, beta, loss_weights, options, wpo_w)
-    if rpo_alpha:
-        per_pair = per_pair + rpo_alpha * -x.mean_chosen()
-    loss = per_pair.mean()
-    margins = chosen_rewards - rejected_rewards
-    metrics = {
-        "loss": loss.item(),
-        "rewards/chosen": chosen_rewards.mean().item(),
-        "rewards/rejected": rejected_rewards.mean().item(),
-        "rewards/margins": margins.mean().item(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-        "logps/chosen": x.policy_chosen_logps.detach().mean().item(),
-        "logps/rejected": x.policy_rejected_logps.detach().mean().item(),
-        **(parts if len(names) > 1 else {}),
-    }
-    return loss, metrics, per_pair
-
-
-def list_loss(name: str | list[str], x: ListLogps, *, beta: float, loss_weights: list[float] | None = None,
-              **options) -> tuple[Tensor, dict[str, float], Tensor]:
-    """Listwise loss ``name`` (or a weighted sum of several) reduced to a scalar: the mean over lists.
-
-    ``options`` as `pair_loss` (it lives here, beside the registry, so `listwise.py` holds only kernels).
-    Returns ``(scalar, metrics, per_list (L,))``; rewards and metrics are those of the first loss; with
-    several, each one's mean is logged as ``loss/NAME``.
-    """
-    names = as_names(name)
-    if not is_listwise(names):
-        raise CurryError(f"{', '.join(names)} is a pairwise loss; use losses.pair_loss")
-    per_list, parts, (rewards,) = combine(names, x, beta, loss_weights, options)
-    loss = per_list.mean()
-    metrics = {"loss": loss.item(), **list_metrics(x, rewards), **(parts if len(names) > 1 else {})}
-    return loss, metrics, per_list

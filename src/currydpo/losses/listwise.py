@@ -3,10 +3,10 @@
 Every loss is a pure function of a `ListLogps` (L lists of up to N responses, padded) and
 floats, and returns ``(losses (L,), rewards (L, N))``; rewards are detached. Ranks are
 1-based with ties sharing a rank, and a tied group counts as one rank: no tied pair ever
-contributes a term. Notation as `losses.py`: Δ_i = log π(y_i) − log π_ref(y_i) (summed over
+contributes a term. Notation as `pairwise.py`: Δ_i = log π(y_i) − log π_ref(y_i) (summed over
 the response tokens), r_i = β Δ_i. A list of two responses is a pair.
 
-`losses.list_loss` reduces to a scalar (mean over lists) and logs TRL-style metrics, where "chosen"
+`registry.list_loss` reduces to a scalar (mean over lists) and logs TRL-style metrics, where "chosen"
 are the responses of the best rank and "rejected" those of the worst, and
 ``rewards/accuracies`` is the fraction of the list's ordered (non-tied) pairs whose rewards
 are in order; ``rewards/kendall_tau`` is Kendall's τ-b between rewards and given ranks.
