@@ -73,3 +73,21 @@ def test_train_accepts_trl_names_and_a_datasets_dataset(tmp_path, tiny_model_dir
     assert a["total_updates"] == b["total_updates"] == 4
     wa, wb = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("trl", "ours"))
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_train_hooks_see_every_update_and_stage(tiny_model_dir, tmp_path):
+    from currydpo import train
+    from currydpo.training.loop import Hooks
+
+    from conftest import make_records, tiny_config
+
+    updates, stages = [], []
+    cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": "iterative", "stages": 2},
+                      optim={"total_updates": 4})
+    summary = train(cfg, records=make_records(4), hooks=Hooks(
+        on_batch=[lambda run, u: updates.append((u.stage, u.step, u.metrics["loss"]))],
+        on_stage_end=[lambda run, k, info: stages.append((k, info["end_step"]))]))
+    per_stage = [s["updates"] for s in summary["stages"]]
+    assert [s for _, s, _ in updates] == [1, 2, 3, 4] and len(per_stage) == 2
+    assert [k for k, _, _ in updates] == [0] * per_stage[0] + [1] * per_stage[1]
+    assert stages == [(0, per_stage[0]), (1, 4)] and summary["final_loss"] == updates[-1][2]

@@ -79,16 +79,17 @@ def plan_stages(config: TrainConfig | dict | str, records=None) -> Plan:
     return Plan(prepared.records, prepared.train_pairs, prepared.eval_pairs, prepared.stages)
 
 
-def train(config: TrainConfig | dict | str, records=None, resume: bool = False, **overrides: Any) -> dict:
+def train(config: TrainConfig | dict | str, records=None, resume: bool = False, hooks=None, **overrides: Any) -> dict:
     """Train every stage; returns the run summary (also ``summary.json``). ``records``: `Record`s or a
-    `datasets.Dataset` (instead of ``data.path``); online stages are handled as by ``currydpo train``."""
+    `datasets.Dataset` (instead of ``data.path``); online stages are handled as by ``currydpo train``.
+    ``hooks``: a `training.loop.Hooks` (``on_batch(run, update)``, ``on_stage_end(run, k, info)``)."""
     from .evaluation.online import train as train_with_online
 
     cfg = as_config(config, **overrides)
     if records is not None and not isinstance(records, list):
         records = load_records(records, cfg.data.format, score=cfg.data.score, on_bad_row=cfg.data.on_bad_row,
                                limit=cfg.data.limit)
-    return train_with_online(cfg, records, resume=resume)
+    return train_with_online(cfg, records, resume=resume, hooks=hooks)
 
 
 def evaluate(model: str, *, reference: str | None = None, records=None, prompts=None, judge: str | None = None,

@@ -18,7 +18,7 @@ seen as ``ACCELERATE_MIXED_PRECISION``) must agree: ``bf16`` there makes ``auto`
 and is an error with an explicit ``fp32``; ``fp16``/``fp8`` are errors; ``no`` (accelerate's
 default, so it cannot be told from "not set") leaves the choice to ``model.precision``. The
 Accelerator is then built with the resolved mixed precision, and its ``autocast()`` is the one
-context every forward pass of a run uses: policy updates (`loop.batch_logps`) and reference,
+context every forward pass of a run uses: policy updates (`responses.Scorer.policy`) and reference,
 held-out and self-paced log-probs (`responses.logps_for_rows_shared`), so the reference
 log-probs are computed exactly as the policy's are and the first update's margins are 0.
 """
