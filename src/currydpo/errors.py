@@ -26,7 +26,7 @@ class BadRow(CurryError):
     """A data row that fails validation. ``reason`` is a short category used for skip counts."""
 
     def __init__(self, source: str | None, row: int | None, field: str | None, reason: str, detail: str = ""):
-        self.source, self.row, self.field, self.reason = source, row, field, reason
+        self.source, self.row, self.field, self.reason, self.detail = source, row, field, reason, detail
         msg = f"{where(source, row, field)}: {reason}"
         if detail:
             msg += f" ({detail})"
