@@ -1,4 +1,5 @@
-"""The package is layered: data -> curriculum -> training -> evaluation -> world -> experiments -> cli.
+"""The package is layered: data -> curriculum -> config -> pipeline -> training -> evaluation -> world ->
+experiments -> cli.
 
 No module imports from a layer above its own (lazy imports inside functions included), so each
 layer can be read, tested and reused without the ones above it. The one exception is named.
@@ -8,13 +9,12 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "currydpo"
-LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "config": 0, "lifetime": 0, "trl_names": 0, "api": 8,
-         "data": 1, "curriculum": 2,
-         "pipeline": 3, "training": 4, "evaluation": 5, "world": 6, "experiments": 7, "cli": 8, "__init__": 0,
-         "__main__": 9}
-# config.validate asks the registries (losses, schedules, measures, builders, formats) for the valid names,
-# lazily, so an unknown value fails before any model loads; the registries never import config's callers.
-ALLOWED = {("config", "curriculum"), ("config", "data"), ("config", "training")}
+LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "lifetime": 0, "trl_names": 0, "__init__": 0,
+         "data": 1, "curriculum": 2, "config": 3, "pipeline": 4, "training": 5, "evaluation": 6, "world": 7,
+         "experiments": 8, "cli": 9, "api": 9, "__main__": 10}
+# config.validate asks the loss registry for the valid names, lazily, so an unknown loss fails before any
+# model loads; the data and curriculum registries sit below config and validate their own sections.
+ALLOWED = {("config", "training")}
 
 
 def upward_imports():

@@ -1,9 +1,18 @@
-"""The run configuration: one typed dataclass per concern, validated in one place.
+"""The run configuration: one typed dataclass per concern, validated when it is built.
 
 A YAML file has one section per dataclass (``model:``, ``data:``, ``curriculum:``,
 ``loss:``, ``optim:``, ``run:``, ``generation:``, ``online:``); ``--set section.key=value`` overrides a field.
 Unknown keys and out-of-range values are errors that name the key — before any
 model is loaded. The resolved config is written beside every checkpoint.
+
+Who validates what: each registry validates its section — the keys it reads — with a
+``check_section`` next to its names (`data.formats`: format, score, on_bad_row; `data.pairs`:
+strategy, min_gap; `curriculum.schedules`: schedule, stages and the schedule options;
+`curriculum.difficulty`: difficulty, reward_model). The registries sit below config and never
+import it: a section is any object with the fields. `validate` here validates the rest — the keys
+whose code sits above config (tokenisation's max_length and chat_template, the pipeline's
+select, sample_prompts and eval_fraction, the trainer's references, optim, run, model) — and the
+rules that span sections.
 """
 
 from __future__ import annotations
@@ -16,7 +25,11 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from .curriculum import difficulty, schedules
+from .data import formats, pairs
 from .errors import CurryError
+from .errors import check_choice as _choice
+from .errors import check_positive as _positive
 
 
 @dataclass
@@ -340,16 +353,6 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     return validate(cfg)
 
 
-def _choice(key: str, value: str, valid: list[str] | tuple[str, ...]) -> None:
-    if value not in valid:
-        raise CurryError(f"config key '{key}': {value!r} is not valid; choose one of: {', '.join(valid)}")
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise CurryError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
 def _finite(cfg: TrainConfig) -> None:
     """Every float in the config is finite: an lr or beta of inf/nan trains to NaN weights, not to an error."""
     for section in SECTIONS:
@@ -360,10 +363,7 @@ def _finite(cfg: TrainConfig) -> None:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """All range and choice checks, in one place. Registries are imported lazily to name valid values."""
-    from .curriculum.difficulty import check_measure
-    from .curriculum.schedules import SCHEDULES
-    from .data.pairs import check_strategy
+    """Every range and choice check: each registry's own section (module doc), then the rest."""
     from .training.losses import check_loss, check_options, is_listwise
 
     m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
@@ -381,20 +381,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("model.gradient_checkpointing", m.gradient_checkpointing, ["auto", "on", "off"])
     if m.memory_budget_gb is not None:
         _positive("model.memory_budget_gb", m.memory_budget_gb)
-    _choice("data.score", d.score, ["mean-aspects", "overall"])
-    _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])
+    formats.check_section(d)
+    pairs.check_section(d)
+    schedules.check_section(c)
+    difficulty.check_section(c)
     _choice("data.chat_template", d.chat_template, ["auto", "always", "never"])
-    from .data.formats import FORMATS
-
-    _choice("data.format", d.format, ["auto", *FORMATS])
     try:
-        check_strategy(d.strategy)
         for name in [lo.name] if isinstance(lo.name, str) else lo.name:
             check_loss(name)
-        check_measure(c.difficulty)
     except CurryError as e:
         raise CurryError(f"config: {e}") from None
-    _positive("data.min_gap", d.min_gap, allow_zero=True)
     _positive("data.max_length", d.max_length)
     _positive("data.max_prompt_length", d.max_prompt_length)
     if d.max_prompt_length >= d.max_length:
@@ -407,9 +403,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive("data.sample_prompts", d.sample_prompts)
     if not 0 <= d.eval_fraction < 1:
         raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
-    _choice("curriculum.schedule", c.schedule, list(SCHEDULES))
-    if c.stages < 1:
-        raise CurryError(f"config key 'curriculum.stages' must be >= 1, got {c.stages}")
     _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous", "mixture"])
     if not 0 <= c.reference_mix <= 1:
         raise CurryError(f"config key 'curriculum.reference_mix' must be in [0, 1], got {c.reference_mix}")
@@ -419,16 +412,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                              "not apply to self-paced or listwise losses")
         if not 0 <= c.mrpo_eta < 1:
             raise CurryError(f"config key 'curriculum.mrpo_eta' must be in [0, 1), got {c.mrpo_eta}")
-    _choice("curriculum.shuffle_within_stage", str(c.shuffle_within_stage).lower(), ["auto", "true", "false"])
-    _choice("curriculum.split_by", c.split_by, ["auto", "rank", "value", "quantile"])
-    _choice("curriculum.single_pair_strategy", c.single_pair_strategy, ["best-vs-random", "best-vs-worst"])
-    for key in ("cyclical_start", "cyclical_end", "self_paced_start"):
-        v = getattr(c, key)
-        if not 0 < v <= 1:
-            raise CurryError(f"config key 'curriculum.{key}' must be in (0, 1], got {v}")
-    _positive("curriculum.cyclical_factor", c.cyclical_factor)
-    if c.difficulty == "reward-margin" and not c.reward_model:
-        raise CurryError("config: difficulty 'reward-margin' needs 'curriculum.reward_model' (a model path)")
     _positive("loss.beta", lo.beta)
     if not 0 <= lo.label_smoothing < 0.5:
         raise CurryError(f"config key 'loss.label_smoothing' must be in [0, 0.5), got {lo.label_smoothing}")

@@ -22,6 +22,17 @@ def where(source: str | None, row: int | None = None, field: str | None = None) 
     return " ".join(parts)
 
 
+def check_choice(key: str, value: str, valid: list[str] | tuple[str, ...]) -> None:
+    """A config key's value is one of ``valid``; the message lists them. Used by every section's validator."""
+    if value not in valid:
+        raise CurryError(f"config key '{key}': {value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise CurryError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
 class BadRow(CurryError):
     """A data row that fails validation. ``reason`` is a short category used for skip counts."""
 

@@ -1,10 +1,11 @@
 """Row converters: each source format -> validated Records, and format auto-detection."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
-from currydpo.data.formats import convert_row, convert_rows, detect_format
+from currydpo.data.formats import check_section, convert_row, convert_rows, detect_format
 from currydpo.data.records import validate_record
 from currydpo.errors import BadRow, CurryError
 
@@ -243,3 +244,20 @@ def test_detect_unknown_and_ambiguous():
 def test_unknown_format_name():
     with pytest.raises(CurryError, match="unknown data format 'csv'.*ultrafeedback"):
         list(convert_rows([], "csv", source="x"))
+
+
+# ----------------------------------------------------------------------------- config section
+
+READING = {"format": "auto", "score": "mean-aspects", "on_bad_row": "error"}  # the data: keys formats.py owns
+
+
+@pytest.mark.parametrize("key,value,valid", [
+    ("format", "hh", "auto, ultrafeedback, nectar, oasst, pairwise, ranked, curri-dpo"),
+    ("score", "max", "mean-aspects, overall"),
+    ("on_bad_row", "drop", "error, skip"),
+])
+def test_check_section_names_the_key(key, value, valid):
+    check_section(SimpleNamespace(**READING))  # any object with the fields: formats does not import config
+    with pytest.raises(CurryError) as e:
+        check_section(SimpleNamespace(**{**READING, key: value}))
+    assert str(e.value) == f"config key 'data.{key}': {value!r} is not valid; choose one of: {valid}"

@@ -37,10 +37,11 @@ import json
 import re
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import BadRow, CurryError, where
+from ..errors import BadRow, CurryError, check_choice, where
 from .records import Record, Response, check_messages, validate_record
 
 SCORES = ("mean-aspects", "overall")
+ON_BAD_ROW = ("error", "skip")  # stop at the first bad row, or count it by reason and go on
 # UltraFeedback's four GPT-4 aspects, each rated 1..5 (the paper's 1..5 scale is their mean).
 ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 HH_ASSISTANT = "\n\nAssistant:"
@@ -494,6 +495,13 @@ def check_score(name: str) -> str:
     if name not in SCORES:
         raise CurryError(f"unknown score {name!r}; choose one of: {', '.join(SCORES)}")
     return name
+
+
+def check_section(data) -> None:
+    """The ``data:`` keys that say how rows are read (``config.DataConfig``, or any object with these fields)."""
+    check_choice("data.score", data.score, SCORES)
+    check_choice("data.on_bad_row", data.on_bad_row, ON_BAD_ROW)
+    check_choice("data.format", data.format, ("auto", *FORMATS))
 
 
 def detect_format(row: Any, source: str | None = None) -> str:
