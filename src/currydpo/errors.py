@@ -3,6 +3,7 @@
 A `CurryError` is printed by the CLI as a single line (no traceback unless
 `--debug`) and turns into a non-zero exit code. Messages say what was wrong,
 where (file, row, field or config key), the offending value, and the fix.
+`check_choice` and `check_positive` word the config-key errors of every section's validator alike.
 """
 
 from __future__ import annotations

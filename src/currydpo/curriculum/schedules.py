@@ -198,6 +198,7 @@ SCHEDULES = {
     "cyclical": "data fraction cycles between start and end, sampled by easiness",
     "self-paced": "admit the easiest pairs by the current policy's loss, growing each stage",
 }
+# curriculum.split_by (see `auto_split`) and the builders the single-pair baseline may use.
 SPLIT_BY = ("auto", "rank", "value", "quantile")
 SINGLE_PAIR_STRATEGIES = ("best-vs-random", "best-vs-worst")
 
