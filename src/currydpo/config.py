@@ -1,9 +1,19 @@
-"""The run configuration: one typed dataclass per concern, validated in one place.
+"""The run configuration: one typed dataclass per concern, validated when it is built.
 
 A YAML file has one section per dataclass (``model:``, ``data:``, ``curriculum:``,
 ``loss:``, ``optim:``, ``run:``, ``generation:``, ``online:``); ``--set section.key=value`` overrides a field.
 Unknown keys and out-of-range values are errors that name the key — before any
-model is loaded. The resolved config is written beside every checkpoint.
+model is loaded. The config is written beside every checkpoint; `resolve` and training's
+``setup`` turn its ``auto`` values into a frozen `Resolved`, logged in ``summary.json``.
+
+Who validates what: each registry validates its section — the keys it reads — with a
+``check_section`` next to its names (`data.formats`: format, score, on_bad_row; `data.pairs`:
+strategy, min_gap; `curriculum.schedules`: schedule, stages and the schedule options;
+`curriculum.difficulty`: difficulty, reward_model; `losses.registry`: the ``loss:`` section).
+The registries sit below config and never import it: a section is any object with the fields.
+`validate` here validates the rest — the keys whose code sits above config (tokenisation's
+max_length and chat_template, the pipeline's select, sample_prompts and eval_fraction, the
+trainer's references, optim, run, model) — and the rules that span sections.
 """
 
 from __future__ import annotations
@@ -16,8 +26,13 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from .curriculum import difficulty, schedules
+from .data import formats, pairs
 from .errors import CurryError
-from .losses.registry import OPTIONS, check_section, is_listwise, needs_reference
+from .errors import check_choice as _choice
+from .errors import check_positive as _positive
+from .losses.registry import OPTIONS, is_listwise, needs_reference
+from .losses.registry import check_section as check_loss_section
 
 
 @dataclass
@@ -303,12 +318,12 @@ def from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig
     return cfg
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars)."""
     from .trl_names import SAME, from_trl
 
     out: dict[str, dict[str, Any]] = {}
-    for item in pairs:
+    for item in items:
         key = item.split("=", 1)[0]
         if "=" in item and key in SAME:  # a TRL name (learning_rate=1e-6)
             for section, values in from_trl({key: yaml.safe_load(item.split("=", 1)[1])}, "--set").items():
@@ -341,16 +356,6 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     return validate(cfg)
 
 
-def _choice(key: str, value: str, valid: list[str] | tuple[str, ...]) -> None:
-    if value not in valid:
-        raise CurryError(f"config key '{key}': {value!r} is not valid; choose one of: {', '.join(valid)}")
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise CurryError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
 def _finite(cfg: TrainConfig) -> None:
     """Every float in the config is finite: an lr or beta of inf/nan trains to NaN weights, not to an error."""
     for section in SECTIONS:
@@ -361,11 +366,8 @@ def _finite(cfg: TrainConfig) -> None:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """All range and choice checks, in one place; the ``loss:`` section's are the loss registry's
-    (`losses.check_section`). The data and curriculum registries are imported lazily to name valid values."""
-    from .curriculum.difficulty import check_measure
-    from .curriculum.schedules import SCHEDULES
-    from .data.pairs import check_strategy
+    """Every range and choice check: each registry's own section (module doc; the ``loss:`` section is
+    `losses.check_section`'s), then the rest and the rules that span sections."""
 
     m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
     _finite(cfg)
@@ -382,19 +384,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("model.gradient_checkpointing", m.gradient_checkpointing, ["auto", "on", "off"])
     if m.memory_budget_gb is not None:
         _positive("model.memory_budget_gb", m.memory_budget_gb)
-    _choice("data.score", d.score, ["mean-aspects", "overall"])
-    _choice("data.on_bad_row", d.on_bad_row, ["error", "skip"])
+    formats.check_section(d)
+    pairs.check_section(d)
+    schedules.check_section(c)
+    difficulty.check_section(c)
     _choice("data.chat_template", d.chat_template, ["auto", "always", "never"])
-    from .data.formats import FORMATS
-
-    _choice("data.format", d.format, ["auto", *FORMATS])
-    try:
-        check_strategy(d.strategy)
-        check_measure(c.difficulty)
-    except CurryError as e:
-        raise CurryError(f"config: {e}") from None
-    check_section(lo)
-    _positive("data.min_gap", d.min_gap, allow_zero=True)
+    check_loss_section(lo)
     _positive("data.max_length", d.max_length)
     _positive("data.max_prompt_length", d.max_prompt_length)
     if d.max_prompt_length >= d.max_length:
@@ -407,9 +402,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive("data.sample_prompts", d.sample_prompts)
     if not 0 <= d.eval_fraction < 1:
         raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
-    _choice("curriculum.schedule", c.schedule, list(SCHEDULES))
-    if c.stages < 1:
-        raise CurryError(f"config key 'curriculum.stages' must be >= 1, got {c.stages}")
     _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous", "mixture"])
     if not 0 <= c.reference_mix <= 1:
         raise CurryError(f"config key 'curriculum.reference_mix' must be in [0, 1], got {c.reference_mix}")
@@ -419,16 +411,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                              "not apply to self-paced or listwise losses")
         if not 0 <= c.mrpo_eta < 1:
             raise CurryError(f"config key 'curriculum.mrpo_eta' must be in [0, 1), got {c.mrpo_eta}")
-    _choice("curriculum.shuffle_within_stage", str(c.shuffle_within_stage).lower(), ["auto", "true", "false"])
-    _choice("curriculum.split_by", c.split_by, ["auto", "rank", "value", "quantile"])
-    _choice("curriculum.single_pair_strategy", c.single_pair_strategy, ["best-vs-random", "best-vs-worst"])
-    for key in ("cyclical_start", "cyclical_end", "self_paced_start"):
-        v = getattr(c, key)
-        if not 0 < v <= 1:
-            raise CurryError(f"config key 'curriculum.{key}' must be in (0, 1], got {v}")
-    _positive("curriculum.cyclical_factor", c.cyclical_factor)
-    if c.difficulty == "reward-margin" and not c.reward_model:
-        raise CurryError("config: difficulty 'reward-margin' needs 'curriculum.reward_model' (a model path)")
     if is_listwise(lo.name) and c.schedule == "self-paced":
         raise CurryError("config: schedule 'self-paced' admits single pairs by their current loss; with a listwise "
                          "loss use iterative, anti, single-pass, random, single-pair or cyclical")

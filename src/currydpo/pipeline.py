@@ -36,8 +36,9 @@ class Prepared:
     stages: list[Stage] = field(default_factory=list)  # filled by `plan`
 
 
-def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
-    """Load the data (unless ``records`` is given), hold out eval prompts, build pairs, measure static difficulty."""
+def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs: bool = True) -> Prepared:
+    """Load the data (unless ``records`` is given), hold out eval prompts, build pairs, measure static difficulty.
+    ``require_pairs``: no training pair is an error (training); `currydpo pairs` reports it instead."""
     d, c = cfg.data, cfg.curriculum
     rows_read, bad, fmt = 0, {}, "records"
     if records is None:
@@ -54,7 +55,7 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None) -> Prepared:
              if p.record not in held_out]
     evals = [p for p in build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
              if p.record in held_out]
-    if not train:
+    if not train and require_pairs:
         raise CurryError(f"{d.path or 'data'}: no training pairs (all responses tied, or min_gap {d.min_gap} "
                          f"too large); lower data.min_gap or set data.allow_ties")
     for name in STATIC:

@@ -1,8 +1,9 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 
-from currydpo.curriculum.difficulty import check_measure, measure_static
+from currydpo.curriculum.difficulty import check_measure, check_section, measure_static
 from currydpo.data.pairs import build_pairs
 from currydpo.data.records import Record, Response
 from currydpo.errors import CurryError
@@ -100,3 +101,18 @@ def test_function_difficulty_from_a_file(tmp_path):
     assert [p.difficulty[f"function:{f}:chosen_length"] for p in pairs] == [11.0, 11.0]
     with pytest.raises(CurryError, match="no function 'nope'"):
         measure_static(f"function:{f}:nope", pairs, recs)
+
+
+@pytest.mark.parametrize("section,message", [
+    ({"difficulty": "vibes", "reward_model": None},
+     "config: unknown difficulty measure 'vibes'; choose one of: score-gap, rank-gap, length-gap, ref-logratio, "
+     "reward-margin, dynamic, column:NAME, function:MODULE:FN"),
+    ({"difficulty": "column:", "reward_model": None}, "config: unknown difficulty measure 'column:'"),
+    ({"difficulty": "reward-margin", "reward_model": None},
+     "config: difficulty 'reward-margin' needs 'curriculum.reward_model' (a model path)"),
+])
+def test_check_section_names_the_key(section, message):
+    check_section(SimpleNamespace(difficulty="reward-margin", reward_model="rm/"))  # a duck-typed section
+    with pytest.raises(CurryError) as e:
+        check_section(SimpleNamespace(**section))
+    assert str(e.value).startswith(message)

@@ -1,11 +1,14 @@
 """Schedules on hand-built data with a known expected order."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from currydpo.curriculum.difficulty import measure_static
-from currydpo.curriculum.schedules import _cyclical_fractions, admit, plan, updates_per_stage
+from currydpo.curriculum.schedules import _cyclical_fractions, admit, check_section, plan, updates_per_stage
 from currydpo.data.pairs import build_pairs
 from currydpo.data.records import Record, Response
+from currydpo.errors import CurryError
 
 
 def four(scores=(5, 4, 3, 2)):
@@ -127,3 +130,31 @@ def test_an_unresolved_config_string_for_shuffling_is_refused():
         plan([], "single-pass", "score-gap", shuffle_within_stage="false")
     with pytest.raises(TypeError, match="must be a bool"):
         stage_lists([], [], [], "iterative", "score-gap", "false")
+
+
+# The curriculum: keys schedules.py owns, at their defaults.
+SCHEDULE_KEYS = {"schedule": "iterative", "stages": 3, "shuffle_within_stage": "auto", "split_by": "auto",
+                 "single_pair_strategy": "best-vs-random", "cyclical_start": 0.25, "cyclical_end": 1.0,
+                 "cyclical_factor": 2.0, "self_paced_start": 0.5}
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("schedule", "linear", "config key 'curriculum.schedule': 'linear' is not valid; choose one of: iterative, "
+                           "single-pass, random, anti, single-pair, cyclical, self-paced"),
+    ("stages", 0, "config key 'curriculum.stages' must be >= 1, got 0"),
+    ("shuffle_within_stage", "sometimes", "config key 'curriculum.shuffle_within_stage': 'sometimes' is not "
+                                          "valid; choose one of: auto, true, false"),
+    ("split_by", "median", "config key 'curriculum.split_by': 'median' is not valid; choose one of: auto, rank, "
+                           "value, quantile"),
+    ("single_pair_strategy", "all-pairs", "config key 'curriculum.single_pair_strategy': 'all-pairs' is not "
+                                          "valid; choose one of: best-vs-random, best-vs-worst"),
+    ("cyclical_start", 0.0, "config key 'curriculum.cyclical_start' must be in (0, 1], got 0.0"),
+    ("cyclical_end", 1.5, "config key 'curriculum.cyclical_end' must be in (0, 1], got 1.5"),
+    ("self_paced_start", -0.1, "config key 'curriculum.self_paced_start' must be in (0, 1], got -0.1"),
+    ("cyclical_factor", 0.0, "config key 'curriculum.cyclical_factor' must be > 0, got 0.0"),
+])
+def test_check_section_names_the_key(key, value, message):
+    check_section(SimpleNamespace(**{**SCHEDULE_KEYS, "shuffle_within_stage": True}))  # YAML's true is fine
+    with pytest.raises(CurryError) as e:
+        check_section(SimpleNamespace(**{**SCHEDULE_KEYS, key: value}))
+    assert str(e.value) == message

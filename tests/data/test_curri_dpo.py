@@ -104,6 +104,8 @@ def test_detection_needs_two_levels_and_names_the_format():
      "row 1 field 'hard.conversation': no assistant turn"),
     (lambda e: e["hard"].update(conversation=e["hard"]["conversation"][1:]),
      "row 1 field 'hard.conversation': no prompt"),
+    (lambda e: e["easy"]["conversation"][0].update(role="bot"),  # checked by records.check_messages
+     "row 1 field 'easy.conversation[0].role': bad role (got 'bot', expected one of system, user, assistant, tool)"),
 ])
 def test_bad_entries_name_file_row_and_field(tmp_path, mutate, expect):
     bad = json.loads(json.dumps(ENTRIES[0]))

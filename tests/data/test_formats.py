@@ -1,10 +1,11 @@
 """Row converters: each source format -> validated Records, and format auto-detection."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
-from currydpo.data.formats import convert_rows, detect_format, nectar, oasst_tree, pairwise, ranked, ultrafeedback
+from currydpo.data.formats import check_section, convert_row, convert_rows, detect_format
 from currydpo.data.records import validate_record
 from currydpo.errors import BadRow, CurryError
 
@@ -32,33 +33,33 @@ def test_ultrafeedback_mean_aspects_skips_na_and_parses_numeric_strings():
     row = {"instruction": "q", "completions": [
         uf_completion("a", ["5", "4", "N/A", "3"], overall=8.5, fg=4.0),
         uf_completion("b", ["2", "2", "2", "1"], overall=3.0, fg=1.75)]}
-    (rec,) = ultrafeedback(row, "t.jsonl", 1)
+    (rec,) = convert_row(row, "ultrafeedback", source="t.jsonl", rowno=1)
     assert [r.score for r in rec.responses] == [4.0, 1.75]
-    assert rec.id == "1" and rec.prompt == "q"
+    assert rec.id == "1" and rec.prompt == "q" and (rec.source, rec.row) == ("t.jsonl", 1)
 
 
 def test_ultrafeedback_overall_and_fine_grained_fallback():
     row = {"instruction": "q", "prompt_id": "abc", "completions": [
         uf_completion("a", None, overall=8.5, fg=4.25),
         uf_completion("b", ["N/A"] * 4, overall=3.0, fg=1.5)]}
-    (rec,) = ultrafeedback(row, "t.jsonl", 1)
+    (rec,) = convert_row(row, "ultrafeedback", source="t.jsonl", rowno=1)
     assert [r.score for r in rec.responses] == [4.25, 1.5]  # fine-grained_score when no usable rating
     assert rec.id == "abc"
-    (rec,) = ultrafeedback(row, "t.jsonl", 1, score="overall")
+    (rec,) = convert_row(row, "ultrafeedback", source="t.jsonl", rowno=1, score="overall")
     assert [r.score for r in rec.responses] == [8.5, 3.0]
 
 
 def test_ultrafeedback_string_score_names_field():
     row = {"instruction": "q", "completions": [uf_completion("a", ["5"] * 4), uf_completion("b", ["abc"] * 4)]}
     with pytest.raises(BadRow, match=r"t.jsonl row 7 field 'completions\[1\].annotations.helpfulness.Rating'") as e:
-        ultrafeedback(row, "t.jsonl", 7)
+        convert_row(row, "ultrafeedback", source="t.jsonl", rowno=7)
     assert e.value.reason == "bad score" and "'abc'" in str(e.value)
 
 
 def test_ultrafeedback_missing_response_field():
     row = {"instruction": "q", "completions": [uf_completion("a", ["5"] * 4), {"respons": "b", "overall_score": 1}]}
     with pytest.raises(BadRow, match=r"row 2 field 'completions\[1\].response': missing field.*respons"):
-        ultrafeedback(row, "t.jsonl", 2)
+        convert_row(row, "ultrafeedback", source="t.jsonl", rowno=2)
 
 
 # ----------------------------------------------------------------------------- nectar
@@ -66,7 +67,7 @@ def test_ultrafeedback_missing_response_field():
 def test_nectar_seven_ranked_answers():
     row = {"prompt": "\n\nHuman: hi\n\nAssistant:", "answers": [
         {"answer": f"answer {k}", "rank": float(k), "model": f"m{k}"} for k in (3, 1, 7, 2, 5, 4, 6)]}
-    (rec,) = nectar(row, "n.jsonl", 1)
+    (rec,) = convert_row(row, "nectar", source="n.jsonl", rowno=1)
     validate_record(rec)
     assert [rec.responses[i].rank for i in rec.order()] == [1, 2, 3, 4, 5, 6, 7]
     assert rec.responses[0].meta["model"] == "m3"
@@ -75,7 +76,7 @@ def test_nectar_seven_ranked_answers():
 def test_nectar_bad_rank():
     row = {"prompt": "p", "answers": [{"answer": "a", "rank": 1}, {"answer": "b", "rank": "second"}]}
     with pytest.raises(BadRow, match=r"field 'answers\[1\].rank': bad rank"):
-        nectar(row, "n.jsonl", 3)
+        convert_row(row, "nectar", source="n.jsonl", rowno=3)
 
 
 # ----------------------------------------------------------------------------- oasst
@@ -123,26 +124,27 @@ def test_oasst_flat_layout_matches_tree():
 def test_oasst_bad_role():
     tree = {"prompt": msg("p1", "prompter", "Hi", replies=[msg("a1", "robot", "x", rank=0)])}
     with pytest.raises(BadRow, match=r"field 'prompt.replies\[0\].role': bad role.*'robot'"):
-        oasst_tree(tree, "o.jsonl", 5)
+        convert_row(tree, "oasst", source="o.jsonl", rowno=5)
 
 
 # ----------------------------------------------------------------------------- pairwise
 
 def test_pairwise_standard():
-    (rec,) = pairwise({"prompt": "p", "chosen": "good", "rejected": "bad"}, "x", 1)
+    (rec,) = convert_row({"prompt": "p", "chosen": "good", "rejected": "bad"}, "pairwise", source="x", rowno=1)
     assert rec.prompt == "p" and [(r.text, r.score) for r in rec.responses] == [("good", 1.0), ("bad", 0.0)]
 
 
 def test_pairwise_conversational():
     row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
            "rejected": [{"role": "assistant", "content": "go"}]}
-    rec = validate_record(pairwise(row, "x", 1)[0])
+    rec = validate_record(convert_row(row, "pairwise", source="x", rowno=1)[0])
     assert rec.is_chat and rec.responses[0].text == [{"role": "assistant", "content": "hello"}]
 
 
 def test_pairwise_implicit_hh_string():
     common = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant:"
-    (rec,) = pairwise({"chosen": common + " Fine, thanks.", "rejected": common + " Fine. Go away."}, "hh", 1)
+    row = {"chosen": common + " Fine, thanks.", "rejected": common + " Fine. Go away."}
+    (rec,) = convert_row(row, "pairwise", source="hh", rowno=1)
     assert rec.prompt == common
     assert [r.text for r in rec.responses] == [" Fine, thanks.", " Fine. Go away."]
 
@@ -150,26 +152,27 @@ def test_pairwise_implicit_hh_string():
 def test_pairwise_implicit_messages_back_off_to_user_turn():
     u, a = {"role": "user", "content": "q"}, {"role": "assistant", "content": "same start"}
     row = {"chosen": [u, a], "rejected": [u, {"role": "assistant", "content": "other"}]}
-    (rec,) = pairwise(row, "x", 1)
+    (rec,) = convert_row(row, "pairwise", source="x", rowno=1)
     assert rec.prompt == [u] and rec.responses[0].text == [a]
     # the shared assistant turn is not the prompt: replies must start with the assistant
     row = {"chosen": [u, a, {"role": "user", "content": "x"}], "rejected": [u, a]}
-    (rec,) = pairwise(row, "x", 1)
+    (rec,) = convert_row(row, "pairwise", source="x", rowno=1)
     assert rec.prompt == [u]
 
 
 def test_pairwise_no_shared_prompt():
     with pytest.raises(BadRow, match="no shared prompt"):
-        pairwise({"chosen": "abc", "rejected": "xyz"}, "x", 2)
+        convert_row({"chosen": "abc", "rejected": "xyz"}, "pairwise", source="x", rowno=2)
 
 
 # ----------------------------------------------------------------------------- ranked
 
 def test_ranked_scores_and_ranks():
-    (rec,) = ranked({"id": "r1", "prompt": "p", "responses": [{"text": "a", "score": 2}, {"text": "b", "score": 4}]},
-                    "x", 1)
+    row = {"id": "r1", "prompt": "p", "responses": [{"text": "a", "score": 2}, {"text": "b", "score": 4}]}
+    (rec,) = convert_row(row, "ranked", source="x", rowno=1)
     assert rec.id == "r1" and rec.order() == [1, 0]
-    (rec,) = ranked({"prompt": "p", "responses": [{"text": "a", "rank": 1}, {"text": "b", "rank": 0}]}, "x", 3)
+    row = {"prompt": "p", "responses": [{"text": "a", "rank": 1}, {"text": "b", "rank": 0}]}
+    (rec,) = convert_row(row, "ranked", source="x", rowno=3)
     assert rec.id == "3" and rec.order() == [1, 0]
 
 
@@ -241,3 +244,20 @@ def test_detect_unknown_and_ambiguous():
 def test_unknown_format_name():
     with pytest.raises(CurryError, match="unknown data format 'csv'.*ultrafeedback"):
         list(convert_rows([], "csv", source="x"))
+
+
+# ----------------------------------------------------------------------------- config section
+
+READING = {"format": "auto", "score": "mean-aspects", "on_bad_row": "error"}  # the data: keys formats.py owns
+
+
+@pytest.mark.parametrize("key,value,valid", [
+    ("format", "hh", "auto, ultrafeedback, nectar, oasst, pairwise, ranked, curri-dpo"),
+    ("score", "max", "mean-aspects, overall"),
+    ("on_bad_row", "drop", "error, skip"),
+])
+def test_check_section_names_the_key(key, value, valid):
+    check_section(SimpleNamespace(**READING))  # any object with the fields: formats does not import config
+    with pytest.raises(CurryError) as e:
+        check_section(SimpleNamespace(**{**READING, key: value}))
+    assert str(e.value) == f"config key 'data.{key}': {value!r} is not valid; choose one of: {valid}"

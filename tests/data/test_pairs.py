@@ -1,8 +1,10 @@
 """Pair builders in pairs.py: order, ties, min-gap, N=2, N=7 (Nectar ranks), seeded best-vs-random."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from currydpo.data.pairs import BUILDERS, build_pairs
+from currydpo.data.pairs import BUILDERS, build_pairs, check_section
 from currydpo.data.records import Record, Response, validate_record
 from currydpo.errors import CurryError
 
@@ -72,3 +74,15 @@ def test_best_vs_random_is_seeded_and_skips_ties():
 def test_unknown_strategy():
     with pytest.raises(CurryError, match="unknown pair strategy 'best'; choose one of: best-vs-rest"):
         build_pairs([rec(1, 0)], "best")
+
+
+@pytest.mark.parametrize("section,message", [
+    ({"strategy": "best", "min_gap": 0.0}, "config: unknown pair strategy 'best'; choose one of: best-vs-rest, "
+                                           "all-pairs, adjacent, best-vs-worst, best-vs-random"),
+    ({"strategy": "adjacent", "min_gap": -0.5}, "config key 'data.min_gap' must be >= 0, got -0.5"),
+])
+def test_check_section_names_the_key(section, message):
+    check_section(SimpleNamespace(strategy="all-pairs", min_gap=0.0))  # a duck-typed section; 0 gap is fine
+    with pytest.raises(CurryError) as e:
+        check_section(SimpleNamespace(**section))
+    assert str(e.value) == message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from typing import Iterator
 
 from ..config import TrainConfig, load_config
@@ -258,10 +259,10 @@ def run(args: argparse.Namespace) -> int:
         what = "--select ranks pairs by their reference log-prob margin: it" if args.select else \
             "difficulty 'ref-logratio'"
         raise CurryError(f"{what} needs --model PATH")
-    data = prepare(cfg)  # the pairs train builds: the same held-out split, builder and static difficulty
+    data = prepare(cfg, require_pairs=False)  # the pairs train builds: same held-out split, builder, difficulty
     pairs = list(data.train_pairs)
     stages, kept = None, None
-    if name:  # model-based difficulty, selection and the stages, as train plans them (pipeline.plan)
+    if name and pairs:  # model-based difficulty, selection and the stages, as train plans them (pipeline.plan)
         plan(cfg, data, reference_logps(cfg, data) if wants_model else None)
         stages = data.stages if show_plan else None
         if args.select:
@@ -278,6 +279,9 @@ def run(args: argparse.Namespace) -> int:
             row["selected"] = id(pair) in kept
     write_jsonl(args.out, rows)
     print(summary(data, pairs, args.out))
+    if not pairs:
+        print("warning: no pairs were made (all responses tied, or --min-gap too large); "
+              "try --allow-ties or a smaller --min-gap", file=sys.stderr)
     if stages:
         print(stage_report(data.train_pairs, stages, name))
         plot = args.plot or str(args.out).rsplit(".", 1)[0] + ".stages.png"

@@ -46,6 +46,16 @@ def check_measure(name: str) -> str:
     raise CurryError(f"unknown difficulty measure {name!r}; choose one of: {', '.join(MEASURES)}")
 
 
+def check_section(curriculum) -> None:
+    """The ``curriculum:`` keys of the difficulty measure (``config.CurriculumConfig``, or any object with them)."""
+    try:
+        check_measure(curriculum.difficulty)
+    except CurryError as e:
+        raise CurryError(f"config: {e}") from None
+    if curriculum.difficulty == "reward-margin" and not curriculum.reward_model:
+        raise CurryError("config: difficulty 'reward-margin' needs 'curriculum.reward_model' (a model path)")
+
+
 def pair_dict(p: Pair, rec: Record) -> dict:
     """What a user difficulty function sees: plain data, no tensors."""
     return {

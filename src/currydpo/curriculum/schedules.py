@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..data.pairs import Pair
+from ..errors import CurryError, check_choice, check_positive
 
 
 @dataclass
@@ -148,7 +149,7 @@ def plan(pairs: Sequence[Pair], schedule: str, measure: str, *, stages: int = 3,
             frac = 1.0 if stages == 1 else self_paced_start + (1 - self_paced_start) * j / (stages - 1)
             out.append(Stage(j, list(range(n)), f"easiest {frac:.0%} by current loss", admit_fraction=frac))
     else:
-        raise ValueError(schedule)  # unreachable: validated in config.validate
+        raise ValueError(schedule)  # unreachable: validated by check_section
     if shuffle_within_stage:
         for s in out:
             random.Random(seed * 1000 + s.index).shuffle(s.pairs)
@@ -197,3 +198,22 @@ SCHEDULES = {
     "cyclical": "data fraction cycles between start and end, sampled by easiness",
     "self-paced": "admit the easiest pairs by the current policy's loss, growing each stage",
 }
+# curriculum.split_by (see `auto_split`) and the builders the single-pair baseline may use.
+SPLIT_BY = ("auto", "rank", "value", "quantile")
+SINGLE_PAIR_STRATEGIES = ("best-vs-random", "best-vs-worst")
+
+
+def check_section(curriculum) -> None:
+    """The ``curriculum:`` keys of the schedules (``config.CurriculumConfig``, or any object with them)."""
+    c = curriculum
+    check_choice("curriculum.schedule", c.schedule, tuple(SCHEDULES))
+    if c.stages < 1:
+        raise CurryError(f"config key 'curriculum.stages' must be >= 1, got {c.stages}")
+    check_choice("curriculum.shuffle_within_stage", str(c.shuffle_within_stage).lower(), ("auto", "true", "false"))
+    check_choice("curriculum.split_by", c.split_by, SPLIT_BY)
+    check_choice("curriculum.single_pair_strategy", c.single_pair_strategy, SINGLE_PAIR_STRATEGIES)
+    for key in ("cyclical_start", "cyclical_end", "self_paced_start"):
+        v = getattr(c, key)
+        if not 0 < v <= 1:
+            raise CurryError(f"config key 'curriculum.{key}' must be in (0, 1], got {v}")
+    check_positive("curriculum.cyclical_factor", c.cyclical_factor)

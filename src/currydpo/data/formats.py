@@ -2,7 +2,10 @@
 
 Each converter takes one source row (a dict, as `datasets` or `json` gives it) and
 returns the records it holds: one for most formats, several for an OpenAssistant
-tree. `convert_rows` drives them over a table and validates every record, yielding
+tree. A converter and its helpers do not know which file or row they read: a bad
+field raises a `FieldError` (field, reason, detail), and `convert_row`, where the
+row number is known, turns it into the `BadRow` naming file, row and field.
+`convert_rows` drives them over a table and validates every record, yielding
 either the record or the `BadRow` that explains why the row cannot become one, so
 the loader can stop or count-and-skip.
 
@@ -34,10 +37,11 @@ import json
 import re
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import BadRow, CurryError, where
+from ..errors import BadRow, CurryError, check_choice, where
 from .records import Record, Response, check_messages, validate_record
 
 SCORES = ("mean-aspects", "overall")
+ON_BAD_ROW = ("error", "skip")  # stop at the first bad row, or count it by reason and go on
 # UltraFeedback's four GPT-4 aspects, each rated 1..5 (the paper's 1..5 scale is their mean).
 ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 HH_ASSISTANT = "\n\nAssistant:"
@@ -45,115 +49,127 @@ HH_ASSISTANT = "\n\nAssistant:"
 
 # ----------------------------------------------------------------------------- helpers
 
-def _get(row: dict, key: str, source: str | None, rowno: int, field: str | None = None) -> Any:
-    """row[key], or a BadRow that names the field and suggests a near-miss spelling."""
+class FieldError(Exception):
+    """A bad field, raised where the row is not known; the loop over rows (`convert_row`, `oasst_flat`) turns it
+    into the `BadRow` that names the file, the row and this field."""
+
+    def __init__(self, field: str | None, reason: str, detail: str = ""):
+        super().__init__(field, reason, detail)
+        self.field, self.reason, self.detail = field, reason, detail
+
+    def at(self, source: str | None, row: int) -> BadRow:
+        return BadRow(source, row, self.field, self.reason, self.detail)
+
+
+def _get(row: dict, key: str, field: str | None = None) -> Any:
+    """row[key], or a FieldError that names the field and suggests a near-miss spelling."""
     value = row.get(key) if isinstance(row, dict) else None
     if value is None:
         present = [k for k, v in row.items() if v is not None] if isinstance(row, dict) else []
         close = difflib.get_close_matches(key, [k for k in present if k != key], n=1, cutoff=0.75)
         detail = f"found {close[0]!r}, did you mean {key!r}?" if close else f"keys present: {', '.join(present)}"
-        raise BadRow(source, rowno, field or key, "missing field", detail)
+        raise FieldError(field or key, "missing field", detail)
     return value
 
 
-def _expect(value: Any, types: type | tuple, source: str | None, rowno: int, field: str) -> Any:
+def _expect(value: Any, types: type | tuple, field: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, types):
         names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise BadRow(source, rowno, field, "bad type", f"expected {names}, got {type(value).__name__} {value!r:.40}")
+        raise FieldError(field, "bad type", f"expected {names}, got {type(value).__name__} {value!r:.40}")
     return value
 
 
-def _text(value: Any, source: str | None, rowno: int, field: str) -> Any:
+def _text(value: Any, field: str) -> Any:
     """A string or a message list (validated later by `validate_record`)."""
-    return _expect(value, (str, list), source, rowno, field)
+    return _expect(value, (str, list), field)
 
 
-def _number(value: Any, source: str | None, rowno: int, field: str, strings_ok: bool = False) -> float:
+def _number(value: Any, field: str, strings_ok: bool = False) -> float:
     """A finite-or-not float; numeric strings only where the format writes them ("4")."""
     if strings_ok and isinstance(value, str):
         try:
             return float(value)
         except ValueError:
-            raise BadRow(source, rowno, field, "bad score", f"got {value!r}, expected a number") from None
+            raise FieldError(field, "bad score", f"got {value!r}, expected a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRow(source, rowno, field, "bad score", f"got {value!r:.40}, expected a number")
+        raise FieldError(field, "bad score", f"got {value!r:.40}, expected a number")
     return float(value)
 
 
-def _rank(value: Any, source: str | None, rowno: int, field: str) -> int:
+def _rank(value: Any, field: str) -> int:
     """An integer rank; Arrow may hand back 2.0 for 2."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRow(source, rowno, field, "bad rank", f"got {value!r:.40}, expected an integer")
+        raise FieldError(field, "bad rank", f"got {value!r:.40}, expected an integer")
     return value
 
 
-def _row_id(row: dict, rowno: int, keys: Sequence[str] = ("prompt_id", "id")) -> str:
+def _row_id(row: dict, default: str, keys: Sequence[str] = ("prompt_id", "id")) -> str:
     for k in keys:
         if isinstance(row, dict) and row.get(k) is not None:
             return str(row[k])
-    return str(rowno)
+    return default
 
 
-def _dict_row(row: Any, source: str | None, rowno: int) -> dict:
+def _dict_row(row: Any) -> dict:
     if not isinstance(row, dict):
-        raise BadRow(source, rowno, None, "bad type", f"expected a JSON object, got {type(row).__name__}")
+        raise FieldError(None, "bad type", f"expected a JSON object, got {type(row).__name__}")
     return row
 
 
 # ----------------------------------------------------------------------------- ultrafeedback
 
-def _uf_score(comp: dict, score: str, source: str | None, rowno: int, field: str) -> float:
+def _uf_score(comp: dict, score: str, field: str) -> float:
     if score == "overall":
-        return _number(_get(comp, "overall_score", source, rowno, f"{field}.overall_score"),
-                       source, rowno, f"{field}.overall_score", strings_ok=True)
+        return _number(_get(comp, "overall_score", f"{field}.overall_score"), f"{field}.overall_score",
+                       strings_ok=True)
     ratings = []
     annotations = comp.get("annotations") or {}
-    _expect(annotations, dict, source, rowno, f"{field}.annotations")
+    _expect(annotations, dict, f"{field}.annotations")
     for aspect, ann in annotations.items():
         if not isinstance(ann, dict) or ann.get("Rating") is None:
             continue
         rating = ann["Rating"]
         if isinstance(rating, str) and rating.strip().upper() == "N/A":
             continue  # the judge declined to rate this aspect
-        ratings.append(_number(rating, source, rowno, f"{field}.annotations.{aspect}.Rating", strings_ok=True))
+        ratings.append(_number(rating, f"{field}.annotations.{aspect}.Rating", strings_ok=True))
     if ratings:
         return sum(ratings) / len(ratings)
     # No usable aspect ratings: fine-grained_score is the same mean, precomputed by openbmb.
-    fg = _get(comp, "fine-grained_score", source, rowno, f"{field}.annotations")
-    return _number(fg, source, rowno, f"{field}.fine-grained_score", strings_ok=True)
+    fg = _get(comp, "fine-grained_score", f"{field}.annotations")
+    return _number(fg, f"{field}.fine-grained_score", strings_ok=True)
 
 
-def ultrafeedback(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
-    row = _dict_row(row, source, rowno)
-    prompt = _text(_get(row, "instruction", source, rowno), source, rowno, "instruction")
-    comps = _expect(_get(row, "completions", source, rowno), list, source, rowno, "completions")
+def ultrafeedback(row: dict, score: str, default_id: str) -> list[Record]:
+    row = _dict_row(row)
+    prompt = _text(_get(row, "instruction"), "instruction")
+    comps = _expect(_get(row, "completions"), list, "completions")
     responses = []
     for i, comp in enumerate(comps):
         field = f"completions[{i}]"
-        comp = _expect(comp, dict, source, rowno, field)
-        text = _text(_get(comp, "response", source, rowno, f"{field}.response"), source, rowno, f"{field}.response")
+        comp = _expect(comp, dict, field)
+        text = _text(_get(comp, "response", f"{field}.response"), f"{field}.response")
         meta = {"model": comp["model"]} if comp.get("model") is not None else {}
-        responses.append(Response(text, score=_uf_score(comp, score, source, rowno, field), meta=meta))
-    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+        responses.append(Response(text, score=_uf_score(comp, score, field), meta=meta))
+    return [Record(_row_id(row, default_id), prompt, responses)]
 
 
 # ----------------------------------------------------------------------------- nectar
 
-def nectar(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
-    row = _dict_row(row, source, rowno)
-    prompt = _text(_get(row, "prompt", source, rowno), source, rowno, "prompt")
-    answers = _expect(_get(row, "answers", source, rowno), list, source, rowno, "answers")
+def nectar(row: dict, score: str, default_id: str) -> list[Record]:
+    row = _dict_row(row)
+    prompt = _text(_get(row, "prompt"), "prompt")
+    answers = _expect(_get(row, "answers"), list, "answers")
     responses = []
     for i, ans in enumerate(answers):
         field = f"answers[{i}]"
-        ans = _expect(ans, dict, source, rowno, field)
-        text = _text(_get(ans, "answer", source, rowno, f"{field}.answer"), source, rowno, f"{field}.answer")
-        rank = _rank(_get(ans, "rank", source, rowno, f"{field}.rank"), source, rowno, f"{field}.rank")
+        ans = _expect(ans, dict, field)
+        text = _text(_get(ans, "answer", f"{field}.answer"), f"{field}.answer")
+        rank = _rank(_get(ans, "rank", f"{field}.rank"), f"{field}.rank")
         meta = {"model": ans["model"]} if ans.get("model") is not None else {}
         responses.append(Response(text, rank=rank, meta=meta))
-    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+    return [Record(_row_id(row, default_id), prompt, responses)]
 
 
 # ----------------------------------------------------------------------------- oasst
@@ -161,48 +177,45 @@ def nectar(row: dict, source: str | None, rowno: int, score: str = "mean-aspects
 OASST_ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
 
 
-def _oasst_role(msg: dict, source: str | None, rowno: int, field: str) -> str:
-    role = _get(msg, "role", source, rowno, f"{field}.role")
+def _oasst_role(msg: dict, field: str) -> str:
+    role = _get(msg, "role", f"{field}.role")
     if not isinstance(role, str) or role not in OASST_ROLES:
-        raise BadRow(source, rowno, f"{field}.role", "bad role",
-                     f"got {role!r}, expected one of {', '.join(OASST_ROLES)}")
+        raise FieldError(f"{field}.role", "bad role", f"got {role!r}, expected one of {', '.join(OASST_ROLES)}")
     return OASST_ROLES[role]
 
 
-def _oasst_record(node: dict, replies: list[tuple[dict, str]], history: list[dict],
-                  source: str | None, rowno: int) -> Record | None:
+def _oasst_record(node: dict, replies: list[tuple[dict, str]], history: list[dict], default_id: str) -> Record | None:
     """A record for one prompter message if >= 2 of its assistant replies carry a rank."""
     responses = []
     for reply, field in replies:
         if reply.get("rank") is None or reply.get("role") != "assistant":
             continue  # unranked replies (rank null) say nothing about preference
-        text = _expect(_get(reply, "text", source, rowno, f"{field}.text"), str, source, rowno, f"{field}.text")
-        responses.append(Response(text, rank=_rank(reply["rank"], source, rowno, f"{field}.rank"),
+        text = _expect(_get(reply, "text", f"{field}.text"), str, f"{field}.text")
+        responses.append(Response(text, rank=_rank(reply["rank"], f"{field}.rank"),
                                   meta={"message_id": reply.get("message_id")}))
     if len(responses) < 2:
         return None
-    return Record(str(node.get("message_id") or rowno), list(history), responses, source=source, row=rowno)
+    return Record(str(node.get("message_id") or default_id), list(history), responses)
 
 
-def oasst_tree(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+def oasst_tree(row: dict, score: str, default_id: str) -> list[Record]:
     """One message tree per row; every prompter turn with >= 2 ranked replies is a record."""
-    row = _dict_row(row, source, rowno)
-    root = _expect(_get(row, "prompt", source, rowno), dict, source, rowno, "prompt")
+    row = _dict_row(row)
+    root = _expect(_get(row, "prompt"), dict, "prompt")
     records: list[Record] = []
     # Depth-first walk with the conversation so far; iterative so deep trees cannot overflow.
     stack: list[tuple[dict, str, list[dict]]] = [(root, "prompt", [])]
     while stack:
         node, field, history = stack.pop()
-        role = _oasst_role(node, source, rowno, field)
-        text = _expect(_get(node, "text", source, rowno, f"{field}.text"), str, source, rowno, f"{field}.text")
+        role = _oasst_role(node, field)
+        text = _expect(_get(node, "text", f"{field}.text"), str, f"{field}.text")
         history = history + [{"role": role, "content": text}]
-        replies = _expect(node.get("replies") or [], list, source, rowno, f"{field}.replies")
-        replies = [(_expect(r, dict, source, rowno, f"{field}.replies[{k}]"), f"{field}.replies[{k}]")
-                   for k, r in enumerate(replies)]
+        replies = _expect(node.get("replies") or [], list, f"{field}.replies")
+        replies = [(_expect(r, dict, f"{field}.replies[{k}]"), f"{field}.replies[{k}]") for k, r in enumerate(replies)]
         for r, rf in replies:
-            _oasst_role(r, source, rowno, rf)
+            _oasst_role(r, rf)
         if role == "user":
-            rec = _oasst_record(node, replies, history, source, rowno)
+            rec = _oasst_record(node, replies, history, default_id)
             if rec is not None:
                 records.append(rec)
         stack.extend((r, rf, history) for r, rf in reversed(replies))
@@ -211,23 +224,24 @@ def oasst_tree(row: dict, source: str | None, rowno: int, score: str = "mean-asp
 
 def oasst_flat(rows: Sequence[dict], source: str | None,
                line_of: Callable[[int], int]) -> Iterator[tuple[int, Record | BadRow]]:
-    """HF oasst1 layout: one message per row, linked by ``parent_id``."""
+    """HF oasst1 layout: one message per row, linked by ``parent_id``. It loops over the rows itself, so it
+    names the row of each error (a message's own fields: its row; the walk up a thread: the prompter's row)."""
     by_id: dict[str, tuple[int, dict]] = {}
     children: dict[str, list[tuple[dict, str]]] = {}
     for i, row in enumerate(rows):
         try:
-            row = _dict_row(row, source, line_of(i))
-            mid = str(_get(row, "message_id", source, line_of(i)))
-            _oasst_role(row, source, line_of(i), "role")
+            row = _dict_row(row)
+            mid = str(_get(row, "message_id"))
+            _oasst_role(row, "role")
             # Check each message's own fields here so errors name the message's own row.
-            _expect(_get(row, "text", source, line_of(i)), str, source, line_of(i), "text")
+            _expect(_get(row, "text"), str, "text")
             if row.get("rank") is not None:
-                _rank(row["rank"], source, line_of(i), "rank")
+                _rank(row["rank"], "rank")
             by_id[mid] = (i, row)
             if row.get("parent_id") is not None:
                 children.setdefault(str(row["parent_id"]), []).append((row, f"row {line_of(i)}"))
-        except BadRow as e:
-            yield i, e
+        except FieldError as e:
+            yield i, e.at(source, line_of(i))
     for mid, (i, row) in by_id.items():
         if OASST_ROLES[row["role"]] != "user" or mid not in children:
             continue
@@ -237,15 +251,18 @@ def oasst_flat(rows: Sequence[dict], source: str | None,
             while cur is not None:  # walk up to the root; `seen` guards against parent cycles
                 cid = str(cur["message_id"])
                 if cid in seen:
-                    raise BadRow(source, rowno, "parent_id", "bad tree", f"cycle through message {cid}")
+                    raise FieldError("parent_id", "bad tree", f"cycle through message {cid}")
                 seen.add(cid)
-                text = _expect(_get(cur, "text", source, rowno, "text"), str, source, rowno, "text")
+                text = _expect(_get(cur, "text", "text"), str, "text")
                 history.append({"role": OASST_ROLES[cur["role"]], "content": text})
                 parent = cur.get("parent_id")
                 cur = by_id[str(parent)][1] if parent is not None and str(parent) in by_id else None
-            rec = _oasst_record(row, children[mid], history[::-1], source, rowno)
+            rec = _oasst_record(row, children[mid], history[::-1], str(rowno))
             if rec is not None:
+                rec.source, rec.row = source, rowno
                 yield i, validate_record(rec)
+        except FieldError as e:
+            yield i, e.at(source, rowno)
         except BadRow as e:
             yield i, e
 
@@ -256,7 +273,7 @@ def is_flat_oasst(row: Any) -> bool:
 
 # ----------------------------------------------------------------------------- pairwise
 
-def _split_text(chosen: str, rejected: str, source: str | None, rowno: int) -> tuple[str, str, str]:
+def _split_text(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Anthropic HH: the prompt is the shared prefix up to and including the last "\\n\\nAssistant:"."""
     n = 0
     for a, b in zip(chosen, rejected):
@@ -265,13 +282,13 @@ def _split_text(chosen: str, rejected: str, source: str | None, rowno: int) -> t
         n += 1
     cut = chosen.rfind(HH_ASSISTANT, 0, n)
     if cut < 0 or cut + len(HH_ASSISTANT) > n:
-        raise BadRow(source, rowno, "chosen", "no shared prompt",
-                     f"chosen and rejected share no prefix ending in {HH_ASSISTANT!r}; add a 'prompt' field")
+        raise FieldError("chosen", "no shared prompt",
+                         f"chosen and rejected share no prefix ending in {HH_ASSISTANT!r}; add a 'prompt' field")
     cut += len(HH_ASSISTANT)
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
-def _split_messages(chosen: list, rejected: list, source: str | None, rowno: int) -> tuple[list, list, list]:
+def _split_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
     """Conversational implicit prompt: the shared message prefix, backed off so replies start with the assistant."""
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
@@ -279,25 +296,25 @@ def _split_messages(chosen: list, rejected: list, source: str | None, rowno: int
     while n > 0 and isinstance(chosen[n - 1], dict) and chosen[n - 1].get("role") == "assistant":
         n -= 1
     if n == 0:
-        raise BadRow(source, rowno, "chosen", "no shared prompt",
-                     "chosen and rejected share no leading messages; add a 'prompt' field")
+        raise FieldError("chosen", "no shared prompt",
+                         "chosen and rejected share no leading messages; add a 'prompt' field")
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def pairwise(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
-    row = _dict_row(row, source, rowno)
-    chosen = _text(_get(row, "chosen", source, rowno), source, rowno, "chosen")
-    rejected = _text(_get(row, "rejected", source, rowno), source, rowno, "rejected")
+def pairwise(row: dict, score: str, default_id: str) -> list[Record]:
+    row = _dict_row(row)
+    chosen = _text(_get(row, "chosen"), "chosen")
+    rejected = _text(_get(row, "rejected"), "rejected")
     if row.get("prompt") is not None:
-        prompt = _text(row["prompt"], source, rowno, "prompt")
+        prompt = _text(row["prompt"], "prompt")
     elif isinstance(chosen, str) and isinstance(rejected, str):
-        prompt, chosen, rejected = _split_text(chosen, rejected, source, rowno)
+        prompt, chosen, rejected = _split_text(chosen, rejected)
     elif isinstance(chosen, list) and isinstance(rejected, list):
-        prompt, chosen, rejected = _split_messages(chosen, rejected, source, rowno)
+        prompt, chosen, rejected = _split_messages(chosen, rejected)
     else:
-        raise BadRow(source, rowno, "rejected", "bad type", "chosen and rejected must both be strings or both lists")
+        raise FieldError("rejected", "bad type", "chosen and rejected must both be strings or both lists")
     responses = [Response(chosen, score=1.0), Response(rejected, score=0.0)]
-    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+    return [Record(_row_id(row, default_id), prompt, responses)]
 
 
 def regroup_pairwise(records: list[Record]) -> tuple[list[Record], int]:
@@ -357,24 +374,23 @@ def _total_order(rows: list[Record]):
 
 # ----------------------------------------------------------------------------- ranked (ours)
 
-def ranked(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
-    row = _dict_row(row, source, rowno)
-    prompt = _text(_get(row, "prompt", source, rowno), source, rowno, "prompt")
-    items = _expect(_get(row, "responses", source, rowno), list, source, rowno, "responses")
+def ranked(row: dict, score: str, default_id: str) -> list[Record]:
+    row = _dict_row(row)
+    prompt = _text(_get(row, "prompt"), "prompt")
+    items = _expect(_get(row, "responses"), list, "responses")
     responses = []
     for i, item in enumerate(items):
         field = f"responses[{i}]"
-        item = _expect(item, dict, source, rowno, field)
-        text = _text(_get(item, "text", source, rowno, f"{field}.text"), source, rowno, f"{field}.text")
+        item = _expect(item, dict, field)
+        text = _text(_get(item, "text", f"{field}.text"), f"{field}.text")
         s = item.get("score")
         r = item.get("rank")
         if s is None and r is None:
-            raise BadRow(source, rowno, f"{field}.score", "missing field", "each response needs 'score' or 'rank'")
+            raise FieldError(f"{field}.score", "missing field", "each response needs 'score' or 'rank'")
         # Numeric strings ("4") are scores: Arrow's JSON reader already turns them into numbers.
-        responses.append(Response(text, score=None if s is None else _number(s, source, rowno, f"{field}.score",
-                                                                             strings_ok=True),
-                                  rank=None if r is None else _rank(r, source, rowno, f"{field}.rank")))
-    return [Record(_row_id(row, rowno), prompt, responses, source=source, row=rowno)]
+        responses.append(Response(text, score=None if s is None else _number(s, f"{field}.score", strings_ok=True),
+                                  rank=None if r is None else _rank(r, f"{field}.rank")))
+    return [Record(_row_id(row, default_id), prompt, responses)]
 
 
 # ----------------------------------------------------------------------------- curri-dpo (the authors' pairs)
@@ -387,34 +403,35 @@ LEVEL_SCORE = {"easy": 1.0, "medium": 2.0, "hard": 3.0}
 CHOSEN_SCORE = 4.0
 
 
-def _curri_level(row: dict, level: str, source: str | None, rowno: int) -> tuple[list[dict], str, str]:
+def _curri_level(row: dict, level: str) -> tuple[list[dict], str, str]:
     """(prompt turns, chosen, rejected) of one level: every turn before the last assistant turn is the prompt."""
-    entry = _expect(_get(row, level, source, rowno), dict, source, rowno, level)
-    turns = _expect(_get(entry, "conversation", source, rowno, f"{level}.conversation"), list, source, rowno,
-                    f"{level}.conversation")
+    entry = _expect(_get(row, level), dict, level)
+    turns = _expect(_get(entry, "conversation", f"{level}.conversation"), list, f"{level}.conversation")
     roles = [t.get("role") if isinstance(t, dict) else None for t in turns]
     if "assistant" not in roles:
-        raise BadRow(source, rowno, f"{level}.conversation", "no assistant turn",
-                     "the last assistant turn must hold chosen_content and rejected_content")
+        raise FieldError(f"{level}.conversation", "no assistant turn",
+                         "the last assistant turn must hold chosen_content and rejected_content")
     last = len(roles) - 1 - roles[::-1].index("assistant")
     field = f"{level}.conversation[{last}]"
     if last != len(turns) - 1:
-        raise BadRow(source, rowno, f"{level}.conversation[{last + 1}]", "turn after the answer",
-                     "the pair's assistant turn (chosen_content/rejected_content) must be the last turn")
+        raise FieldError(f"{level}.conversation[{last + 1}]", "turn after the answer",
+                         "the pair's assistant turn (chosen_content/rejected_content) must be the last turn")
     if last == 0:
-        raise BadRow(source, rowno, f"{level}.conversation", "no prompt", "no turns before the assistant turn")
-    chosen = _expect(_get(turns[last], "chosen_content", source, rowno, f"{field}.chosen_content"), str,
-                     source, rowno, f"{field}.chosen_content")
-    rejected = _expect(_get(turns[last], "rejected_content", source, rowno, f"{field}.rejected_content"), str,
-                       source, rowno, f"{field}.rejected_content")
+        raise FieldError(f"{level}.conversation", "no prompt", "no turns before the assistant turn")
+    chosen = _expect(_get(turns[last], "chosen_content", f"{field}.chosen_content"), str, f"{field}.chosen_content")
+    rejected = _expect(_get(turns[last], "rejected_content", f"{field}.rejected_content"), str,
+                       f"{field}.rejected_content")
     if chosen.strip() == rejected.strip():
-        raise BadRow(source, rowno, f"{field}.rejected_content", "chosen equals rejected",
-                     f"both are {chosen[:40]!r}; a pair needs two different answers — fix or drop this entry")
+        raise FieldError(f"{field}.rejected_content", "chosen equals rejected",
+                         f"both are {chosen[:40]!r}; a pair needs two different answers — fix or drop this entry")
     prompt = [{k: t.get(k) for k in ("role", "content")} if isinstance(t, dict) else t for t in turns[:last]]
-    return check_messages(prompt, source, rowno, f"{level}.conversation"), chosen, rejected
+    try:
+        return check_messages(prompt, None, None, f"{level}.conversation"), chosen, rejected
+    except BadRow as e:  # records.py names the field; the row is added where the rows are looped over
+        raise FieldError(e.field, e.reason, e.detail) from None
 
 
-def curri_dpo(row: dict, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+def curri_dpo(row: dict, score: str, default_id: str) -> list[Record]:
     """One released entry: one 4-response record when the levels agree, else one record per level.
 
     When all three levels share the prompt and the chosen answer (and their rejected answers
@@ -424,9 +441,9 @@ def curri_dpo(row: dict, source: str | None, rowno: int, score: str = "mean-aspe
     its score gap (3 easy, 2 medium, 1 hard) and ``meta["level"]`` (1 easy .. 3 hard) carry
     the level, and the iterative stages split by it (``curriculum.split_by: auto`` -> value).
     """
-    row = _dict_row(row, source, rowno)
-    rid = _row_id(row, rowno)
-    levels = {lv: _curri_level(row, lv, source, rowno) for lv in LEVELS}
+    row = _dict_row(row)
+    rid = _row_id(row, default_id)
+    levels = {lv: _curri_level(row, lv) for lv in LEVELS}
     prompts = {json.dumps(p, sort_keys=True) for p, _, _ in levels.values()}
     chosen = {c for _, c, _ in levels.values()}
     rejected = [r for _, _, r in levels.values()]
@@ -435,16 +452,17 @@ def curri_dpo(row: dict, source: str | None, rowno: int, score: str = "mean-aspe
         responses = [Response(best, score=CHOSEN_SCORE, meta={"curri_dpo": "chosen"})]
         responses += [Response(levels[lv][2], score=LEVEL_SCORE[lv], meta={"curri_dpo": lv})
                       for lv in ("hard", "medium", "easy")]
-        return [Record(rid, prompt, responses, source=source, row=rowno)]
+        return [Record(rid, prompt, responses)]
     return [Record(f"{rid}:{lv}", prompt, [Response(c, score=CHOSEN_SCORE, meta={"curri_dpo": "chosen"}),
                                             Response(r, score=LEVEL_SCORE[lv], meta={"curri_dpo": lv})],
-                   meta={"level": LEVELS.index(lv) + 1}, source=source, row=rowno)
+                   meta={"level": LEVELS.index(lv) + 1})
             for lv, (prompt, c, r) in levels.items()]
 
 
 # ----------------------------------------------------------------------------- registry + detection
 
-CONVERTERS: dict[str, Callable[..., list[Record]]] = {
+# Each converter takes (row, score, default_id): the id when the row names none is its row number.
+CONVERTERS: dict[str, Callable[[Any, str, str], list[Record]]] = {
     "ultrafeedback": ultrafeedback,
     "nectar": nectar,
     "oasst": oasst_tree,
@@ -477,6 +495,13 @@ def check_score(name: str) -> str:
     if name not in SCORES:
         raise CurryError(f"unknown score {name!r}; choose one of: {', '.join(SCORES)}")
     return name
+
+
+def check_section(data) -> None:
+    """The ``data:`` keys that say how rows are read (``config.DataConfig``, or any object with these fields)."""
+    check_choice("data.score", data.score, SCORES)
+    check_choice("data.on_bad_row", data.on_bad_row, ON_BAD_ROW)
+    check_choice("data.format", data.format, ("auto", *FORMATS))
 
 
 def detect_format(row: Any, source: str | None = None) -> str:
@@ -525,6 +550,18 @@ def _renamed(bad: BadRow, fmt: str, score: str) -> BadRow:
     return bad
 
 
+def convert_row(row: Any, fmt: str, *, source: str | None, rowno: int, score: str = "mean-aspects") -> list[Record]:
+    """The records one source row holds (not yet validated); a bad field raises the `BadRow` naming
+    ``source``, ``rowno`` and the field."""
+    try:
+        records = CONVERTERS[fmt](row, score, str(rowno))
+    except FieldError as e:
+        raise e.at(source, rowno) from None
+    for rec in records:
+        rec.source, rec.row = source, rowno
+    return records
+
+
 def convert_rows(rows: Sequence[Any], fmt: str, *, source: str | None, score: str = "mean-aspects",
                  line_of: Callable[[int], int] = lambda i: i + 1) -> Iterator[tuple[int, Record | BadRow]]:
     """Yield ``(row index, validated Record or BadRow)`` for every record the rows hold."""
@@ -533,10 +570,9 @@ def convert_rows(rows: Sequence[Any], fmt: str, *, source: str | None, score: st
     if fmt == "oasst" and rows and is_flat_oasst(rows[0]):
         yield from oasst_flat(rows, source, line_of)
         return
-    convert = CONVERTERS[fmt]
     for i, row in enumerate(rows):
         try:
-            records = convert(row, source, line_of(i), score)
+            records = convert_row(row, fmt, source=source, rowno=line_of(i), score=score)
         except BadRow as e:
             yield i, e
             continue

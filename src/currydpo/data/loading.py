@@ -31,11 +31,10 @@ from typing import Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from ..errors import BadRow, CurryError
-from .formats import check_format, check_score, convert_rows, detect_format, regroup_pairwise
+from .formats import ON_BAD_ROW, check_format, check_score, convert_rows, detect_format, regroup_pairwise
 from .records import Record
 
 BUILDER_OF = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-ON_BAD_ROW = ("error", "skip")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import CurryError
+from ..errors import CurryError, check_positive
 from .records import Record
 
 
@@ -95,6 +95,15 @@ def check_strategy(name: str) -> str:
     if name not in BUILDERS:
         raise CurryError(f"unknown pair strategy {name!r}; choose one of: {', '.join(BUILDERS)}")
     return name
+
+
+def check_section(data) -> None:
+    """The ``data:`` keys of the pair builders (``config.DataConfig``, or any object with these fields)."""
+    try:
+        check_strategy(data.strategy)
+    except CurryError as e:
+        raise CurryError(f"config: {e}") from None
+    check_positive("data.min_gap", data.min_gap, allow_zero=True)
 
 
 def build_pairs(records: list[Record], strategy: str = "best-vs-rest", min_gap: float = 0.0,
