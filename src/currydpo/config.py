@@ -33,6 +33,7 @@ from .errors import check_choice as _choice
 from .errors import check_positive as _positive
 from .losses.registry import OPTIONS, is_listwise, needs_reference
 from .losses.registry import check_section as check_loss_section
+from .trl_names import SAME, from_trl, is_flat_trl
 
 
 @dataclass
@@ -320,8 +321,6 @@ def from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars)."""
-    from .trl_names import SAME, from_trl
-
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key = item.split("=", 1)[0]
@@ -348,8 +347,6 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                 data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise CurryError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-        from .trl_names import from_trl, is_flat_trl
-
         cfg = from_dict(from_trl(data, source=path) if is_flat_trl(data) else data, cfg)
     if overrides:
         cfg = from_dict(parse_overrides(overrides), cfg)

@@ -27,15 +27,14 @@ from ..data.records import Record, Response
 from ..generation.generate import Prompt
 from ..generation.sampling import distinct, read_chunk, sample, stage_bar, training_prompts
 from ..io import write_json
-from ..training.online import ONLINE_DIR, stage_dir
+from ..training import loop
+from ..training.online import ONLINE_DIR, OnlineStages, stage_dir
+from .judges import make_judge
 
 
 def train(cfg, records=None, resume: bool = False, hooks=None) -> dict:
     """`training.loop.train` with online stages sampled and judged by `collect` (used by `train`, `compare`)."""
-    from ..training.loop import train as train_loop
-    from ..training.online import OnlineStages
-
-    return train_loop(cfg, records, resume, stages=OnlineStages(collect) if cfg.online.enabled else None,
+    return loop.train(cfg, records, resume, stages=OnlineStages(collect) if cfg.online.enabled else None,
                       hooks=hooks)
 
 
@@ -110,8 +109,6 @@ def judge_all(run, k: int, samples: list[dict], chunks: list[list[Prompt]], repl
 
 
 def _judge(run):
-    from .judges import make_judge
-
     cfg = run.cfg
     return make_judge(cfg.online.judge, cache_dir=os.path.join(cfg.run.output_dir, ONLINE_DIR, "judge-cache"),
                       trust_remote_code=cfg.model.trust_remote_code)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CurryError
+from .judges import outcomes_from_scores, prompt_texts
 
 
 def adjusted_win_rate(outcomes: Sequence[float]) -> float:
@@ -99,8 +100,6 @@ def win_rate_report(judge: Any, prompts: Sequence[Any], candidate: Sequence[str]
     pointwise judge (one with ``score``) the responses are scored once and the
     comparison is derived from the scores; the mean scores are reported too.
     """
-    from .judges import outcomes_from_scores, prompt_texts
-
     n = len(prompts)
     if not (len(candidate) == len(baseline) == n) or n == 0:
         raise CurryError(f"win rate needs equally many prompts, candidate and baseline responses (>0); got "

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 from ..config import TrainConfig, to_yaml
 from ..errors import CurryError
 from ..io import atomic_dir
+from .precision import cast_state_dict, set_config_dtype
 from .sharding import is_sharded
 
 STATE_DIR = "state"
@@ -242,8 +243,6 @@ def save_model(path: str, model, tokenizer, cfg: TrainConfig, merge_lora: bool =
     ``state_dict``: the weights to write instead of the model's own (`full_state_dict` of a sharded model).
     ``card``: a `huggingface_hub.ModelCard`, saved as the directory's README.md.
     """
-    from .precision import cast_state_dict, set_config_dtype
-
     with atomic_dir(path) as tmp:
         if merge_lora and hasattr(model, "merge_and_unload"):
             import copy

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import CurryError
 from .sharding import is_sharded
 from .tokenize import Encoded
 
@@ -385,15 +386,11 @@ def resolve_lm_head(mode: str, head: torch.nn.Module, device: torch.device) -> s
     fits = (device.type == "cuda" and type(head) is torch.nn.Linear
             and importlib.util.find_spec("liger_kernel") is not None)
     if mode == "liger" and not fits:
-        from ..errors import CurryError
-
         raise CurryError("model.fused_logprobs liger needs CUDA, pip install liger-kernel, and a plain nn.Linear "
                          "LM head; use chunked (the torch implementation) otherwise")
     if fits and not liger_self_check(device):
         if mode == "liger":
-            from ..errors import CurryError
-
-            raise CurryError("model.fused_logprobs liger: this liger-kernel version gives per-token gradients that "
+                raise CurryError("model.fused_logprobs liger: this liger-kernel version gives per-token gradients that "
                              "differ from the plain path (versions before its reduction='none' fix); upgrade "
                              "liger-kernel or use chunked")
         return "chunked"

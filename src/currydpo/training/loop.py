@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import lifetime
-from ..config import Resolved, TrainConfig, changed_keys, resolve, to_yaml
+from ..config import Resolved, TrainConfig, changed_keys, from_dict, resolve, to_yaml
 from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.lists import stage_lists
 from ..curriculum.schedules import Stage, admit, updates_per_stage
@@ -54,6 +54,7 @@ from .model import _check_path, add_lora, load_model, load_tokenizer
 from .model_card import model_card
 from .objective import ListObjective, PairObjective
 from .online import OnlineStages
+from .preference import preference_metrics
 from .references import reference_for, reference_label, references_for, stage_name
 from .responses import RefCache, ResponseTable, Scorer
 from .sharding import is_sharded
@@ -312,8 +313,6 @@ def evaluate_held_out(run: Run, ref_key: str) -> dict:
     """Preference metrics on held-out pairs against the initial reference (empty without eval_fraction)."""
     if not run.data.eval_pairs:
         return {}
-    from .preference import preference_metrics
-
     pairs = run.data.eval_pairs
     rows, ci, ri = run.table.rows(pairs)
     lp, n = run.scorer.score(run.accelerator.unwrap_model(run.model), run.table, rows, desc="held-out metrics")
@@ -656,8 +655,6 @@ RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir")
 
 def check_same_run(output_dir: str, cfg: TrainConfig) -> None:
     """--resume continues the run in ``output_dir`` only with the config it was started with."""
-    from ..config import from_dict
-
     with open(os.path.join(output_dir, ckpt.STATE_DIR, "config.yaml")) as f:
         saved = from_dict(yaml.safe_load(f) or {})
     changed = [k for k in changed_keys(saved, cfg) if k not in RESUME_HARMLESS]
