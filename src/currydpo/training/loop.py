@@ -239,13 +239,14 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
 
     Each micro-batch's loss (a mean over its items) is scaled by its share of the update's items, so
     the gradient is the whole batch's however the items are split (unequal splits included); with
-    ``optim.max_tokens_per_micro_batch`` the same pairs are re-split into token-bounded micro-batches
-    (pairwise losses; listwise micro-batches keep their lists).
+    ``optim.max_tokens_per_micro_batch`` the same items are re-split into token-bounded micro-batches
+    (a ranked list is never split: the listwise loss needs all of it).
     """
     acc, model = run.accelerator, run.model
     bound = run.memory.get("max_tokens_per_micro_batch")  # resolved by memory_policy (auto: by device)
-    if bound and run.lists is None:
-        micro = split_by_tokens([i for idx in micro for i in idx], run.data.train_pairs, run.table, bound)
+    if bound:
+        items = run.data.train_pairs if run.lists is None else run.lists
+        micro = split_by_tokens([i for idx in micro for i in idx], items, run.table, bound)
         if acc.num_processes > 1:  # the same number of forwards everywhere (see even_out)
             micro = even_out(micro, int(acc.gather(torch.tensor([len(micro)], device=acc.device)).max()))
     n_items = sum(len(idx) for idx in micro)
