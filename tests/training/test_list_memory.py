@@ -16,7 +16,7 @@ from currydpo.training.memory import even_out, split_by_tokens, unique_rows
 from currydpo.training.responses import ResponseTable
 from currydpo.training.tokenize import encode_records
 
-from conftest import make_records, tiny_config
+from conftest import make_records, tiny_config, update_grads
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +113,7 @@ def test_uneven_list_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, 
         run = loop.setup(cfg, recs)
         run.model.train()
         monkeypatch.setattr(loop, "split_by_tokens", lambda idx, *a: splits.append(idx) or [idx[:1], idx[1:]])
-        captured = {}
-
-        class Stop(Exception):
-            pass
-
-        def step():
-            captured.update({k: p.grad.clone() for k, p in run.model.named_parameters() if p.grad is not None})
-            raise Stop
-
-        opt = type("Opt", (), {"step": staticmethod(step), "zero_grad": lambda *a, **k: None})()
-        with pytest.raises(Stop):
-            loop.train_step(run, opt, None, [list(range(6))], None, "t")
-        grads[name] = captured
+        grads[name] = update_grads(run, [list(range(6))], None)  # pro: reference-free
     assert splits == [list(range(6))] and grads["whole"]  # split once: only when bounded
     for k in grads["whole"]:
         torch.testing.assert_close(grads["split"][k], grads["whole"][k], rtol=1e-4, atol=1e-7)
