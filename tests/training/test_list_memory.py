@@ -123,26 +123,28 @@ def test_listwise_forwards_are_token_bounded_whole_lists_through_the_chunked_hea
                                                                                   monkeypatch):
     """With a small bound a listwise update runs several forwards (one per micro-batch, where an unbounded
     update runs one), each within the bound unless it is one list, each list's responses in one forward,
-    no response twice in a forward, and each forward's log-probs through the chunked LM head."""
+    no response twice in a forward, packed with each prompt once, and through the chunked LM head."""
     recs = make_records(8, 4)
     cfg = tiny_config(tiny_model_dir, tmp_path / "run", loss={"name": "pro"}, curriculum={"schedule": "single-pass"},
                       model={"fused_logprobs": "chunked"}, optim={"batch_size": 8, "max_tokens_per_micro_batch": 150})
     run = loop.setup(cfg, recs)
     run.model.train()
-    forwards, heads = [], []
-    real_forward, real_head = loop.response_logps, logprobs.chunked_head_logps
+    forwards, heads, packed = [], [], []
+    real_forward, real_head, real_pack = loop.response_logps, logprobs.chunked_head_logps, logprobs._pack
     monkeypatch.setattr(loop, "response_logps", lambda m, batch, *a, **k: forwards.append(batch) or real_forward(
         m, batch, *a, **k))
     monkeypatch.setattr(logprobs, "chunked_head_logps", lambda *a, **k: heads.append(1) or real_head(*a, **k))
+    monkeypatch.setattr(logprobs, "_pack", lambda *a: packed.append(real_pack(*a)) or packed[-1])
     optimizer, scheduler = loop.make_optimizer(run, 1)
     loop.train_step(run, optimizer, scheduler, [list(range(8))], None, "t")
     assert len(forwards) == len(split_by_tokens(list(range(8)), run.lists, run.table, 150)) >= 3
-    assert len(heads) == len(forwards)
+    assert len(heads) == len(packed) == len(forwards)
     seen = {}
     for f, batch in enumerate(forwards):
         keys = [(e.prompt_ids, e.response_ids) for e in batch]
         assert len(set(keys)) == len(keys)  # each unique response once
         tokens = sum(len(p) for p in {e.prompt_ids for e in batch}) + sum(len(e.response_ids) for e in batch)
+        assert int((packed[f].segment >= 0).sum()) == tokens  # packed: each prompt computed once, no padding
         assert tokens <= 150 or len({e.prompt_ids for e in batch}) == 1
         seen.update({key: f for key in keys})
     for x in run.lists:  # a list's responses all went through one forward
