@@ -22,26 +22,24 @@ torch.set_num_threads(1)
 out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/listwise-cost"
 model_dir = save_tiny(f"{out}/model", CORPUS, vocab_size=300, hidden=64, layers=2, heads=2)
 recs = make_records(48, n_responses=4, seed=1)
-real_step, real_lp = loop.train_step, loop.response_logps
 arms = [("dpo", 6), ("plackett-luce", 2), ("pro", 2), ("lipo", 2)] * 2  # 6 pairs = 2 lists of 4, interleaved
 for run, (name, batch) in enumerate(arms):
-    counts, times = {"seq": 0, "tok": 0}, []
+    counts, times, last = {"seq": 0, "tok": 0}, [], [time.perf_counter()]
 
-    def counted(model, enc, pad, counts=counts):
-        counts["seq"] += len(enc)
-        counts["tok"] += sum(len(e) for e in enc)
-        return real_lp(model, enc, pad)
+    def on_batch(run, update, counts=counts, times=times, last=last):
+        """Sequences and tokens the update's micro-batches forward (each unique response once), and the
+        seconds since the previous update (the first one's include setup, so the median is taken)."""
+        for idx in update.micro:
+            rows = run.objective.rows(run.objective.items(idx))[0]
+            counts["seq"] += len(rows)
+            counts["tok"] += sum(len(run.table.encoded[r]) for r in rows)
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
 
-    def timed(*a, times=times, **k):
-        t = time.perf_counter()
-        result = real_step(*a, **k)
-        times.append(time.perf_counter() - t)
-        return result
-
-    loop.response_logps, loop.train_step = counted, timed
     cfg = tiny_config(model_dir, f"{out}/run-{run}-{name}", curriculum={"schedule": "random"},
                       loss={"name": name}, optim={"batch_size": batch, "total_updates": 24})
-    loop.train(cfg, records=recs)
+    loop.train(cfg, records=recs, hooks=loop.Hooks(on_batch=[on_batch]))
     print(json.dumps({"loss": name, "per_update": f"{batch} {'pairs' if name == 'dpo' else 'lists'}",
                       "sequences": counts["seq"] / len(times), "tokens": counts["tok"] / len(times),
                       "median_s": statistics.median(times)}), flush=True)

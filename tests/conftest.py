@@ -62,6 +62,28 @@ def tiny_config(model_dir, output_dir, **sections):
     return validate(from_dict(base))
 
 
+def update_grads(run, micro, ref) -> dict:
+    """The gradients one `loop.train_step` over ``micro`` accumulates, taken where the optimiser would step
+    (which it does not: the weights stay as they are)."""
+    from currydpo.training import loop
+
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def step():
+        captured.update({k: p.grad.clone() for k, p in run.model.named_parameters() if p.grad is not None})
+        raise Stop
+
+    opt = type("Opt", (), {"step": staticmethod(step), "zero_grad": lambda *a, **k: None})()
+    try:
+        loop.train_step(run, opt, None, micro, ref, "t")
+    except Stop:
+        return captured
+    raise AssertionError("train_step did not reach the optimiser step")
+
+
 def dir_fingerprint(path) -> dict:
     """{file: (mtime_ns, sha256)} under ``path``: a resume must leave completed checkpoints untouched, and a
     rewrite changes the mtime even when it writes the same bytes (a run that silently restarted would)."""

@@ -185,8 +185,9 @@ class OptimConfig:
                 "ours) | continue (one optimiser and LR schedule over all stages) | restart (fresh per stage)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     max_tokens_per_micro_batch: int | str | None = field(default="auto", metadata={
-        "help": "split each update's pairs into micro-batches of at most this many tokens (a prompt's responses kept "
-                "together where they fit); same pairs, same update as the whole batch. auto (ours): 768 on CPU "
+        "help": "split each update's pairs (a listwise loss: its ranked lists, each kept whole) into micro-batches of "
+                "at most this many tokens (a prompt's responses kept together where they fit); same pairs, same "
+                "update as the whole batch. auto (ours): 768 on CPU "
                 "(the lowest peak measured), on CUDA the most tokens whose estimated activations fit half of "
                 "model.memory_budget_gb, in [2048, 16384]; logged. null = one micro-batch per batch_size pairs"})
 

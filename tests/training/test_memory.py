@@ -27,7 +27,7 @@ from currydpo.training.memory import (
 from currydpo.training.responses import ResponseTable
 from currydpo.training.tokenize import encode_records
 
-from conftest import make_records, tiny_config
+from conftest import make_records, tiny_config, update_grads
 
 F32 = torch.float32
 
@@ -111,19 +111,7 @@ def test_uneven_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, monke
         run.model.train()
         monkeypatch.setattr(objective, "split_by_tokens", lambda idx, *a: [idx[:1], idx[1:]] if bound else real_split(
             idx, *a))  # uneven: 1 pair, then 5
-        captured = {}
-
-        class Stop(Exception):
-            pass
-
-        def step():
-            captured.update({k: p.grad.clone() for k, p in run.model.named_parameters() if p.grad is not None})
-            raise Stop
-
-        opt = type("Opt", (), {"step": staticmethod(step), "zero_grad": lambda *a, **k: None})()
-        with pytest.raises(Stop):
-            loop.train_step(run, opt, None, [list(range(6))], run.refs.get("initial", len(run.table.keys)), "t")
-        grads[name] = captured
+        grads[name] = update_grads(run, [list(range(6))], run.refs.get("initial", len(run.table.keys)))
     for k in grads["whole"]:
         torch.testing.assert_close(grads["split"][k], grads["whole"][k], rtol=1e-4, atol=1e-7)
 

@@ -71,6 +71,7 @@ class Update:
     step: int  # global, 1-based: the ``step`` of its metrics.jsonl line
     micro: list[list[int]]  # this process's micro-batches: item indices (`Objective.items`)
     metrics: dict
+    seconds: float  # wall time of the update itself (forwards, backwards, optimiser step)
 
 
 @dataclass
@@ -331,6 +332,7 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
     for u in bar:
         micro = stage_batches(run, run.stages[k], pos.order, u)
         where = f"stage {k + 1}, update {u + 1}, step {pos.global_step + 1}"
+        t0 = time.perf_counter()
         try:
             metrics = train_step(run, optimizer, scheduler, micro, ref, where)
         except FloatingPointError as e:
@@ -342,6 +344,7 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
                 saved = "the weights are non-finite, so state/ was not overwritten; the last checkpoint is in"
             raise CurryError(f"non-finite values: {e}; {saved} {cfg.run.output_dir}/state "
                              f"(lower optim.lr or check the data)") from None
+        seconds = time.perf_counter() - t0
         pos.update, pos.global_step = u + 1, pos.global_step + 1
         run.updates_run += 1
         pos.tokens += int(metrics.pop("num_tokens"))
@@ -350,7 +353,7 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
                           "num_tokens": pos.tokens, **metrics})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
         for hook in run.hooks.on_batch:
-            hook(run, Update(k, u, pos.global_step, micro, metrics))
+            hook(run, Update(k, u, pos.global_step, micro, metrics, seconds))
         periodic = bool(cfg.run.save_every) and (u + 1) % cfg.run.save_every == 0 and u + 1 < n_updates
         if periodic:
             save_position(run, optimizer, scheduler, pos)
@@ -387,7 +390,8 @@ def train_step(run: Run, optimizer, scheduler, micro: list[list[int]], ref, wher
 
     Each micro-batch's loss (a mean over its items) is scaled by its share of the update's items, so
     the gradient is the whole batch's however the items are split (unequal splits included); with
-    ``optim.max_tokens_per_micro_batch`` the same items are re-split into token-bounded micro-batches.
+    ``optim.max_tokens_per_micro_batch`` the same items are re-split into token-bounded micro-batches (a ranked
+    list is never split: the listwise loss needs all of it).
     """
     acc, model, obj = run.accelerator, run.model, run.objective
     bound = run.resolved.max_tokens_per_micro_batch

@@ -7,22 +7,24 @@ allocated) and turns checkpointing on only when they do not fit: it costs one mo
 every decoder layer in the backward (about a third more compute), so it is not worth paying
 when memory is plentiful (the charter: no gradient checkpointing by default on CPU).
 
-``optim.max_tokens_per_micro_batch`` splits an update's pairs into micro-batches of bounded
-tokens; `train_step` weights each micro-batch's loss by its share of the update's pairs,
-so the update equals the whole batch's. Its ``auto`` (ours) depends on the device: a CPU's
-matmuls are no faster on long micro-batches than on short ones, so the bound is small (768
-tokens: the lowest peak we measured on SmolLM2-135M, at 0.82-1.01x the unbounded pairs/s,
-docs/performance.md);
-a GPU needs long ones to be busy, so the bound is as large as half the budget allows.
+``optim.max_tokens_per_micro_batch`` splits an update's pairs (or, for a listwise loss, its
+ranked lists, each kept whole) into micro-batches of bounded tokens; `train_step` weights each
+micro-batch's loss by its share of the update's items, so the update equals the whole batch's.
+Its ``auto`` (ours) depends on the device: a CPU's matmuls are no faster on long micro-batches
+than on short ones, so the bound is small (768 tokens: the lowest peak we measured on
+SmolLM2-135M, at 0.82-1.01x the unbounded pairs/s, docs/performance.md); a GPU needs
+long ones to be busy, so the bound is as large as half the budget allows.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+from ..curriculum.lists import RankedList
 from ..data.pairs import Pair
 from .responses import ResponseTable
 
@@ -126,21 +128,28 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def split_by_tokens(pairs: list[int], train_pairs: list[Pair], table: ResponseTable,
+def unique_rows(table: ResponseTable, items: Sequence[Pair | RankedList]) -> list[int]:
+    """Table rows ``items`` use, each once: the pairs' chosen and rejected, or every response of ranked lists."""
+    return (table.list_rows if isinstance(items[0], RankedList) else table.rows)(items)[0]
+
+
+def split_by_tokens(idx: list[int], items: Sequence[Pair | RankedList], table: ResponseTable,
                     max_tokens: int) -> list[list[int]]:
-    """Split one update's pairs (indices into ``train_pairs``) into micro-batches of at most ``max_tokens``.
+    """Split one update's items (indices into ``items``: pairs, or ranked lists for a listwise loss) into
+    micro-batches of at most ``max_tokens``.
 
     Tokens are counted as the packed path computes them: each prompt once, each unique response
-    once. A prompt's pairs stay together when they fit (so its prompt is computed once); a prompt
-    whose pairs do not fit is split pair by pair, and a pair longer than ``max_tokens`` goes alone.
-    The pairs are the update's, in first-come order of their prompts.
+    once. A prompt's items stay together when they fit (so its prompt is computed once); a prompt
+    whose items do not fit is split item by item, and an item longer than ``max_tokens`` goes alone.
+    An item is never split: a listwise loss needs the whole list in one forward. The items are the
+    update's, in first-come order of their prompts.
     """
     by_prompt: dict[int, list[int]] = {}
-    for i in pairs:
-        by_prompt.setdefault(train_pairs[i].record, []).append(i)
+    for i in idx:
+        by_prompt.setdefault(items[i].record, []).append(i)
 
     def tokens(group: list[int]) -> int:
-        rows = table.rows([train_pairs[i] for i in group])[0]
+        rows = unique_rows(table, [items[i] for i in group])
         prompts = {table.encoded[r].prompt_ids for r in rows}
         return sum(len(p) for p in prompts) + sum(len(table.encoded[r].response_ids) for r in rows)
 
@@ -155,18 +164,19 @@ def split_by_tokens(pairs: list[int], train_pairs: list[Pair], table: ResponseTa
 
 
 def even_out(micro: list[list[int]], n: int) -> list[list[int]]:
-    """Split the micro-batches with the most pairs in halves until there are ``n`` of them.
+    """Split the micro-batches with the most items (pairs or lists) in halves until there are ``n`` of them.
 
     With several processes every process must run the same number of forwards and backwards
     (DDP's and FSDP's collectives pair them up across processes), but token-bounded splits of
-    different pairs differ in count; each process holds the same number of pairs, so the process
-    with the most micro-batches has at least as many pairs as micro-batches, and so has every other.
+    different items differ in count; each process holds the same number of items, so the process
+    with the most micro-batches has at least as many items as micro-batches, and so has every other.
+    A micro-batch is split between items, never inside a list.
     """
     micro = [m for m in micro if m]
     while len(micro) < n:
         j = max(range(len(micro)), key=lambda i: len(micro[i]))
         if len(micro[j]) < 2:
-            raise ValueError(f"cannot split {sum(map(len, micro))} pairs into {n} micro-batches")
+            raise ValueError(f"cannot split {sum(map(len, micro))} items into {n} micro-batches")
         half = len(micro[j]) // 2
         micro[j:j + 1] = [micro[j][:half], micro[j][half:]]
     return micro

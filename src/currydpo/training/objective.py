@@ -103,5 +103,6 @@ class ListObjective:
         return list_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, **lo.options())
 
     def micro_batches(self, idx: list[int], max_tokens: int) -> list[list[int]]:
-        # TODO(listmem): token-bounded lists
-        return [idx]
+        """One update's lists in micro-batches of at most ``max_tokens``; a list is never split (the loss needs
+        all of it), an oversize list goes alone."""
+        return split_by_tokens(idx, self.lists, self.table, max_tokens)
