@@ -225,3 +225,15 @@ def test_budget_counts_this_process_shard(monkeypatch):
     whole = memory_budget(Model(torch.nn.Parameter(torch.zeros(4000))), torch.device("cpu"), None)
     shard = memory_budget(Model(Sharded(torch.zeros(4000))), torch.device("cpu"), None)
     assert whole == 10 ** 9 - 12 * 4000 and shard == 10 ** 9 - 12 * 1000
+
+
+def test_checkpointing_estimate_counts_a_list_as_its_responses(table_and_pairs):
+    """A micro-batch of ranked lists holds up to list-size sequences per item, not a pair's two: the estimate
+    behind gradient_checkpointing auto counts them (ranked lists were estimated as pairs before)."""
+    from currydpo.training.memory import micro_batch_tokens
+
+    table, _ = table_and_pairs
+    longest = sorted((len(e) for e in table.encoded), reverse=True)
+    assert micro_batch_tokens(table, 2, None) == sum(longest[:4])
+    assert micro_batch_tokens(table, 2, None, per_item=4) == sum(longest[:8]) > sum(longest[:4])
+    assert micro_batch_tokens(table, 2, 1, per_item=4) == sum(longest[:4])  # one list that does not fit, alone

@@ -595,18 +595,18 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     plan(cfg, data, dict(zip(table.keys, refs.get("initial", len(table.keys)).tolist())))  # difficulty, stages
     if cfg.model.lora and not fsdp:
         model = add_lora(model, cfg.model)
-    memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision))
-    resolved = dataclasses.replace(
-        resolve(cfg), precision=precision, lm_head=lm_head, attention=memory["attention"],
-        gradient_checkpointing=memory["gradient_checkpointing"],
-        max_tokens_per_micro_batch=memory["max_tokens_per_micro_batch"], save_dtype=cfg.run.save_dtype)
-    stages = data.stages
-    objective = PairObjective(data.train_pairs, table, cfg.loss, c.mrpo_eta)
+    resolved, stages = resolve(cfg), data.stages
+    objective, per_item = PairObjective(data.train_pairs, table, cfg.loss, c.mrpo_eta), 2
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
         measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty  # as stage_plan orders them
         lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, measure,
                                     resolved.shuffle_within_stage)
-        objective = ListObjective(lists, table, cfg.loss)
+        objective, per_item = ListObjective(lists, table, cfg.loss), max(len(x.responses) for x in lists)
+    memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision), per_item)
+    resolved = dataclasses.replace(
+        resolved, precision=precision, lm_head=lm_head, attention=memory["attention"],
+        gradient_checkpointing=memory["gradient_checkpointing"],
+        max_tokens_per_micro_batch=memory["max_tokens_per_micro_batch"])
     if acc.is_main_process:
         prec.warn_if_updates_round_away(model, o.lr)
     P = o.batch_size * o.grad_accum * acc.num_processes
@@ -636,13 +636,16 @@ def check_trackers(report_to: str) -> list[str]:
     return names
 
 
-def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerator, compute_dtype: torch.dtype) -> dict:
-    """Resolve and apply the memory settings that need the model and data; log what was chosen."""
+def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerator, compute_dtype: torch.dtype,
+                  per_item: int = 2) -> dict:
+    """Resolve and apply the memory settings that need the model and data (``per_item``: sequences per training
+    item, 2 for pairs, the longest list's size for ranked lists); log what was chosen."""
     m, o = cfg.model, cfg.optim
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     budget = memory_budget(model, acc.device, m.memory_budget_gb)
     tokens = resolve_token_bound(o.max_tokens_per_micro_batch, model, acc.device, budget, compute_dtype)
-    choice = choose_checkpointing(m.gradient_checkpointing, model, table, o.batch_size, tokens, budget, compute_dtype)
+    choice = choose_checkpointing(m.gradient_checkpointing, model, table, o.batch_size, tokens, budget, compute_dtype,
+                                  per_item)
     if choice.on:
         enable_checkpointing(model)
     if acc.is_main_process:

@@ -41,13 +41,14 @@ def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
     return (12 * H + 5 * intermediate) * config.num_hidden_layers * torch.finfo(dtype).bits // 8
 
 
-def micro_batch_tokens(table: ResponseTable, batch_size: int, max_tokens: int | None) -> int:
-    """Upper bound on the tokens of one micro-batch: 2·batch_size of the longest sequences (no
-    prompt shared), or ``max_tokens`` when micro-batches are bounded by it and one pair fits."""
+def micro_batch_tokens(table: ResponseTable, batch_size: int, max_tokens: int | None, per_item: int = 2) -> int:
+    """Upper bound on the tokens of one micro-batch: ``per_item``·batch_size of the longest sequences (no
+    prompt shared; ``per_item`` is 2 for pairs, the longest list's size for ranked lists), or ``max_tokens``
+    when micro-batches are bounded by it and one item fits."""
     longest = sorted((len(e) for e in table.encoded), reverse=True)
-    bound = sum(longest[:2 * batch_size])
+    bound = sum(longest[:per_item * batch_size])
     if max_tokens is not None:
-        bound = min(bound, max(max_tokens, sum(longest[:2])))  # a pair that does not fit goes alone
+        bound = min(bound, max(max_tokens, sum(longest[:per_item])))  # an item that does not fit goes alone
     return bound
 
 
@@ -111,10 +112,11 @@ def resolve_token_bound(setting: int | str | None, model, device: torch.device, 
 
 
 def choose_checkpointing(mode: str, model, table: ResponseTable, batch_size: int, max_tokens: int | None,
-                         budget: int, compute_dtype: torch.dtype) -> Checkpointing:
-    """Resolve ``model.gradient_checkpointing`` (see module doc) for micro-batches of at most ``max_tokens``."""
+                         budget: int, compute_dtype: torch.dtype, per_item: int = 2) -> Checkpointing:
+    """Resolve ``model.gradient_checkpointing`` (see module doc) for micro-batches of at most ``max_tokens``
+    of items of up to ``per_item`` sequences."""
     per_token = activation_bytes_per_token(text_config(model), compute_dtype)
-    activations = per_token * micro_batch_tokens(table, batch_size, max_tokens)
+    activations = per_token * micro_batch_tokens(table, batch_size, max_tokens, per_item)
     on = mode == "on" or (mode == "auto" and activations > budget)
     return Checkpointing(on, mode, activations / GB, budget / GB)
 
