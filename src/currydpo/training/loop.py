@@ -150,7 +150,7 @@ def train_stages(run: Run, pos: Position) -> dict:
         if resolved.across_stages == "restart":  # the paper's iterative recipe: each stage a fresh DPO run
             optimizer, scheduler = make_optimizer(run, run.stage_updates[k])
         restore_mid_stage(run, k, pos, optimizer, scheduler)
-        reference = reference_for(resolved.reference, k)  # the reference swap: stage-k's policy, or initial
+        reference = reference_for(resolved.reference, k)  # the reference swap: the previous stage's policy
         ref = reference_logps(run, k, stage, reference)
         if pos.order is None:
             pos.order = stage_order(run, stage, ref)
