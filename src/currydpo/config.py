@@ -493,6 +493,7 @@ class Resolved:
     reference: str  # previous-stage | initial | all-previous | mixture (auto: the paper swaps only when iterative)
     across_stages: str  # continue | restart (auto: restart for iterative, each stage a fresh DPO run)
     shuffle_within_stage: bool  # auto: true for iterative (each stage a standard DPO run), else false (ours)
+    split_by: str | None = None  # rank | value | quantile, as the plan split the pairs (None: no split)
     precision: str | None = None  # fp32 | bf16 | bf16-pure
     lm_head: str | None = None  # off | chunked | liger: one kernel for policy, reference, held-out, dynamic
     attention: str | None = None  # the attention implementation the model loaded with

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .config import TrainConfig, resolve
 from .curriculum.difficulty import STATIC, measure_from_response_values, measure_static
-from .curriculum.schedules import Stage
+from .curriculum.schedules import Stage, auto_split
 from .curriculum.schedules import plan as schedule
 from .data.loading import load_records
 from .data.pairs import Pair, build_pairs
@@ -34,6 +34,7 @@ class Prepared:
     bad_rows: dict[str, int] = field(default_factory=dict)
     format: str = ""  # the data format read (auto: as detected)
     stages: list[Stage] = field(default_factory=list)  # filled by `plan`
+    split_by: str | None = None  # curriculum.split_by as `plan` resolved it (None: the schedule does not split)
 
 
 def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs: bool = True) -> Prepared:
@@ -84,7 +85,7 @@ def plan(cfg: TrainConfig, data: Prepared, reference_logps: dict[tuple[int, int]
     if c.difficulty == "reward-margin":
         measure_reward_margin(pairs, data.records, c.reward_model, cfg.model.trust_remote_code)
     data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)
-    data.stages = stage_plan(cfg, data.train_pairs)
+    data.stages, data.split_by = stage_plan(cfg, data.train_pairs), split_rule(cfg, data.train_pairs)
 
 
 def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
@@ -120,10 +121,24 @@ def select_pairs(pairs: list[Pair], select: str, fraction: float) -> list[Pair]:
 def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
     """The schedule's stages. Self-paced orders its candidates by score-gap until it measures the policy."""
     c = cfg.curriculum
-    measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
-    return schedule(pairs, c.schedule, measure, stages=c.stages, split_by=c.split_by, strategy=cfg.data.strategy,
-                seed=cfg.run.seed, shuffle_within_stage=resolve(cfg).shuffle_within_stage,
-                cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)
+    return schedule(pairs, c.schedule, plan_measure(cfg), stages=c.stages, split_by=split_rule(cfg, pairs) or "auto",
+                    strategy=cfg.data.strategy, seed=cfg.run.seed,
+                    shuffle_within_stage=resolve(cfg).shuffle_within_stage,
+                    cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)
+
+
+def plan_measure(cfg: TrainConfig) -> str:
+    """The measure the plan orders by: ``curriculum.difficulty``, score-gap for dynamic (until it is measured)."""
+    return "score-gap" if cfg.curriculum.difficulty == "dynamic" else cfg.curriculum.difficulty
+
+
+def split_rule(cfg: TrainConfig, pairs: list[Pair]) -> str | None:
+    """``curriculum.split_by`` resolved on these pairs (`schedules.auto_split` for auto); None for schedules that
+    do not split (only iterative and anti do)."""
+    c = cfg.curriculum
+    if c.schedule not in ("iterative", "anti"):
+        return None
+    return c.split_by if c.split_by != "auto" else auto_split(pairs, plan_measure(cfg), c.stages, cfg.data.strategy)
 
 
 def measure_ref_logratio(pairs: list[Pair], reference_logps: dict[tuple[int, int], float]) -> None:

@@ -44,7 +44,7 @@ from ..data.records import Record
 from ..errors import CurryError
 from ..io import bars_off, quiet_bars, write_json, write_text
 from ..losses import is_listwise, needs_reference
-from ..pipeline import Prepared, data_fingerprint, plan, prepare
+from ..pipeline import Prepared, data_fingerprint, plan, plan_measure, prepare
 from . import checkpoint as ckpt
 from . import precision as prec
 from . import sharding
@@ -598,13 +598,12 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     resolved, stages = resolve(cfg), data.stages
     objective, per_item = PairObjective(data.train_pairs, table, cfg.loss, c.mrpo_eta), 2
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
-        measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty  # as stage_plan orders them
-        lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, measure,
+        lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, plan_measure(cfg),
                                     resolved.shuffle_within_stage)
         objective, per_item = ListObjective(lists, table, cfg.loss), max(len(x.responses) for x in lists)
     memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision), per_item)
     resolved = dataclasses.replace(
-        resolved, precision=precision, lm_head=lm_head, attention=memory["attention"],
+        resolved, split_by=data.split_by, precision=precision, lm_head=lm_head, attention=memory["attention"],
         gradient_checkpointing=memory["gradient_checkpointing"],
         max_tokens_per_micro_batch=memory["max_tokens_per_micro_batch"])
     if acc.is_main_process:

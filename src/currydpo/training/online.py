@@ -34,7 +34,7 @@ from ..data.pairs import build_pairs
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json
-from ..pipeline import measure_ref_logratio, measure_reward_margin
+from ..pipeline import measure_ref_logratio, measure_reward_margin, plan_measure
 from .model import load_model
 from .references import reference_for, stage_name
 from .tokenize import encode_for
@@ -129,9 +129,7 @@ def order_stage(run, k: int, new: list[int]) -> Stage:
         rng = random.Random(cfg.run.seed * 1000 + k)
         mixed = sorted(rng.sample(offline.pairs, round(cfg.online.mix * len(offline.pairs))))
     idx = mixed + new
-    c = cfg.curriculum
-    measure = "score-gap" if c.difficulty == "dynamic" else c.difficulty
-    inner = plan([run.data.train_pairs[i] for i in idx], "single-pass", measure, seed=cfg.run.seed + k,
+    inner = plan([run.data.train_pairs[i] for i in idx], "single-pass", plan_measure(cfg), seed=cfg.run.seed + k,
                  shuffle_within_stage=run.resolved.shuffle_within_stage)[0]
     label = f"online: {len(new)} pairs" + (f" + {len(mixed)} offline" if mixed else "")
     return Stage(k, [idx[j] for j in inner.pairs], label, admit_fraction=offline.admit_fraction)
