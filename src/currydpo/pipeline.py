@@ -40,7 +40,7 @@ class Prepared:
 def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs: bool = True) -> Prepared:
     """Load the data (unless ``records`` is given), hold out eval prompts, build pairs, measure static difficulty.
     ``require_pairs``: no training pair is an error (training); `currydpo pairs` reports it instead."""
-    d, c = cfg.data, cfg.curriculum
+    d = cfg.data
     rows_read, bad, fmt = 0, {}, "records"
     if records is None:
         res = load_records(d.path, d.format, split=d.split, subset=d.subset, score=d.score,
@@ -59,11 +59,16 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs
     if not train and require_pairs:
         raise CurryError(f"{d.path or 'data'}: no training pairs (all responses tied, or min_gap {d.min_gap} "
                          f"too large); lower data.min_gap or set data.allow_ties")
-    for name in STATIC:
-        measure_static(name, train + evals, records)
-    if c.difficulty.startswith(("column:", "function:")):
-        measure_static(c.difficulty, train + evals, records)
+    measure_static_all(cfg, train + evals, records)
     return Prepared(records, train, evals, rows_read, bad, fmt)
+
+
+def measure_static_all(cfg: TrainConfig, pairs: list[Pair], records: list[Record]) -> None:
+    """The measures that need no model: every built-in static one, and a user column or function when asked for."""
+    for name in STATIC:
+        measure_static(name, pairs, records)
+    if cfg.curriculum.difficulty.startswith(("column:", "function:")):
+        measure_static(cfg.curriculum.difficulty, pairs, records)
 
 
 def response_keys(pairs: list[Pair]) -> list[tuple[int, int]]:
@@ -85,7 +90,8 @@ def plan(cfg: TrainConfig, data: Prepared, reference_logps: dict[tuple[int, int]
     if c.difficulty == "reward-margin":
         measure_reward_margin(pairs, data.records, c.reward_model, cfg.model.trust_remote_code)
     data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)
-    data.stages, data.split_by = stage_plan(cfg, data.train_pairs), split_rule(cfg, data.train_pairs)
+    data.split_by = split_rule(cfg, data.train_pairs)
+    data.stages = stage_plan(cfg, data.train_pairs, data.split_by)
 
 
 def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
@@ -118,10 +124,12 @@ def select_pairs(pairs: list[Pair], select: str, fraction: float) -> list[Pair]:
     return [p for i, p in enumerate(pairs) if i in chosen]
 
 
-def stage_plan(cfg: TrainConfig, pairs: list[Pair]) -> list[Stage]:
-    """The schedule's stages. Self-paced orders its candidates by score-gap until it measures the policy."""
+def stage_plan(cfg: TrainConfig, pairs: list[Pair], split_by: str | None = None) -> list[Stage]:
+    """The schedule's stages. Self-paced orders its candidates by score-gap until it measures the policy.
+    ``split_by``: the resolved split (`split_rule`), when the caller has it already."""
     c = cfg.curriculum
-    return schedule(pairs, c.schedule, plan_measure(cfg), stages=c.stages, split_by=split_rule(cfg, pairs) or "auto",
+    split_by = split_by or split_rule(cfg, pairs)
+    return schedule(pairs, c.schedule, plan_measure(cfg), stages=c.stages, split_by=split_by or "auto",
                     strategy=cfg.data.strategy, seed=cfg.run.seed,
                     shuffle_within_stage=resolve(cfg).shuffle_within_stage,
                     cyclical=(c.cyclical_start, c.cyclical_end, c.cyclical_factor), self_paced_start=c.self_paced_start)

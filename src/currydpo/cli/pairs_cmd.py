@@ -191,7 +191,6 @@ def reference_logps(cfg: TrainConfig, data: Prepared) -> dict[tuple[int, int], f
     tokenised and scored by the rule `train` uses (`training.tokenize.encode_for`, `training.responses.Scorer`
     with the config's LM-head kernel)."""
     from ..device import default_device
-    from ..training.logprobs import _split_model, resolve_lm_head
     from ..training.model import load_model, load_tokenizer
     from ..training.responses import ResponseTable, Scorer
     from ..training.tokenize import encode_for
@@ -199,9 +198,8 @@ def reference_logps(cfg: TrainConfig, data: Prepared) -> dict[tuple[int, int], f
     m, device = cfg.model, default_device()
     tok = load_tokenizer(m.path, m.trust_remote_code)
     model = load_model(m.path, m, device)
-    split = _split_model(model)
-    scorer = Scorer(None, tok.pad_token_id, resolve_lm_head(m.fused_logprobs, split and split[1], device),
-                    cfg.optim.batch_size * 2, cfg.run.progress)
+    scorer = Scorer.for_model(model, tok.pad_token_id, m.fused_logprobs, device, None, cfg.optim.batch_size * 2,
+                              cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, encode_for(tok, data.records, cfg.data))
     lp, _ = scorer.score(model, table, list(range(len(table.keys))), desc="reference log-probs")
     return dict(zip(table.keys, lp.tolist()))

@@ -48,7 +48,6 @@ from ..pipeline import Prepared, data_fingerprint, plan, plan_measure, prepare
 from . import checkpoint as ckpt
 from . import precision as prec
 from . import sharding
-from .logprobs import _split_model, resolve_lm_head
 from .memory import choose_checkpointing, enable_checkpointing, even_out, memory_budget, resolve_token_bound
 from .model import _check_path, add_lora, load_model, load_tokenizer
 from .model_card import model_card
@@ -576,11 +575,10 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     if model.config._attn_implementation == "flex_attention" and acc.device.type == "cpu":
         raise CurryError("model.attention flex cannot train on CPU: torch's FlexAttention has no backward there "
                          "(torch 2.13: forward only); use model.attention sdpa (auto picks it on CPU)")
-    split = _split_model(model)  # the LM-head kernel, fixed now for every log-prob pass of the run
-    lm_head = resolve_lm_head(cfg.model.fused_logprobs, None if split is None else split[1], acc.device)
+    scorer = Scorer.for_model(model, tokenizer.pad_token_id, cfg.model.fused_logprobs, acc.device, acc,
+                              o.batch_size * 2, cfg.run.progress and acc.is_main_process)  # one kernel, fixed now
     if fsdp:  # shard before the reference pass, which then runs sharded too; LoRA first, so its layers are sharded
         model = sharding.shard(add_lora(model, cfg.model) if cfg.model.lora else model, fsdp, acc.device)
-    scorer = Scorer(acc, tokenizer.pad_token_id, lm_head, o.batch_size * 2, cfg.run.progress and acc.is_main_process)
     enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
@@ -602,18 +600,18 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                                     resolved.shuffle_within_stage)
         objective, per_item = ListObjective(lists, table, cfg.loss), max(len(x.responses) for x in lists)
     memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision), per_item)
+    save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
     resolved = dataclasses.replace(
-        resolved, split_by=data.split_by, precision=precision, lm_head=lm_head, attention=memory["attention"],
+        resolved, split_by=data.split_by, precision=precision, lm_head=scorer.lm_head, attention=memory["attention"],
         gradient_checkpointing=memory["gradient_checkpointing"],
-        max_tokens_per_micro_batch=memory["max_tokens_per_micro_batch"])
+        max_tokens_per_micro_batch=memory["max_tokens_per_micro_batch"],
+        save_dtype=str(save_dtype).removeprefix("torch."))
     if acc.is_main_process:
         prec.warn_if_updates_round_away(model, o.lr)
     P = o.batch_size * o.grad_accum * acc.num_processes
     sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))
              for s in stages]
     n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
-    save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
-    resolved = dataclasses.replace(resolved, save_dtype=str(save_dtype).removeprefix("torch."))
     return Run(cfg, resolved, acc, model, tokenizer, data, table, refs, scorer, objective, stages, n_updates,
                fingerprint, memory, save_dtype=save_dtype)
 

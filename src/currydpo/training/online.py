@@ -28,13 +28,12 @@ import os
 import random
 from typing import Callable
 
-from ..curriculum.difficulty import STATIC, measure_static
 from ..curriculum.schedules import Stage, plan
 from ..data.pairs import build_pairs
 from ..data.records import Record
 from ..errors import CurryError
 from ..io import write_json
-from ..pipeline import measure_ref_logratio, measure_reward_margin, plan_measure
+from ..pipeline import measure_ref_logratio, measure_reward_margin, measure_static_all, plan_measure
 from .model import load_model
 from .references import reference_for, stage_name
 from .tokenize import encode_for
@@ -93,10 +92,7 @@ def add_records(run, records: list[Record]) -> list[int]:
     pairs = build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
     for p in pairs:
         p.record += first
-    for name in STATIC:
-        measure_static(name, pairs, run.data.records)
-    if cfg.curriculum.difficulty.startswith(("column:", "function:")):
-        measure_static(cfg.curriculum.difficulty, pairs, run.data.records)
+    measure_static_all(cfg, pairs, run.data.records)
     enc = encode_for(run.tokenizer, records, d, progress=False)
     run.table.extend(pairs, enc, first)
     start = len(run.data.train_pairs)

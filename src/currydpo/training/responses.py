@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..data.pairs import Pair
 from ..errors import CurryError
 from ..io import atomic_path, bars_off
-from .logprobs import response_logps
+from .logprobs import _split_model, resolve_lm_head, response_logps
 from .sharding import is_sharded
 from .tokenize import Encoded
 
@@ -214,6 +214,15 @@ class Scorer:
     lm_head: str
     batch_size: int  # sequences per no-grad forward
     progress: bool = False
+
+    @classmethod
+    def for_model(cls, model, pad_token_id: int, fused_logprobs: str, device: torch.device, accelerator=None,
+                  batch_size: int = 16, progress: bool = False) -> "Scorer":
+        """The scorer of ``model``: ``model.fused_logprobs`` resolved against its LM head on ``device``
+        (`logprobs.resolve_lm_head`; call before sharding or LoRA wrap the head)."""
+        split = _split_model(model)
+        lm_head = resolve_lm_head(fused_logprobs, None if split is None else split[1], device)
+        return cls(accelerator, pad_token_id, lm_head, batch_size, progress)
 
     def policy(self, model, encoded: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """The training forward (gradients flow) of ``encoded`` sequences, under the run's autocast."""
