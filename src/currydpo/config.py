@@ -493,6 +493,9 @@ class Resolved:
     reference: str  # previous-stage | initial | all-previous | mixture (auto: the paper swaps only when iterative)
     across_stages: str  # continue | restart (auto: restart for iterative, each stage a fresh DPO run)
     shuffle_within_stage: bool  # auto: true for iterative (each stage a standard DPO run), else false (ours)
+    # a stage trained for more than one pass: later passes are reshuffled (seeded) when the order is random or
+    # shuffled within the stage; a curriculum order is repeated as it is, a stated second pass (issue #32)
+    reshuffle_passes: bool = False
     split_by: str | None = None  # rank | value | quantile, as the plan split the pairs (None: no split)
     precision: str | None = None  # fp32 | bf16 | bf16-pure
     lm_head: str | None = None  # off | chunked | liger: one kernel for policy, reference, held-out, dynamic
@@ -512,8 +515,12 @@ def resolve(cfg: TrainConfig) -> Resolved:
     reference = c.reference if c.reference != "auto" else ("previous-stage" if iterative else "initial")
     across = cfg.optim.across_stages if cfg.optim.across_stages != "auto" else ("restart" if iterative else "continue")
     shuffle = str(c.shuffle_within_stage).lower()
-    return Resolved(reference=reference, across_stages=across,
-                    shuffle_within_stage=iterative if shuffle == "auto" else shuffle == "true")
+    shuffle = iterative if shuffle == "auto" else shuffle == "true"
+    return Resolved(reference=reference, across_stages=across, shuffle_within_stage=shuffle,
+                    reshuffle_passes=shuffle or c.schedule in RANDOM_ORDER)
+
+
+RANDOM_ORDER = ("random", "single-pair")  # schedules whose stage order is a random permutation, not a curriculum
 
 
 def to_yaml(cfg: TrainConfig) -> str:

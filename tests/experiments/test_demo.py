@@ -64,11 +64,12 @@ def test_ablation_arms_change_what_the_readme_says(tmp_path):
     spec = demo_spec(world, str(tmp_path), [1], ablations=True)
     cfg = {arm: arm_config(spec, arm, 1) for arm in spec.arms}
     base = cfg["curry-iterative"]
-    assert (base.optim.across_stages, resolve(base).reference) == ("continue", "previous-stage")
-    restart = cfg["iterative-restart"]
-    assert (restart.optim.across_stages, resolve(restart).reference) == ("restart", "previous-stage")
+    # curry-iterative is the paper's recipe (each stage restarts its optimiser); continue is a labelled variant
+    assert (base.optim.across_stages, resolve(base).reference) == ("restart", "previous-stage")
+    cont = cfg["iterative-continue"]
+    assert (cont.optim.across_stages, resolve(cont).reference) == ("continue", "previous-stage")
     fixed = cfg["iterative-fixed-ref"]
-    assert (fixed.optim.across_stages, resolve(fixed).reference) == ("continue", "initial")
+    assert (fixed.optim.across_stages, resolve(fixed).reference) == ("restart", "initial")
     anti = cfg["anti-curriculum"]
     assert (anti.curriculum.schedule, resolve(anti).reference, anti.curriculum.stages) == ("anti", "initial", 3)
     # anti-curriculum changes three things of curry-iterative: order, reference and (no) shuffling
@@ -78,6 +79,8 @@ def test_ablation_arms_change_what_the_readme_says(tmp_path):
     assert (best.run.final_model, resolve(best).reference, base.run.final_model) == ("best", "previous-stage", "last")
     mrpo = cfg["iterative-mrpo"]
     assert (mrpo.curriculum.schedule, resolve(mrpo).reference) == ("iterative", "all-previous")
+    assert {c.optim.across_stages for a, c in cfg.items() if a.startswith("iterative-") and a != "iterative-continue"} \
+        == {"restart"}  # one change each
     on = cfg["curry-online"]  # the iterative arm with online stages 2 and 3, rated by the world's noisy judge
     assert (on.online.enabled, on.online.from_stage, on.online.samples, resolve(on).reference) == \
         (True, 2, 4, "previous-stage")
@@ -100,19 +103,42 @@ def test_demo_spec_records_the_response_regime(tmp_path):
     assert build_parser().parse_args(["demo", "--responses", "self"]).responses == "self"
 
 
-def test_frontier_spec_sweeps_every_frontier_arm_over_the_lr(tmp_path):
+def test_frontier_spec_sweeps_every_frontier_arm_over_the_same_lrs_along_each_run(tmp_path):
     from types import SimpleNamespace
 
     from currydpo.config import resolve
     from currydpo.experiments.compare import arm_config
-    from currydpo.experiments.demo import FRONTIER_ARMS, FRONTIER_EXTENDED, FRONTIER_SWEEP, demo_spec
+    from currydpo.experiments.demo import FRONTIER_ARMS, FRONTIER_POINTS, FRONTIER_SWEEP, demo_spec
 
     world = SimpleNamespace(sft_model="m", train_data=str(tmp_path / "t.jsonl"), eval_prompts="e")
     spec = demo_spec(world, str(tmp_path), [1, 2, 3], frontier=True)
     lrs = FRONTIER_SWEEP["optim.lr"]
-    assert set(spec.arms) == {f"{a}@{lr}" for a in FRONTIER_ARMS for lr in FRONTIER_EXTENDED.get(a, lrs)}
-    assert len(lrs) >= 3 and "curry-online@0.0006" in spec.arms and "single-pair@0.0006" not in spec.arms
+    # the same values for every arm (fixed before the results), each run evaluated along its training
+    assert set(spec.arms) == {f"{a}@{lr}" for a in FRONTIER_ARMS for lr in lrs}
+    assert spec.points == FRONTIER_POINTS >= 4
+    assert {"curry-iterative", "iterative-continue"} <= set(FRONTIER_ARMS)  # the paper's recipe and its variant
     for label, meta in spec.sweeps.items():
         assert arm_config(spec, label, 1).optim.lr == meta["value"]
+    assert arm_config(spec, "curry-iterative@6e-05", 1).optim.across_stages == "restart"
     mix = arm_config(spec, "iterative-mixture@6e-05", 1)
     assert resolve(mix).reference == "mixture" and mix.curriculum.reference_mix == 0.5
+    assert spec.notes["budget"].startswith("the frontier: every arm at peak lr 6e-05, 0.0002")
+
+
+def test_the_demo_states_its_budget_first_and_passes_is_the_ablation(tmp_path):
+    from types import SimpleNamespace
+
+    from currydpo.experiments.compare import arm_config
+    from currydpo.experiments.demo import demo_spec
+    from currydpo.experiments.report import setup_lines
+
+    world = SimpleNamespace(sft_model="m", train_data=str(tmp_path / "t.jsonl"), eval_prompts="e")
+    spec = demo_spec(world, str(tmp_path), [1])
+    first = setup_lines(spec.notes).splitlines()[0]
+    assert first.startswith("Budget: peak lr 6e-05, 300 updates") and "default-budget rule" in first
+    assert "docs/demo_frontier/pool/frontier.md" in first
+    assert {arm_config(spec, a, 1).optim.lr for a in spec.arms} == {6e-5}
+    passes = demo_spec(world, str(tmp_path), [1], budget="passes")
+    cfg = arm_config(passes, "single-pair", 1)
+    assert (cfg.optim.total_updates, cfg.optim.epochs_per_stage) == (None, 1.0)
+    assert "equal passes" in passes.notes["budget"]

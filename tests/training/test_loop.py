@@ -359,7 +359,26 @@ def test_every_auto_is_resolved_once_and_logged(tiny_model_dir, tmp_path):
     resolved = loop.train(cfg, records=make_records(4))["resolved"]
     assert "auto" not in resolved.values() and None not in resolved.values()
     assert resolved == {"reference": "previous-stage", "across_stages": "restart", "shuffle_within_stage": True,
-                        "split_by": "rank", "precision": "fp32", "lm_head": "chunked", "attention": "sdpa",
+                        "reshuffle_passes": True, "split_by": "rank", "precision": "fp32", "lm_head": "chunked", "attention": "sdpa",
                         "gradient_checkpointing": False,
                         "max_tokens_per_micro_batch": resolved["max_tokens_per_micro_batch"],
                         "save_dtype": "float32"}
+
+
+@pytest.mark.parametrize("schedule,reshuffled", [("random", True), ("single-pair", True), ("single-pass", False)])
+def test_no_stage_wraps_silently(tiny_model_dir, tmp_path, capsys, schedule, reshuffled):
+    """A stage trained for more than one pass says so; a random order is reshuffled for each later pass, a
+    curriculum order repeated as it is; summary.json counts the passes of every stage."""
+    seen = []
+    cfg = tiny_config(tiny_model_dir, tmp_path / "r", curriculum={"schedule": schedule},
+                      optim={"batch_size": 4, "epochs_per_stage": 2})
+    summary = loop.train(cfg, records=make_records(8), hooks=loop.Hooks(
+        on_batch=[lambda run, update: seen.extend(i for idx in update.micro for i in idx)]))
+    n = summary["stages"][0]["pairs"]
+    assert summary["stages"][0]["passes"] == pytest.approx(len(seen) / n) and len(seen) >= 2 * n
+    first, second = seen[:n], seen[n:2 * n]
+    assert sorted(first) == sorted(second) and len(set(first)) == n  # each pass visits every pair once
+    assert (first != second) == reshuffled
+    err = capsys.readouterr().err
+    again = "reshuffled (seeded)" if reshuffled else "the curriculum order repeated"
+    assert f"stage 1 makes {summary['stages'][0]['passes']:g} passes over its {n} pairs" in err and again in err

@@ -23,8 +23,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "curry-online (stages 2-3 sampled from the current policy and judged); and evaluate "
                         "curry-iterative's stage-K/ checkpoints like every arm")
     p.add_argument("--frontier", action="store_true",
-                   help="sweep the peak lr (2e-5, 6e-5, 2e-4) of the main arms, curry-online, iterative-fixed-ref "
-                        "and iterative-mixture, and write the reward-KL frontier (frontier.md, frontier.png)")
+                   help="sweep the peak lr (6e-5, 2e-4) of the main arms, iterative-continue, curry-online, "
+                        "iterative-fixed-ref and iterative-mixture, evaluate each run at 6 points along it, and write "
+                        "the reward-KL frontier (frontier.md, frontier.png): the best reward each arm measured "
+                        "within each KL budget, paired by seed against single-pair")
+    p.add_argument("--budget", choices=("updates", "passes"), default="updates",
+                   help="updates (default, the headline: every arm 300 updates) | passes (the ablation: every arm "
+                        "one pass over each stage's pairs)")
     p.add_argument("--responses", choices=("pool", "self"), default="pool",
                    help="who writes each prompt's 4 answers: pool (default, the paper's regime: 4 distinct writers "
                         "of graded quality, as UltraFeedback's 4 of 17 models) | self (4 samples of the SFT model, "
@@ -50,7 +55,7 @@ def run(args) -> int:
     start = time.time()
     report = run_demo(args.out, seeds, quick=args.quick, cache_dir=args.cache_dir, world_seed=args.world_seed,
                       progress=not args.no_progress, ablations=args.ablations, frontier=args.frontier,
-                      responses=args.responses)
+                      responses=args.responses, budget=args.budget)
     print_report(report, args.out)
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0

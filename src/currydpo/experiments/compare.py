@@ -32,6 +32,8 @@ from ..device import default_device
 from ..errors import CurryError
 from ..generation.generate import GenerationConfig, load_prompts
 from ..io import bars_off, write_json
+from ..training.model import load_model, load_tokenizer
+from .trajectory import TRAJECTORY_DIR, TrajectoryHook, read_trajectory, trajectory_point
 
 BASELINE = "sft"
 
@@ -48,6 +50,7 @@ class CompareSpec:
     trust_remote_code: bool = False
     notes: dict = field(default_factory=dict)  # facts about the setup the report states (e.g. the data regime)
     sweeps: dict[str, dict] = field(default_factory=dict)  # "ARM@VALUE" -> {"arm", "key", "value"}
+    points: int = 1  # evaluations along each run (eval.points; 1: the final model only)
     source: str = "spec"  # where the spec came from, for error messages
 
 
@@ -139,12 +142,20 @@ def spec_from_dict(raw: dict, output_dir: str | None = None, source: str = "spec
     _one_sweep(raw.get("sweep"), source, "")
     arms, sweeps = expand_sweeps(arms, raw.get("sweep"), source)
     ev = raw.get("eval") or {}
-    bad = set(ev) - {"prompts", "judge", "generation"}
+    bad = set(ev) - {"prompts", "judge", "generation", "points"}
     if bad:
-        raise CurryError(f"{source}: unknown eval key(s) {sorted(bad)}; valid: generation, judge, prompts")
+        raise CurryError(f"{source}: unknown eval key(s) {sorted(bad)}; valid: generation, judge, points, prompts")
+    points = ev.get("points", 1)
+    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+        raise CurryError(f"{source}: eval.points must be a positive integer (evaluations along each run, the last "
+                         f"included); got {points!r}")
+    if points > 1 and not ev.get("prompts"):
+        raise CurryError(f"{source}: eval.points {points} evaluates generations along each run: it needs "
+                         "eval.prompts (and a judge for rewards)")
     spec = CompareSpec(base=raw.get("base") or {}, arms=arms, seeds=[int(s) for s in raw.get("seeds", [0])],
                        output_dir=output_dir or raw.get("output_dir") or "runs/compare", prompts=ev.get("prompts"),
-                       judge=ev.get("judge"), generation=ev.get("generation") or {}, sweeps=sweeps, source=source)
+                       judge=ev.get("judge"), generation=ev.get("generation") or {}, sweeps=sweeps, source=source,
+                       points=points)
     GenerationConfig(**spec.generation)  # validates the generation keys
     for arm in spec.arms:
         arm_config(spec, arm, spec.seeds[0])
@@ -169,8 +180,10 @@ def _read(path: str):
 
 
 def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bool) -> dict:
-    """Train (unless baseline) and evaluate one (arm, seed); result.json is written last."""
+    """Train (unless baseline) and evaluate one (arm, seed), along the run with ``eval.points`` > 1;
+    result.json is written last."""
     from ..evaluation.online import train  # the loop, with online stages sampled and judged
+    from ..training.loop import Hooks
 
     path = _result_path(spec, arm, seed)
     cfg = arm_config(spec, BASELINE if arm == BASELINE else arm, seed)
@@ -178,12 +191,20 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     if os.path.exists(path):  # done: the fairness facts are re-derived, so a re-run reports them as defined now
         result = _read(path)
         return {**result, "fairness": fairness(cfg, result["train"])}
-    summary = None
+    evaluation = SeedEvaluation.load(spec, cfg, seed, judge, prompts, BASELINE if arm == BASELINE else None, progress)
+    summary, hook = None, None
     if arm != BASELINE:
+        hooks = Hooks()
+        if spec.points > 1:  # the policy in memory, evaluated as checkpoints are (generation metrics only)
+            hook = TrajectoryHook(os.path.join(os.path.dirname(path), TRAJECTORY_DIR), spec.points,
+                                  lambda policy: evaluation(policy, heldout=False)[0],
+                                  skip_last=cfg.run.final_model == "last")
+            hooks.on_batch.append(hook)
         state = os.path.join(cfg.run.output_dir, "state")
-        summary = train(cfg, resume=os.path.exists(state))
-    final = None if arm == BASELINE else os.path.join(cfg.run.output_dir, "final")
-    metrics, answers = evaluate_checkpoint(spec, cfg, seed, final, judge, prompts, progress)
+        summary = train(cfg, resume=os.path.exists(state), hooks=hooks)
+    final = None if arm == BASELINE else load_model(os.path.join(cfg.run.output_dir, "final"), cfg.model,
+                                                    default_device())
+    metrics, answers = evaluation(final)
     if arm == BASELINE and prompts:
         metrics["kl"] = 0.0 if "kl" in metrics else None
         if judge is not None:  # against its own answers: all ties, 0.5 by construction
@@ -194,30 +215,62 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     result = {"arm": arm, "seed": seed, **({"sweep": spec.sweeps[arm]} if arm in spec.sweeps else {}),
               "metrics": metrics, "train": summary,
               "fairness": fairness(cfg, summary), "answers_sample": answers[:5]}
+    if hook is not None:
+        result["trajectory"] = read_trajectory(hook.directory)
+        if hook.skip_last:  # final/ is the last update's model: its evaluation is the last point
+            result["trajectory"].append(trajectory_point(summary["total_updates"], metrics))
     write_json(path, result)
     return result
 
 
+@dataclass
+class SeedEvaluation:
+    """What every evaluation of one (arm, seed) shares — the same prompts and sampling seed, judge, SFT answers
+    to win against, initial model for KL and held-out pairs of ``cfg`` — loaded once, so the final model and
+    the points along the run (`TrajectoryHook`) are evaluated alike."""
+
+    cfg: TrainConfig
+    seed: int
+    tokenizer: object
+    reference: object  # the initial model: KL is measured to it
+    heldout: list
+    baseline_answers: list[str] | None
+    gen: GenerationConfig
+    judge: object
+    prompts: list
+    progress: bool
+
+    @classmethod
+    def load(cls, spec: CompareSpec, cfg: TrainConfig, seed: int, judge, prompts, arm: str | None,
+             progress: bool) -> "SeedEvaluation":
+        from ..pipeline import prepare
+
+        tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+        reference = load_model(cfg.model.ref_model or cfg.model.path, cfg.model, default_device())
+        data = prepare(cfg)
+        heldout = [data.records[r] for r in sorted({p.record for p in data.eval_pairs})]
+        baseline_answers = None
+        if arm != BASELINE and judge is not None and prompts:
+            baseline_answers = _read(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"))
+        gen = GenerationConfig(**{**spec.generation, "seed": seed})
+        return cls(cfg, seed, tokenizer, reference, heldout, baseline_answers, gen, judge, prompts, progress)
+
+    def __call__(self, policy=None, heldout: bool = True) -> tuple[dict, list[str]]:
+        """Evaluate ``policy`` (None: the initial model itself); ``heldout=False``: generation metrics only."""
+        from ..evaluation.evaluate import evaluate_model
+
+        cfg = self.cfg
+        return evaluate_model(self.reference if policy is None else policy, self.tokenizer, prompts=self.prompts,
+                              gen=self.gen, judge=self.judge, baseline_answers=self.baseline_answers,
+                              reference=self.reference, heldout=self.heldout if heldout else None,
+                              beta=cfg.loss.beta, seed=self.seed, data=cfg.data, progress=self.progress)
+
+
 def evaluate_checkpoint(spec: CompareSpec, cfg: TrainConfig, seed: int, model_dir: str | None, judge, prompts,
                         progress: bool) -> tuple[dict, list[str]]:
-    """Evaluate ``model_dir`` (None: the base model) as every arm is: the same prompts and sampling seed,
-    judge, SFT answers to win against, reference for KL and held-out pairs of ``cfg``."""
-    from ..evaluation.evaluate import evaluate_model
-    from ..pipeline import prepare
-    from ..training.model import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    reference = load_model(cfg.model.ref_model or cfg.model.path, cfg.model, default_device())
-    policy = reference if model_dir is None else load_model(model_dir, cfg.model, default_device())
-    data = prepare(cfg)
-    heldout = [data.records[r] for r in sorted({p.record for p in data.eval_pairs})]
-    baseline_answers = None
-    if model_dir is not None and judge is not None and prompts:
-        baseline_answers = _read(os.path.join(spec.output_dir, BASELINE, f"seed-{seed}", "answers.json"))
-    gen = GenerationConfig(**{**spec.generation, "seed": seed})
-    return evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge, baseline_answers=baseline_answers,
-                          reference=reference, heldout=heldout, beta=cfg.loss.beta, seed=seed, data=cfg.data,
-                          progress=progress)
+    """Evaluate ``model_dir`` (None: the base model) as every arm is (`SeedEvaluation`)."""
+    evaluation = SeedEvaluation.load(spec, cfg, seed, judge, prompts, None if model_dir else BASELINE, progress)
+    return evaluation(None if model_dir is None else load_model(model_dir, cfg.model, default_device()))
 
 
 def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
@@ -233,7 +286,13 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
             "stages": len(summary["stages"]), "reference": _reference(cfg),
             "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {resolve(cfg).across_stages}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": _per_update(summary),
+            "passes": _passes(summary["stages"][:stage]),
             "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.label()} (beta {cfg.loss.beta:g})"}
+
+
+def _passes(stages: list[dict]) -> str:
+    """Passes over its items each evaluated stage made, e.g. ``1.65`` or ``0.55/0.55/0.55``."""
+    return "/".join(f"{s['passes']:g}" if "passes" in s else "?" for s in stages) or "–"
 
 
 def _reference(cfg: TrainConfig) -> str:

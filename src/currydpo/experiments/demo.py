@@ -50,46 +50,67 @@ from __future__ import annotations
 import json
 import os
 
+from ..errors import CurryError
 from ..world.build import build_world
 from .compare import CompareSpec, arm_config, evaluate_checkpoint, expand_sweeps, run_compare
 
 # Set explicitly (not left to the library's `auto`), so the demo's arms do not move when defaults do.
 ITERATIVE = {"schedule": "iterative", "stages": 3, "shuffle_within_stage": True}
+# The paper's iterative recipe: each stage a standard DPO run, its optimiser and LR schedule restarted.
+CURRY_ITERATIVE = {"curriculum": ITERATIVE, "optim": {"across_stages": "restart"}}
 ARMS = {
     "single-pair": {"curriculum": {"schedule": "single-pair", "single_pair_strategy": "best-vs-random"}},
     "multi-pair-random": {"curriculum": {"schedule": "random"}},
-    "curry-iterative": {"curriculum": ITERATIVE},
+    "curry-iterative": CURRY_ITERATIVE,
     "curry-single-pass": {"curriculum": {"schedule": "single-pass"}},
 }
 
+
+def _iterative(**over) -> dict:
+    """The curry-iterative arm with the given sections' keys changed (one change per ablation)."""
+    return {section: {**CURRY_ITERATIVE.get(section, {}), **over.get(section, {})}
+            for section in dict.fromkeys([*CURRY_ITERATIVE, *over])}
+
+
 ABLATIONS = {
-    # the curry-iterative arm with one change each; anti-curriculum: order, shuffling and reference
-    "iterative-restart": {"curriculum": ITERATIVE, "optim": {"across_stages": "restart"}},
-    "iterative-fixed-ref": {"curriculum": {**ITERATIVE, "reference": "initial"}},
+    # the curry-iterative arm with one change each; anti-curriculum: order, shuffling, reference and LR schedule
+    "iterative-continue": _iterative(optim={"across_stages": "continue"}),  # one LR schedule over all stages
+    "iterative-fixed-ref": _iterative(curriculum={"reference": "initial"}),
     "anti-curriculum": {"curriculum": {"schedule": "anti", "stages": 3}},
-    "iterative-best-stage": {"curriculum": ITERATIVE, "run": {"final_model": "best"}},
-    "iterative-mrpo": {"curriculum": {**ITERATIVE, "reference": "all-previous"}},
-    "curry-online": {"curriculum": ITERATIVE, "online": {
+    "iterative-best-stage": _iterative(run={"final_model": "best"}),
+    "iterative-mrpo": _iterative(curriculum={"reference": "all-previous"}),
+    "curry-online": _iterative(online={
         "enabled": True, "from_stage": 2, "samples": 4, "temperature": 1.0, "max_new_tokens": 48,
-        "judge": "gold:currydpo.world.preferences:judge_score"}, "generation": {"batch_size": 32}},
+        "judge": "gold:currydpo.world.preferences:judge_score"}, generation={"batch_size": 32}),
 }
+MIXTURE = {"iterative-mixture": _iterative(curriculum={"reference": "mixture", "reference_mix": 0.5})}
 
-# --frontier: the main arms, the online and fixed-reference ablations and the soft (mixture) reference, each
-# swept over the peak learning rate (values bracketing every arm's peak in a 2-seed probe, issue #23).
-FRONTIER_ARMS = [*ARMS, "curry-online", "iterative-fixed-ref", "iterative-mixture"]
-FRONTIER_SWEEP = {"optim.lr": [2.0e-5, 6.0e-5, 2.0e-4]}
-# These two peaked at 2e-4, the top of the common sweep, in the 3-seed frontier: one more value brackets them.
-FRONTIER_EXTENDED = {a: [2.0e-5, 6.0e-5, 2.0e-4, 6.0e-4] for a in ("curry-online", "curry-single-pass")}
-MIXTURE = {"iterative-mixture": {"curriculum": {**ITERATIVE, "reference": "mixture", "reference_mix": 0.5}}}
+# --frontier, fixed before its results were read (issue #32): these arms, every one swept over the same two peak
+# learning rates and evaluated at FRONTIER_POINTS evenly spaced updates along each run (trajectories), 300
+# updates each (the headline budget: equal updates, Weber et al. 2024). The frontier compares the best gold
+# reward each arm *measured* within a KL budget, paired by seed against single-pair (frontier.py).
+FRONTIER_ARMS = [*ARMS, "iterative-continue", "curry-online", "iterative-fixed-ref", "iterative-mixture"]
+FRONTIER_SWEEP = {"optim.lr": [6.0e-5, 2.0e-4]}
+FRONTIER_POINTS = 6
+# --frontier --budget passes: the ablation of the headline budget. Every arm makes one pass over each stage's
+# pairs (the paper's recipe: each stage one DPO epoch), so single-pair trains fewer updates than the multi-pair arms.
+BUDGETS = ("updates", "passes")
 
-# Shared by every arm. One LR schedule over the whole run (no restart between stages) and
-# the same number of updates, so only the data order and the reference differ between arms.
+# Shared by every arm. The same number of updates and peak learning rate, so only the data order, the reference and
+# (curry-iterative: the paper's per-stage restart) the LR schedule differ between arms; the fairness table says
+# which. The default lr is what the default-budget rule picked on the frontier (DEFAULT_BUDGET).
 SETTINGS = {
-    "default": {"updates": 300, "batch_size": 8, "lr": 2e-4, "beta": 0.1, "eval_fraction": 0.1,
+    "default": {"updates": 300, "batch_size": 8, "lr": 6e-5, "beta": 0.1, "eval_fraction": 0.1,
                 "max_new_tokens": 48},
     "quick": {"updates": 24, "batch_size": 8, "lr": 2e-4, "beta": 0.1, "eval_fraction": 0.1,
               "max_new_tokens": 32},
 }
+DEFAULT_BUDGET = (
+    "peak lr 6e-05, 300 updates of 8 pairs (every arm). Why: the default-budget rule, fixed before any frontier "
+    "result was read, takes the swept lr at which the reference arm single-pair has its best mean gold reward; on "
+    "the 3-seed frontier (docs/demo_frontier/, `currydpo demo --frontier`) it picks 6e-05. One budget compares how "
+    "far each arm drifted, not the methods: the comparison of methods is the frontier "
+    "(docs/demo_frontier/pool/frontier.md)")
 
 
 RESPONSES = {
@@ -101,40 +122,62 @@ RESPONSES = {
 
 
 def demo_spec(world, output_dir: str, seeds: list[int], quick: bool = False, progress: bool = True,
-              ablations: bool = False, responses: str = "pool", frontier: bool = False) -> CompareSpec:
+              ablations: bool = False, responses: str = "pool", frontier: bool = False,
+              budget: str = "updates") -> CompareSpec:
     s = SETTINGS["quick" if quick else "default"]
+    if budget not in BUDGETS:
+        raise CurryError(f"demo: budget {budget!r} is not one of {', '.join(BUDGETS)}")
+    per_arm = {"total_updates": s["updates"]} if budget == "updates" else {"epochs_per_stage": 1.0}
     base = {
         "model": {"path": str(world.sft_model)},
         "data": {"path": str(world.train_data), "format": "ultrafeedback", "score": "mean-aspects",
                  "strategy": "best-vs-rest", "eval_fraction": s["eval_fraction"], "max_length": 128,
                  "max_prompt_length": 48},
         "loss": {"name": "dpo", "beta": s["beta"]},
-        "optim": {"lr": s["lr"], "batch_size": s["batch_size"], "total_updates": s["updates"],
+        "optim": {"lr": s["lr"], "batch_size": s["batch_size"], **per_arm,
                   "lr_schedule": "linear", "warmup_ratio": 0.1, "across_stages": "continue"},
         "run": {"progress": progress},
     }
     arms = {**ARMS, **(ABLATIONS if ablations else {})}
-    sweeps = {}
-    if frontier:  # arm x lr: each arm's reward-KL frontier (frontier.md); the default budget by the stated rule
+    sweeps, points = {}, 1
+    if frontier:  # arm x lr, evaluated along each run: each arm's reward-KL frontier (frontier.md)
         every = {**ARMS, **ABLATIONS, **MIXTURE}
-        chosen = {a: {**every[a], **({"sweep": {"optim.lr": FRONTIER_EXTENDED[a]}} if a in FRONTIER_EXTENDED else {})}
-                  for a in FRONTIER_ARMS}
-        arms, sweeps = expand_sweeps(chosen, FRONTIER_SWEEP, "demo")
+        arms, sweeps = expand_sweeps({a: every[a] for a in FRONTIER_ARMS}, FRONTIER_SWEEP, "demo")
+        points = FRONTIER_POINTS
     return CompareSpec(base=base, arms=arms, seeds=seeds, output_dir=output_dir, prompts=str(world.eval_prompts),
                        judge="gold:currydpo.world.language:gold_reward",
                        generation={"max_new_tokens": s["max_new_tokens"], "temperature": 1.0, "top_p": 1.0,
                                    "do_sample": True, "batch_size": 50},
-                       notes={"responses": responses, "responses_detail": RESPONSES[responses]}, sweeps=sweeps)
+                       notes={"budget": budget_note(quick, frontier, budget), "responses": responses,
+                              "responses_detail": RESPONSES[responses]}, sweeps=sweeps, points=points)
+
+
+def budget_note(quick: bool, frontier: bool, budget: str) -> str:
+    """The first line of every demo report: which training budget its numbers are at, and why."""
+    s = SETTINGS["quick" if quick else "default"]
+    each = (f"{s['updates']} updates of {s['batch_size']} pairs (every arm: equal updates, the headline budget)"
+            if budget == "updates" else "one pass over each stage's pairs (every arm: equal passes, the ablation "
+            "of the headline budget)")
+    if frontier:
+        lrs = ", ".join(f"{v:g}" for v in FRONTIER_SWEEP["optim.lr"])
+        return (f"the frontier: every arm at peak lr {lrs}, {each}, evaluated at {FRONTIER_POINTS} evenly spaced "
+                "updates along each run; methods are compared in frontier.md")
+    if quick:
+        return f"peak lr {s['lr']:g}, {each}: a smoke check of the pipeline, not a comparison"
+    if budget == "passes":
+        return f"peak lr {s['lr']:g}, {each}"
+    return DEFAULT_BUDGET
 
 
 def run_demo(output_dir: str = "runs/demo", seeds: list[int] | None = None, quick: bool = False,
              cache_dir: str | None = None, world_seed: int = 0, progress: bool = True,
-             ablations: bool = False, responses: str = "pool", frontier: bool = False) -> dict:
+             ablations: bool = False, responses: str = "pool", frontier: bool = False,
+             budget: str = "updates") -> dict:
     """Build (or reuse) the world of the ``responses`` regime, run every arm for every seed, write the report
     (+ the per-stage report)."""
     world = build_world(cache_dir, seed=world_seed, quick=quick, progress=progress, responses=responses)
     spec = demo_spec(world, output_dir, seeds or [1], quick=quick, progress=progress, ablations=ablations,
-                     responses=responses, frontier=frontier)
+                     responses=responses, frontier=frontier, budget=budget)
     if frontier:  # the swept arms are reported on the frontier (frontier.md); no per-stage report
         os.makedirs(output_dir, exist_ok=True)
         return run_compare(spec, progress=progress)

@@ -128,13 +128,14 @@ def markdown(rows: list[dict]) -> str:
     lines.append("")
     lines.append("What was held equal (Weber et al. 2024: curriculum gains often come from optimiser side effects):")
     lines.append("")
-    lines.append("| arm | schedule | stages | updates | pairs/update | train pairs | LR schedule | optimiser resets "
-                 "| loss |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("| arm | schedule | stages | updates | pairs/update | train pairs | passes per stage | LR schedule "
+                 "| optimiser resets | loss |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         f = row["fairness"]
         lines.append(f"| {row['arm']} | {f['schedule']} | {f.get('stages', '–')} | {_updates(row)} | "
-                     f"{f.get('pairs_per_update', '–')} | {f.get('train_pairs', '–')} | {f['lr_schedule']} | "
+                     f"{f.get('pairs_per_update', '–')} | {f.get('train_pairs', '–')} | {f.get('passes', '–')} | "
+                     f"{f['lr_schedule']} | "
                      f"{f['optimizer_resets']} | "
                      f"{f.get('loss', '–')} |")
     return "\n".join(lines) + "\n"
@@ -278,7 +279,7 @@ def write_report(output_dir: str, results: list[dict], arms: list[str], notes: d
     rows = aggregate(results, arms)
     md = setup_lines(notes or {}) + markdown(rows)  # the setup first: a table is never read without it
     write_text(os.path.join(output_dir, "results.md"), md)
-    frontier_md, frontier_plots = write_frontier(output_dir, rows)  # when an arm was swept
+    frontier_md, frontier_plots = write_frontier(output_dir, results)  # when an arm was swept
     report = {"rows": rows, "results": results, "plots": plots(output_dir, rows, results) + frontier_plots,
               "markdown": md + ("\n" + frontier_md if frontier_md else ""),
               "notes": dict(notes or {})}

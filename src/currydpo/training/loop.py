@@ -193,6 +193,8 @@ def start(cfg: TrainConfig, records: list[Record] | None, resume: bool, created:
     if acc.is_main_process and resumed is None:
         for warning in lr_schedule_warnings(cfg, run.stage_updates):
             print(f"currydpo: warning: {warning}", file=sys.stderr, flush=True)
+        for note in pass_notes(run):
+            print(f"currydpo: note: {note}", file=sys.stderr, flush=True)
     return run, resumed or Position(fingerprint=run.fingerprint)
 
 
@@ -213,6 +215,7 @@ def end_stage(run: Run, k: int, pos: Position, seconds: float, optimizer, schedu
     info = {"stage": k + 1, "label": stage.label,
             "reference": reference_label(run.resolved.reference, k, cfg.curriculum.reference_mix),
             "pairs": len(pos.order), "updates": run.stage_updates[k], "end_step": pos.global_step,
+            "passes": stage_passes(run.stage_updates[k], run.pairs_per_update, len(pos.order)),
             "train_seconds": round(seconds, 3), **run.online.get(k, {}), **evaluate_held_out(run, ref_key="initial")}
     if isinstance(run.objective, ListObjective):  # "pairs" counts lists; the pairs they stand for, for fair comparisons
         info["pairs_equivalent"] = sum(run.objective.lists[i].n_pairs for i in pos.order)
@@ -363,7 +366,8 @@ def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list
     """This process's micro-batches (item indices) for ``update`` of ``stage``.
 
     Update u takes the next ``pairs_per_update`` items of the stage order, wrapping around
-    for extra passes (re-shuffled per pass, seeded, when ``shuffle_within_stage``).
+    for extra passes: re-shuffled per pass (seeded) where the order is random or shuffled within the stage,
+    the curriculum order repeated otherwise (`pass_notes` states it; ``summary.json`` counts the passes).
     Process p takes micro-batches p, p+W, ... of each update, so the global batch is the
     same for any number of processes.
     """
@@ -375,7 +379,7 @@ def stage_batches(run: Run, stage: Stage, order: list[int], update: int) -> list
         epoch, k = divmod(pos, len(order))
         if epoch not in passes:
             passes[epoch] = order
-            if epoch > 0 and run.resolved.shuffle_within_stage:
+            if epoch > 0 and run.resolved.reshuffle_passes:
                 passes[epoch] = order[:]
                 random.Random(run.cfg.run.seed * 7919 + stage.index * 131 + epoch).shuffle(passes[epoch])
         picked.append(passes[epoch][k])
@@ -459,6 +463,24 @@ def make_optimizer(run: Run, n_updates: int):
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(o.warmup_ratio * n_updates),
                               num_training_steps=n_updates)
     return optimizer, scheduler
+
+
+def stage_passes(updates: int, items_per_update: int, items: int) -> float:
+    """How many passes over its items a stage of ``updates`` updates makes (each update takes the next items)."""
+    return round(updates * items_per_update / max(1, items), 3)
+
+
+def pass_notes(run: Run) -> list[str]:
+    """No stage wraps silently: each planned stage that visits its items more than once, and how the later
+    passes are ordered (online stages are sized when sampled; their passes are in summary.json)."""
+    notes = []
+    again = "reshuffled (seeded)" if run.resolved.reshuffle_passes else "the curriculum order repeated"
+    for k, (stage, n) in enumerate(zip(run.stages, run.stage_updates)):
+        passes = stage_passes(n, run.pairs_per_update, len(stage.pairs))
+        if stage.pairs and stage.admit_fraction is None and passes > 1:  # self-paced: sized at stage start
+            notes.append(f"stage {k + 1} makes {passes:g} passes over its {len(stage.pairs)} {run.objective.unit}s "
+                         f"({n} updates x {run.pairs_per_update}); passes after the first: {again}")
+    return notes
 
 
 def lr_schedule_warnings(cfg: TrainConfig, stage_updates: list[int]) -> list[str]:
