@@ -6,13 +6,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_compare import write_data  # noqa: F401  (the same toy data as the compare tests)
 
 from currydpo.cli import main
 from currydpo.errors import CurryError
 from currydpo.experiments.compare import load_spec
 from currydpo.experiments.trajectory import point_updates
-
-from test_compare import write_data  # noqa: F401  (the same toy data as the compare tests)
 
 
 def toy_gold(prompt, response):

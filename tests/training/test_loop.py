@@ -359,7 +359,8 @@ def test_every_auto_is_resolved_once_and_logged(tiny_model_dir, tmp_path):
     resolved = loop.train(cfg, records=make_records(4))["resolved"]
     assert "auto" not in resolved.values() and None not in resolved.values()
     assert resolved == {"reference": "previous-stage", "across_stages": "restart", "shuffle_within_stage": True,
-                        "reshuffle_passes": True, "split_by": "rank", "precision": "fp32", "lm_head": "chunked", "attention": "sdpa",
+                        "reshuffle_passes": True, "split_by": "rank", "precision": "fp32", "lm_head": "chunked",
+                        "attention": "sdpa",
                         "gradient_checkpointing": False,
                         "max_tokens_per_micro_batch": resolved["max_tokens_per_micro_batch"],
                         "save_dtype": "float32"}
