@@ -44,7 +44,7 @@ def test_demo_quick_runs_every_arm_and_writes_the_report(tmp_path, capsys):
     checkpoints = stage_checkpoints(spec, progress=False)
     assert [c["stage"] for c in checkpoints] == [1, 2]
     assert checkpoints[0]["metrics"]["kl"] != rows["curry-iterative"]["kl"]["mean"]  # a different model
-    table = stages_report(spec, res["results"], checkpoints)
+    table = stages_report({"seeds": [1], "stage_data": data, "checkpoints": checkpoints}, res["results"])
     assert "| curry-iterative stage-1/ |" in table and "| curry-iterative final/ |" in table
     # the data regime is recorded: the default is the pool of writers (the paper's regime)
     assert res["notes"]["responses"] == "pool"

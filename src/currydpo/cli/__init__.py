@@ -10,7 +10,7 @@ import sys
 from ..errors import CurryError
 from ..lifetime import die_with_launcher
 
-SUBCOMMANDS = ["pairs", "train", "eval", "compare", "demo", "bench"]
+SUBCOMMANDS = ["pairs", "train", "eval", "compare", "demo", "report", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ import json
 import os
 
 from ..errors import CurryError
+from ..io import write_json
 from ..world.build import build_world
 from .compare import CompareSpec, arm_config, evaluate_checkpoint, expand_sweeps, run_compare
 
@@ -91,7 +92,7 @@ MIXTURE = {"iterative-mixture": _iterative(curriculum={"reference": "mixture", "
 # reward each arm *measured* within a KL budget, paired by seed against single-pair (frontier.py).
 FRONTIER_ARMS = [*ARMS, "iterative-continue", "curry-online", "iterative-fixed-ref", "iterative-mixture"]
 FRONTIER_SWEEP = {"optim.lr": [6.0e-5, 2.0e-4]}
-FRONTIER_POINTS = 6
+FRONTIER_POINTS = 10
 # --frontier --budget passes: the ablation of the headline budget. Every arm makes one pass over each stage's
 # pairs (the paper's recipe: each stage one DPO epoch), so single-pair trains fewer updates than the multi-pair arms.
 BUDGETS = ("updates", "passes")
@@ -183,10 +184,15 @@ def run_demo(output_dir: str = "runs/demo", seeds: list[int] | None = None, quic
         return run_compare(spec, progress=progress)
     os.makedirs(output_dir, exist_ok=True)
     report = run_compare(spec, progress=progress)
-    checkpoints = stage_checkpoints(spec, progress=progress) if ablations else []
-    extra = stages_report(spec, report["results"], checkpoints)
+    stages = {"seeds": spec.seeds, "stage_data": stage_data(spec),
+              "checkpoints": stage_checkpoints(spec, progress=progress) if ablations else []}
+    extra = stages_report(stages, report["results"])
     with open(os.path.join(output_dir, "results.md"), "a") as f:
         f.write("\n" + extra)
+    path = os.path.join(output_dir, "results.json")  # what `currydpo report` re-renders the stage tables from
+    with open(path) as f:
+        saved = json.load(f)
+    write_json(path, {**saved, "demo_stages": stages})
     return {**report, "markdown": report["markdown"] + "\n" + extra}
 
 
@@ -227,7 +233,6 @@ def stage_checkpoints(spec: CompareSpec, arm: str = STAGED, progress: bool = Tru
     every arm is evaluated; cached per seed in ``ARM/seed-S/stage-K-result.json``."""
     from ..evaluation.judges import make_judge
     from ..generation.generate import load_prompts
-    from ..io import write_json
 
     judge = make_judge(spec.judge, cache_dir=os.path.join(spec.output_dir, "judge-cache"),
                        trust_remote_code=spec.trust_remote_code)
@@ -247,16 +252,18 @@ def stage_checkpoints(spec: CompareSpec, arm: str = STAGED, progress: bool = Tru
     return out
 
 
-def stages_report(spec: CompareSpec, results: list[dict], checkpoints: list[dict]) -> str:
-    """Markdown: the data of each iterative stage, held-out metrics after each stage, and (with the
-    ablations) the evaluation of each stage's checkpoint."""
+def stages_report(stages: dict, results: list[dict]) -> str:
+    """Markdown: the data of each iterative stage (``stages``: seeds, `stage_data`, `stage_checkpoints`; kept in
+    results.json as ``demo_stages``), held-out metrics after each stage, and (with the ablations) the evaluation
+    of each stage's checkpoint."""
     from .report import metrics_table
 
+    checkpoints = stages["checkpoints"]
     lines = [f"Training pairs of each `{STAGED}` stage, judged by the gold reward (mean over seeds "
-             f"{', '.join(map(str, spec.seeds))}):", "",
+             f"{', '.join(map(str, stages['seeds']))}):", "",
              "| stage | pairs | mislabeled by gold | gold ties | mean gold gap (chosen - rejected) |",
              "|---|---|---|---|---|"]
-    for r in stage_data(spec):
+    for r in stages["stage_data"]:
         lines.append(f"| {r['stage']}: {r['label']} | {r['pairs']:.1f} | {100 * r['mislabeled']:.1f}% | "
                      f"{100 * r['gold_ties']:.1f}% | {r['gold_gap']:.3f} |")
     staged = [r for r in results if r.get("train") and len(r["train"]["stages"]) > 1

@@ -247,25 +247,28 @@ def _ci(c, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}" if hi > lo else f"{m:.{digits}f}"
 
 
-def frontier_markdown(results: list[dict]) -> str:
+def frontier_sections(results: list[dict]) -> dict[str, str]:
+    """The report's parts (markdown): ``head``, ``budget`` (best reward within each KL budget, paired verdicts),
+    ``matched`` (reward at matched KL, local interpolation) and ``finals`` (final models per swept value);
+    {} when no arm was swept. README blocks embed them (`regenerate.block`)."""
     key, label = reward_key(results)
     arms = arm_points(results, key)
     if not arms:
-        return ""
+        return {}
     swept = next(r for r in results if r.get("sweep"))["sweep"]["key"]
     ref_arm = REFERENCE_ARM if REFERENCE_ARM in arms else next(iter(arms))
     finals = final_rows(results, key)
     ref_best = max((r for r in finals[ref_arm] if r["reward"]), key=lambda r: r["reward"][0])["value"]
     n_points = {len(r.get("trajectory") or [None]) for r in results if r.get("sweep")}
     seeds = sorted({s for per_seed in arms.values() for s in per_seed})
-    lines = [f"## Reward–KL frontier ({label} against KL to the initial model; sweep of `{swept}`)", "",
-             f"Seeds {', '.join(map(str, seeds))}; each run evaluated at {'/'.join(map(str, sorted(n_points)))} "
-             "point(s) along its training (the last is the final model). Reference arm for the paired verdicts: "
-             f"`{ref_arm}`.", ""]
+    head = [f"## Reward–KL frontier ({label} against KL to the initial model; sweep of `{swept}`)", "",
+            f"Seeds {', '.join(map(str, seeds))}; each run evaluated at {'/'.join(map(str, sorted(n_points)))} "
+            "point(s) along its training (the last is the final model). Reference arm for the paired verdicts: "
+            f"`{ref_arm}`."]
     budgets = budget_grid(arms)
     within = cells_at(arms, budgets, attainable)
     tests = judge_cells(within, ref_arm)
-    lines += [f"### Best {label} measured within a KL budget", "",
+    budget = [f"### Best {label} measured within a KL budget", "",
               f"Per seed, the best {label} among all of the arm's measured points (every `{swept}`, every point along "
               "each run) with KL to the initial model ≤ k; mean ± 95% t-CI over seeds and n. A budget k enters the "
               "table only when every seed of every arm has a point at or below it. Beside each arm: its paired "
@@ -273,26 +276,31 @@ def frontier_markdown(results: list[dict]) -> str:
               f"Holm-adjusted across the {tests} tests of this table; **ahead**/**behind** only where p_Holm < "
               f"{ALPHA:g}, **level** otherwise. These are maxima over each arm's measured points: an arm with more "
               "points within a budget has more chances to reach a high value.", ""]
-    lines += _table(within, budgets, label, ref_arm) if budgets else ["No KL budget is reached by every seed of "
-                                                                      "every arm: widen the sweep."]
+    budget += _table(within, budgets, label, ref_arm) if budgets else ["No KL budget is reached by every seed of "
+                                                                       "every arm: widen the sweep."]
     matched = cells_at(arms, budgets, at_kl)
     judge_cells(matched, ref_arm)
-    lines += ["", f"### {label.capitalize()} at matched KL (local interpolation only)", "",
-              f"Per seed, the {label} at KL = k on the upper envelope of its runs, interpolated only between "
-              f"neighbouring points of one run whose KLs are within a factor of {MAX_KL_RATIO:g}; elsewhere the seed "
-              f"is not measured at k. {MARK}: fewer seeds than the arm ran. Verdicts as above (Holm within this "
-              "table).", ""]
-    lines += [line.replace("within KL ≤", "at KL =") for line in _table(matched, budgets, label, ref_arm)]
-    lines += ["", f"### Final models per `{swept}`", "",
-              f"The default budget (`{swept}` = {ref_best}) is where `{ref_arm}`'s final models peak: the rule fixed "
-              "before the results were read.", "",
-              f"| arm | {swept} | {label} | KL to the initial model | seeds | updates | passes per stage |",
-              "|---|---|---|---|---|---|---|"]
+    at = [f"### {label.capitalize()} at matched KL (local interpolation only)", "",
+          f"Per seed, the {label} at KL = k on the upper envelope of its runs, interpolated only between "
+          f"neighbouring points of one run whose KLs are within a factor of {MAX_KL_RATIO:g}; elsewhere the seed "
+          f"is not measured at k. {MARK}: fewer seeds than the arm ran. Verdicts as above (Holm within this "
+          "table).", ""]
+    at += [line.replace("within KL ≤", "at KL =") for line in _table(matched, budgets, label, ref_arm)]
+    final = [f"### Final models per `{swept}`", "",
+             f"The default budget (`{swept}` = {ref_best}) is where `{ref_arm}`'s final models peak: the rule fixed "
+             "before the results were read.", "",
+             f"| arm | {swept} | {label} | KL to the initial model | seeds | updates | passes per stage |",
+             "|---|---|---|---|---|---|---|"]
     for arm, rows in finals.items():
         for r in rows:
-            lines.append(f"| {arm} | {r['value']} | {_ci(r['reward'])} | {_ci(r['kl'], 2)} | {r['n']} | "
+            final.append(f"| {arm} | {r['value']} | {_ci(r['reward'])} | {_ci(r['kl'], 2)} | {r['n']} | "
                          f"{r['updates']} | {r['passes']} |")
-    return "\n".join(lines) + "\n"
+    return {name: "\n".join(lines) + "\n" for name, lines in
+            (("head", head), ("budget", budget), ("matched", at), ("finals", final))}
+
+
+def frontier_markdown(results: list[dict]) -> str:
+    return "\n".join(frontier_sections(results).values())
 
 
 def frontier_plot(output_dir: str, results: list[dict]) -> str | None:

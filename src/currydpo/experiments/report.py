@@ -283,5 +283,7 @@ def write_report(output_dir: str, results: list[dict], arms: list[str], notes: d
     report = {"rows": rows, "results": results, "plots": plots(output_dir, rows, results) + frontier_plots,
               "markdown": md + ("\n" + frontier_md if frontier_md else ""),
               "notes": dict(notes or {})}
-    write_json(os.path.join(output_dir, "results.json"), {k: v for k, v in report.items() if k != "markdown"})
+    write_json(os.path.join(output_dir, "results.json"),  # plots by name: the directory may be copied (docs/)
+               {**{k: v for k, v in report.items() if k not in ("markdown", "plots")},
+                "plots": [os.path.basename(p) for p in report["plots"]]})
     return report
