@@ -217,7 +217,7 @@ def evaluate_checkpoint(spec: CompareSpec, cfg: TrainConfig, seed: int, model_di
     gen = GenerationConfig(**{**spec.generation, "seed": seed})
     return evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge, baseline_answers=baseline_answers,
                           reference=reference, heldout=heldout, beta=cfg.loss.beta, seed=seed, data=cfg.data,
-                          progress=progress)
+                          progress=progress, fused_logprobs=cfg.model.fused_logprobs)
 
 
 def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
