@@ -96,15 +96,17 @@ def evaluate(model: str, *, reference: str | None = None, records=None, prompts=
              baseline: str | None = None, beta: float = 0.1, seed: int = 0, config=None,
              max_new_tokens: int = 256, temperature: float = 1.0, progress: bool = True) -> dict:
     """Metrics of a saved model (as ``currydpo eval``): held-out preference metrics on ``records`` (Records, a
-    path or a Dataset; paired and tokenised by ``config``'s data section), and on ``prompts`` sampled answers,
-    the judge's scores, the win rate over ``baseline``'s answers and the KL to ``reference``."""
+    path or a Dataset; paired and tokenised by ``config``'s data section, scored with its ``model.fused_logprobs``),
+    and on ``prompts`` sampled answers, the judge's scores, the win rate over ``baseline``'s answers and the KL
+    to ``reference``."""
     from .device import default_device
     from .evaluation.evaluate import evaluate_model
     from .evaluation.judges import make_judge
     from .generation.generate import GenerationConfig, load_prompts
     from .training.model import load_model, load_tokenizer
 
-    data = as_config(config).data
+    run_cfg = as_config(config)
+    data = run_cfg.data
     device = default_device()
     mcfg = as_config({"model": {"path": model}}).model
     tokenizer = load_tokenizer(model, False)
@@ -122,7 +124,8 @@ def evaluate(model: str, *, reference: str | None = None, records=None, prompts=
         baseline_answers = HFEngine(base, tokenizer).generate(prompt_list, gen, progress=progress)
     metrics, _ = evaluate_model(policy, tokenizer, prompts=prompt_list, gen=gen,
                                 judge=make_judge(judge) if judge else None, baseline_answers=baseline_answers,
-                                reference=ref, heldout=heldout, beta=beta, seed=seed, data=data, progress=progress)
+                                reference=ref, heldout=heldout, beta=beta, seed=seed, data=data, progress=progress,
+                                fused_logprobs=run_cfg.model.fused_logprobs)
     return metrics
 
 

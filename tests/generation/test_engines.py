@@ -93,3 +93,24 @@ def test_eval_engine_hf_writes_answers(tmp_path, tiny_model_dir):
     assert main(["eval", str(tiny_model_dir), "--prompts", str(prompts), "--engine", "hf", "--max-new-tokens", "4",
                  "--no-progress", "--out", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "alpaca_eval.json").exists()
+
+
+def test_vllm_samples_carry_vllms_ids_with_eos_only_where_sampled(tiny):
+    _, tok = tiny
+    eos, extra = tok.eos_token_id, 7  # extra: a model's second EOS id (generation_config), vLLM's stop_reason
+    outs = [("length", None, [5, 6, 8]),  # cut at max_tokens: no EOS appended
+            ("stop", None, [5, eos]),  # EOS in token_ids (kept once)
+            ("stop", None, [5, 6]),  # a vLLM that leaves the EOS out: put back
+            ("stop", extra, [5, extra])]  # ended on the model's other EOS id
+    fake = FakeVLLM()
+
+    def generate(texts, params, use_tqdm=True):
+        return [SimpleNamespace(prompt_token_ids=[1, 2, i], outputs=[SimpleNamespace(
+            text=f" a{i} ", token_ids=ids, finish_reason=why, stop_reason=stop)])
+            for i, (why, stop, ids) in enumerate(outs)]
+
+    engine = VLLMEngine("m", tok, llm=SimpleNamespace(generate=generate), vllm_module=fake)
+    got = engine.samples(["p"] * 4, GenerationConfig(max_new_tokens=3), progress=False)
+    assert [(s.answer_ids, s.eos) for s in got] == [((5, 6, 8), False), ((5, eos), True), ((5, 6, eos), True),
+                                                    ((5, extra), True)]
+    assert [s.prompt_ids for s in got] == [(1, 2, i) for i in range(4)] and got[0].text == "a0"

@@ -27,9 +27,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", help="format of --data (default auto)")
     p.add_argument("--strategy", default=None, help="pair builder for --data (default: data.strategy, best-vs-rest)")
     p.add_argument("--config", help="the run's YAML config: its data section (chat template, length limits, pair "
-                                    "builder) decides how --data is paired and tokenised, as in training")
+                                    "builder) decides how --data is paired and tokenised, and model.fused_logprobs "
+                                    "the LM-head kernel that scores, as in training")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="override a data key, e.g. --set data.chat_template=never (repeatable)")
+                   help="override a data key, e.g. --set data.chat_template=never, or the LM-head kernel that "
+                        "scores (model.fused_logprobs, as in training; default: the --config's, else auto) "
+                        "(repeatable)")
     p.add_argument("--limit", type=int, help="use at most this many records of --data")
     p.add_argument("--beta", type=float, default=0.1, help="beta of the implicit reward (default 0.1)")
     p.add_argument("--prompts", help="JSONL of prompts (prompt / messages / FastChat questions: the first turn) for "
@@ -81,12 +84,14 @@ def evaluate(args) -> int:
     from ..training.model import load_model, load_tokenizer
 
     overrides = list(args.overrides)
-    if [o for o in overrides if not o.startswith("data.")]:
-        raise CurryError(f"eval --set takes data.* keys only (how responses are tokenised and paired), got "
-                         f"{[o for o in overrides if not o.startswith('data.')][0]!r}")
+    other = [o for o in overrides if not o.startswith(("data.", "model.fused_logprobs="))]
+    if other:
+        raise CurryError(f"eval --set takes data.* keys (how responses are tokenised and paired) and "
+                         f"model.fused_logprobs (the LM-head kernel that scores them) only, got {other[0]!r}")
     if args.strategy:
         overrides.append(f"data.strategy={args.strategy}")
-    data_cfg = load_config(args.config, overrides).data
+    run_cfg = load_config(args.config, overrides)
+    data_cfg = run_cfg.data
     if not (args.data or args.prompts or args.mt_bench):
         raise CurryError("nothing to evaluate: give --data (preference metrics), --prompts (generation) and/or "
                          "--mt-bench (multi-turn questions rated 1-10)")
@@ -122,7 +127,8 @@ def evaluate(args) -> int:
     metrics, answers = evaluate_model(policy, tokenizer, prompts=prompts, gen=gen, judge=judge,
                                       baseline_answers=baseline_answers, reference=reference, heldout=heldout,
                                       beta=args.beta, seed=args.seed, data=data_cfg,
-                                      progress=not args.no_progress, engine=engine)
+                                      progress=not args.no_progress, engine=engine,
+                                      fused_logprobs=run_cfg.model.fused_logprobs)
     os.makedirs(args.out, exist_ok=True)
     written = ["eval.json", "eval.md"]
     if prompts:

@@ -5,11 +5,20 @@
   CI, mean judge score for pointwise judges;
 - KL to the reference: mean over prompts of log pi(y|x) - log ref(y|x) on the sampled
   answers y ~ pi (a Monte-Carlo estimate of KL(pi || ref), valid when answers are sampled
-  at temperature 1 without top-p; otherwise reported as None). A negative estimate is
+  at temperature 1 without top-p; otherwise reported as None). Both log-probs are summed over
+  exactly the tokens that were sampled (`generate.Sample`): x is the prompt's ids as fed to the
+  engine, y the generated ids through the EOS when one was sampled; an answer cut at
+  ``max_new_tokens`` has no EOS, and nothing is decoded and re-tokenised. A negative estimate is
   sampling noise (KL >= 0) and is flagged ``kl_noise``;
 - preference metrics on held-out ranked records (see `training/preference.py`, shared with training);
   a model that is its own reference has no implicit reward, so its reward accuracy and margin
   are None (n/a), not 0.
+
+Every log-prob here goes through a `responses.Scorer`, the function training scores with (LM-head
+kernel from ``model.fused_logprobs``, packing, pad token, and autocast when it carries the run's
+accelerator): ``evaluate_model(scorer=run.scorer)`` scores an in-memory policy exactly as training
+does; without one, a scorer is built for the policy with ``fused_logprobs`` (as training resolves it
+on the same device).
 """
 
 from __future__ import annotations
@@ -18,35 +27,41 @@ from typing import Sequence
 
 from ..config import DataConfig
 from ..data.pairs import build_pairs
-from ..data.records import Record, Response
+from ..data.records import Record
 from ..generation.engines import HFEngine
-from ..generation.generate import GenerationConfig, Prompt
+from ..generation.generate import GenerationConfig, Prompt, Sample
 from ..training.preference import preference_metrics
-from ..training.responses import ResponseTable, logps_for_rows
-from ..training.tokenize import encode_for
+from ..training.responses import ResponseTable, Scorer
+from ..training.tokenize import Encoded, encode_for
 from .winrate import bootstrap_ci, win_rate_report
 
 
-def sample_logratio(policy, reference, tokenizer, prompts: Sequence[Prompt | str], answers: Sequence[str], *,
-                    data: DataConfig | None = None, batch_size: int = 16) -> list[float]:
-    """Per-answer log pi(y|x) - log ref(y|x) (summed over tokens), tokenised by the run's rule (``data``)."""
-    recs = [Record(str(j), p.messages if isinstance(p, Prompt) and p.messages else
-                   (p.text if isinstance(p, Prompt) else p), [Response(a)])
-            for j, (p, a) in enumerate(zip(prompts, answers))]
-    enc = encode_for(tokenizer, recs, data or DataConfig(), progress=False)
-    table = ResponseTable([(j, 0) for j in range(len(recs))], [e[0] for e in enc], {})
-    rows = list(range(len(recs)))
-    lp, _ = logps_for_rows(policy, table, rows, tokenizer.pad_token_id, batch_size, desc="KL policy", progress=False)
-    lr, _ = logps_for_rows(reference, table, rows, tokenizer.pad_token_id, batch_size, desc="KL ref", progress=False)
+def scorer_for(policy, tokenizer, fused_logprobs: str = "auto", batch_size: int = 16) -> Scorer:
+    """The `Scorer` evaluation uses when none is handed in: ``policy``'s, with ``fused_logprobs``
+    (``model.fused_logprobs``) resolved on its device, no accelerator (no autocast)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Scorer.for_model(policy, pad, fused_logprobs, next(policy.parameters()).device, None, batch_size)
+
+
+def sample_logratio(policy, reference, samples: Sequence[Sample], scorer: Scorer) -> list[float]:
+    """Per answer, log pi(y|x) - log ref(y|x) summed over the sampled tokens: ``prompt_ids`` then
+    ``answer_ids`` of each `Sample`, exactly as sampled (EOS only where one was sampled)."""
+    table = ResponseTable([(j, 0) for j in range(len(samples))],
+                          [Encoded(s.prompt_ids, s.answer_ids) for s in samples], {})
+    rows = list(range(len(samples)))
+    lp, _ = scorer.score(policy, table, rows, desc="KL policy")
+    lr, _ = scorer.score(reference, table, rows, desc="KL reference")
     return (lp - lr).tolist()
 
 
 def heldout_preference(policy, reference, tokenizer, records: list[Record], *, beta: float,
-                       data: DataConfig | None = None, seed: int = 0, batch_size: int = 16) -> dict[str, float]:
+                       data: DataConfig | None = None, seed: int = 0, batch_size: int = 16,
+                       scorer: Scorer | None = None) -> dict[str, float]:
     """Reward/ranking accuracy on held-out ranked records, overall and per rejected rank.
 
     Pairs and tokens follow the run's data config (``data``: strategy, min_gap, allow_ties, chat
-    template, length limits), so the numbers equal the held-out metrics training logs.
+    template, length limits) and log-probs the run's ``scorer`` (default `scorer_for` the policy), so
+    the numbers equal the held-out metrics training logs.
 
     ``reference`` None: the reference-free metrics only (ranking accuracies, idealised with the
     model as its own reference)."""
@@ -56,10 +71,11 @@ def heldout_preference(policy, reference, tokenizer, records: list[Record], *, b
         return {}
     table = ResponseTable.from_pairs(pairs, encode_for(tokenizer, records, data, progress=False))
     rows, ci, ri = table.rows(pairs)
-    lp, n = logps_for_rows(policy, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
+    scorer = scorer or scorer_for(policy, tokenizer, batch_size=batch_size)
+    lp, n = scorer.score(policy, table, rows, desc="held-out policy")
     rc = rr = None
     if reference is not None:
-        lr, _ = logps_for_rows(reference, table, rows, tokenizer.pad_token_id, batch_size, progress=False)
+        lr, _ = scorer.score(reference, table, rows, desc="held-out reference")
         rc, rr = lr[ci], lr[ri]
     return preference_metrics(lp[ci], lp[ri], n[ci], n[ri], rc, rr, beta, [p.score_gap for p in pairs],
                               buckets=[p.rejected_position for p in pairs])
@@ -68,15 +84,21 @@ def heldout_preference(policy, reference, tokenizer, records: list[Record], *, b
 def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), gen: GenerationConfig | None = None,
                    judge=None, baseline_answers: Sequence[str] | None = None, reference=None,
                    heldout: list[Record] | None = None, beta: float = 0.1, seed: int = 0,
-                   data: DataConfig | None = None, progress: bool = True, engine=None) -> tuple[dict, list[str]]:
+                   data: DataConfig | None = None, progress: bool = True, engine=None,
+                   scorer: Scorer | None = None, fused_logprobs: str = "auto") -> tuple[dict, list[str]]:
     """All metrics that the given inputs allow; returns (metrics, sampled answers). ``data`` is the
     run's data config: how responses are paired and tokenised (default: the config defaults).
-    ``engine`` samples the answers (`engines.make_engine`); default: ``hf`` on ``policy``."""
+    ``engine`` samples the answers (`engines.make_engine`); default: ``hf`` on ``policy``.
+    ``scorer``: the log-prob function of every score here (a training run's ``run.scorer``: its LM
+    head and autocast); default `scorer_for` ``policy`` with ``fused_logprobs`` (``model.fused_logprobs``).
+    With an accelerator of several processes, every process must call this (the scorer gathers)."""
     gen = gen or GenerationConfig(seed=seed)
-    out: dict = {}
+    scorer = scorer or scorer_for(policy, tokenizer, fused_logprobs)
+    out: dict = {"lm_head": scorer.lm_head}
     answers: list[str] = []
     if prompts:
-        answers = (engine or HFEngine(policy, tokenizer)).generate(prompts, gen, progress=progress)
+        samples = (engine or HFEngine(policy, tokenizer)).samples(prompts, gen, progress=progress)
+        answers = [s.text for s in samples]
         out["answer_chars"] = sum(len(a) for a in answers) / len(answers)
         if judge is not None and hasattr(judge, "score"):
             scores = judge.score([p if isinstance(p, str) else p.text for p in prompts], answers)
@@ -86,8 +108,7 @@ def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), g
             out["win_rate"] = win_rate_report(judge, prompts, answers, baseline_answers, seed=seed)
         exact = gen.do_sample and gen.temperature == 1.0 and gen.top_p == 1.0
         if reference is not None and exact:
-            kl = sample_logratio(policy, reference, tokenizer, prompts, answers, data=data,
-                                  batch_size=gen.batch_size)
+            kl = sample_logratio(policy, reference, samples, scorer)
             out["kl"] = sum(kl) / len(kl)
             if out["kl"] < 0:  # KL >= 0: a negative Monte-Carlo estimate is noise around a small KL, not a value
                 out["kl_noise"] = True
@@ -96,7 +117,7 @@ def evaluate_model(policy, tokenizer, *, prompts: Sequence[Prompt | str] = (), g
     if heldout:  # without a reference: the reference-free preference metrics only
         same = reference is policy  # e.g. the SFT model against itself: every implicit reward is 0
         out["preference"] = heldout_preference(policy, None if same else reference, tokenizer, heldout, beta=beta,
-                                               data=data, seed=seed)
+                                               data=data, seed=seed, scorer=scorer)
         if same and out["preference"]:  # undefined, not 0.000: reported as n/a
             out["preference"].update({"rewards/accuracies": None, "rewards/margins": None})
     return out, answers

@@ -263,7 +263,8 @@ class SeedEvaluation:
         return evaluate_model(self.reference if policy is None else policy, self.tokenizer, prompts=self.prompts,
                               gen=self.gen, judge=self.judge, baseline_answers=self.baseline_answers,
                               reference=self.reference, heldout=self.heldout if heldout else None,
-                              beta=cfg.loss.beta, seed=self.seed, data=cfg.data, progress=self.progress)
+                              beta=cfg.loss.beta, seed=self.seed, data=cfg.data, progress=self.progress,
+                              fused_logprobs=cfg.model.fused_logprobs)
 
 
 def evaluate_checkpoint(spec: CompareSpec, cfg: TrainConfig, seed: int, model_dir: str | None, judge, prompts,

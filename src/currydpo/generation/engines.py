@@ -1,7 +1,10 @@
 """Generation engines behind one interface: ``hf`` (batched ``generate``) and ``vllm``.
 
 An engine turns prompts into one sampled answer per prompt:
-``engine.generate(prompts, cfg: GenerationConfig, progress) -> list[str]``. Both
+``engine.generate(prompts, cfg: GenerationConfig, progress) -> list[str]``, and
+``engine.samples(...) -> list[Sample]`` gives each answer with the token ids it was sampled as
+(the prompt as fed, the answer through a sampled EOS; `generate.Sample`), which the KL estimate
+scores (`evaluation/evaluate.py`). Both
 `currydpo eval` and online training stages (`training/online.py`) call it, so the
 engine is a setting (``generation.engine``), not a second code path.
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from ..errors import CurryError
-from .generate import GenerationConfig, Prompt, generate, render_prompt
+from .generate import GenerationConfig, Prompt, Sample, generate, generate_samples, render_prompt
 
 ENGINES = ("hf", "vllm")
 VLLM_MISSING = ("generation.engine vllm needs the vllm package, which is not installed: pip install "
@@ -32,6 +35,9 @@ class Engine(Protocol):
     def generate(self, prompts: Sequence[Prompt | str], cfg: GenerationConfig,
                  progress: bool = True) -> list[str]: ...
 
+    def samples(self, prompts: Sequence[Prompt | str], cfg: GenerationConfig,
+                progress: bool = True) -> list[Sample]: ...
+
 
 class HFEngine:
     """Batched ``transformers`` generate on an in-memory model (`generation.generate`)."""
@@ -43,6 +49,9 @@ class HFEngine:
 
     def generate(self, prompts, cfg, progress=True):
         return generate(self.model, self.tokenizer, prompts, cfg, progress=progress)
+
+    def samples(self, prompts, cfg, progress=True):
+        return generate_samples(self.model, self.tokenizer, prompts, cfg, progress=progress)
 
 
 def vllm_sampling_kwargs(cfg: GenerationConfig, seed: int) -> dict:
@@ -67,13 +76,31 @@ class VLLMEngine:
         self.llm = llm or self.vllm.LLM(model=str(path), seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                                         trust_remote_code=trust_remote_code, dtype=dtype)
 
-    def generate(self, prompts, cfg, progress=True):
+    def _outputs(self, prompts, cfg, progress):
         # Prompts are rendered exactly as `hf` renders them (chat template when the tokenizer has one);
         # request i gets seed cfg.seed + i, so a seed fixes every answer whatever the batching.
         texts = [render_prompt(self.tokenizer, p)[0] for p in prompts]
         params = [self.vllm.SamplingParams(**vllm_sampling_kwargs(cfg, cfg.seed + i)) for i in range(len(texts))]
-        outs = self.llm.generate(texts, params, use_tqdm=progress)
-        return [o.outputs[0].text.strip() for o in outs]
+        return self.llm.generate(texts, params, use_tqdm=progress)
+
+    def generate(self, prompts, cfg, progress=True):
+        return [o.outputs[0].text.strip() for o in self._outputs(prompts, cfg, progress)]
+
+    def samples(self, prompts, cfg, progress=True):
+        """Each answer with vLLM's own ids: ``prompt_token_ids`` (the prompt as vLLM tokenised it) and the
+        completion's ``token_ids``. ``finish_reason`` "length" is an answer cut at max_tokens (no EOS);
+        "stop" ended on an EOS: the tokenizer's (``stop_reason`` None) or one of the model's extra EOS ids
+        (``stop_reason`` that id), appended where a vLLM version leaves it out of ``token_ids``."""
+        out = []
+        for o in self._outputs(prompts, cfg, progress):
+            c = o.outputs[0]
+            ids, eos = tuple(int(t) for t in c.token_ids), c.finish_reason == "stop"
+            end = getattr(c, "stop_reason", None)
+            end = end if isinstance(end, int) else self.tokenizer.eos_token_id
+            if eos and not (ids and ids[-1] == end):
+                ids += (end,)
+            out.append(Sample(c.text.strip(), tuple(int(t) for t in o.prompt_token_ids), ids, eos))
+        return out
 
 
 def import_vllm():

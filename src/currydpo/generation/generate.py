@@ -153,9 +153,48 @@ def render_prompt(tokenizer, prompt: Prompt | str) -> tuple[str, bool]:
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), True
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One sampled answer: its text and the exact token ids it was sampled as.
+
+    ``prompt_ids``: the prompt as fed to the model (without the batch's padding); ``answer_ids``: the
+    generated ids through the first EOS when one was sampled (``eos`` True), else all ``max_new_tokens``
+    of them (cut: no EOS appended). Padding after an EOS is not part of the answer. ``text`` is the
+    answer decoded without special tokens, stripped: what `generate` returns."""
+
+    text: str
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    eos: bool
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """The ids that end an answer: the model's ``generation_config.eos_token_id`` (an int or a list, as
+    ``generate`` stops on them), else the tokenizer's EOS."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def answer_ids(generated: Sequence[int], stop: set[int]) -> tuple[tuple[int, ...], bool]:
+    """The sampled answer in one row of ``generate``'s output: through the first EOS (and whether there was
+    one); what follows an EOS is padding."""
+    ids = [int(t) for t in generated]
+    end = next((j for j, t in enumerate(ids) if t in stop), None)
+    return (tuple(ids), False) if end is None else (tuple(ids[:end + 1]), True)
+
+
 def generate(model, tokenizer, prompts: Sequence[Prompt | str], cfg: GenerationConfig | None = None, *,
              progress: bool = True) -> list[str]:
-    """Completions for ``prompts`` (decoded, without the prompt and special tokens, stripped).
+    """Completions for ``prompts`` (decoded, without the prompt and special tokens, stripped):
+    the texts of `generate_samples`."""
+    return [s.text for s in generate_samples(model, tokenizer, prompts, cfg, progress=progress)]
+
+
+def generate_samples(model, tokenizer, prompts: Sequence[Prompt | str], cfg: GenerationConfig | None = None, *,
+                     progress: bool = True) -> list[Sample]:
+    """One `Sample` per prompt: the answer's text and the token ids it was sampled as.
 
     Batches are left-padded by hand (templated text is tokenised without extra special
     tokens — the template already has them). Batch ``i`` runs after
@@ -180,9 +219,10 @@ def generate(model, tokenizer, prompts: Sequence[Prompt | str], cfg: GenerationC
         gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
 
     device = next(model.parameters()).device
+    stop = eos_ids(model, tokenizer)
     was_training = model.training
     model.eval()
-    outputs: list[str] = []
+    samples: list[Sample] = []
     starts = range(0, len(encoded), cfg.batch_size)
     try:
         for b, start in enumerate(tqdm(starts, desc="generate", unit="batch", disable=bars_off(progress))):
@@ -193,10 +233,13 @@ def generate(model, tokenizer, prompts: Sequence[Prompt | str], cfg: GenerationC
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
                 torch.manual_seed(cfg.seed + b)
                 out = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)  # (B, T + new)
-            outputs.extend(t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+            for ids, row in zip(batch, out[:, width:].tolist()):
+                answer, eos = answer_ids(row, stop)
+                text = tokenizer.decode(answer, skip_special_tokens=True).strip()
+                samples.append(Sample(text, tuple(ids), answer, eos))
     finally:
         model.train(was_training)
-    return outputs
+    return samples
 
 
 # MT-bench's sampling temperature per question category (FastChat llm_judge/common.py temperature_config,
