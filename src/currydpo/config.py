@@ -51,7 +51,17 @@ class ModelConfig:
                 "chunks, recomputed in backward, so no (tokens, vocab) logits are kept) | liger | off (all at once)"})
     attention: str = field(default="auto", metadata={
         "help": "auto (flex on CUDA, sdpa on CPU) | flex (FlexAttention, block mask of the packing: masked blocks "
-                "skipped; forward-only on CPU in torch 2.13) | sdpa | eager"})
+                "skipped; forward-only on CPU in torch 2.13) | sdpa | eager | flash_attention_2 | flash_attention_3 "
+                "(passed to transformers; packing needs sdpa, eager or flex, so these pad instead, with one note)"})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "set every dropout probability to 0 in policy and reference, LoRA dropout included (TRL's "
+                "disable_dropout, default true): the reference is scored without dropout, so a policy trained "
+                "with it disagrees with its own reference from the first update"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the base weights in 4 bits with bitsandbytes (CUDA; needs model.lora true; "
+                "pip install 'currydpo[qlora]')"})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "load the base weights in 8 bits with bitsandbytes (CUDA; needs model.lora true)"})
     gradient_checkpointing: str = field(default="auto", metadata={
         "help": "auto (on when a micro-batch's estimated activations exceed model.memory_budget_gb; logged) | on "
                 "| off"})
@@ -73,6 +83,14 @@ class DataConfig:
         "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked | curri-dpo (the authors' released "
                 "easy/medium/hard pairs)"})
     split: str = field(default="train", metadata={"help": "dataset split"})
+    mixture: list[dict] | None = field(default=None, metadata={
+        "help": "several sources instead of data.path: a list of {path, subset, split, columns, weight} "
+                "(weight: the fraction of the source's rows kept, seeded; columns: the only columns read), as "
+                "the alignment-handbook's dataset_mixture and TRL's datasets: list"})
+    eval_path: str | None = field(default=None, metadata={
+        "help": "held-out preference data of its own (a file or hub dataset, read like data.path): its pairs "
+                "give the eval/ metrics instead of a data.eval_fraction of the training prompts"})
+    eval_split: str = field(default="test", metadata={"help": "split of data.eval_path (hub datasets)"})
     subset: str | None = field(default=None, metadata={"help": "dataset subset/config name (hub datasets)"})
     score: str = field(default="mean-aspects", metadata={
         "help": "UltraFeedback score: mean-aspects (mean of aspect ratings, 1..5, the paper's) | overall"})
@@ -197,6 +215,17 @@ class RunConfig:
     output_dir: str = field(default="runs/currydpo", metadata={"help": "where checkpoints and logs go"})
     seed: int = field(default=0, metadata={"help": "fixes data order, sampling and initialisation"})
     save_every: int = field(default=0, metadata={"help": "mid-stage checkpoint every N updates (0 = stage ends)"})
+    logging_steps: int = field(default=1, metadata={
+        "help": "write every Nth update's line to metrics.jsonl and the trackers (and each stage's last); ours: 1"})
+    eval_steps: int = field(default=0, metadata={
+        "help": "held-out metrics every N updates within stages too (0 = at stage ends only); needs held-out pairs"})
+    push_to_hub: bool = field(default=False, metadata={
+        "help": "push final/ (with its model card) to run.hub_model_id, and each stage-K/ to its branch stage-K"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "the Hub repo to push to (default: the name of run.output_dir)"})
+    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+    hub_revision: str = field(default="main", metadata={
+        "help": "the branch final/ is pushed to (the handbook's hub_model_revision)"})
     report_to: str = field(default="", metadata={"help": "comma-separated accelerate trackers: tensorboard,wandb"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     final_model: str = field(default="last", metadata={
@@ -272,6 +301,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if "list[" in text:  # a YAML list, or a comma-separated string from --set
         items = value if isinstance(value, list) else str(value).split(",")
         item_type = text.split("list[", 1)[1].split("]", 1)[0]
+        if item_type == "dict":  # data.mixture: a list of mappings, checked by data.loading.mixture_sources
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise CurryError(f"config key '{key}': expected a list of mappings, got {value!r:.80}")
+            return value
         got = [_coerce(v.strip() if isinstance(v, str) else v, item_type, key) for v in items]
         return got[0] if base.startswith("str | ") and len(got) == 1 and not isinstance(value, list) else got
     try:
@@ -378,7 +411,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     m.gradient_checkpointing = on_off.get(m.gradient_checkpointing, m.gradient_checkpointing)
     m.fused_logprobs = {"false": "off"}.get(m.fused_logprobs, m.fused_logprobs)
     _choice("model.fused_logprobs", m.fused_logprobs, ["auto", "chunked", "liger", "off"])
-    _choice("model.attention", m.attention, ["auto", "flex", "sdpa", "eager"])
+    _choice("model.attention", m.attention, ["auto", "flex", "sdpa", "eager", "flash_attention_2", "flash_attention_3"])
+    if m.load_in_4bit and m.load_in_8bit:
+        raise CurryError("model.load_in_4bit and model.load_in_8bit are both set; choose one")
+    if (m.load_in_4bit or m.load_in_8bit) and not m.lora:
+        raise CurryError("model.load_in_4bit/load_in_8bit: quantised weights cannot be trained directly; set "
+                         "model.lora true (QLoRA trains adapters over the quantised base)")
     _choice("model.gradient_checkpointing", m.gradient_checkpointing, ["auto", "on", "off"])
     if m.memory_budget_gb is not None:
         _positive("model.memory_budget_gb", m.memory_budget_gb)
@@ -432,11 +470,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                              f"integer, got {o.max_tokens_per_micro_batch!r}") from None
         _positive("optim.max_tokens_per_micro_batch", o.max_tokens_per_micro_batch)
     _positive("run.save_every", r.save_every, allow_zero=True)
+    _positive("run.logging_steps", r.logging_steps)
+    _positive("run.eval_steps", r.eval_steps, allow_zero=True)
+    if r.eval_steps and d.eval_fraction <= 0 and not d.eval_path:
+        raise CurryError(f"run.eval_steps {r.eval_steps} evaluates held-out pairs: set data.eval_fraction > 0 or "
+                         f"data.eval_path")
+    if d.mixture is not None and d.path:
+        raise CurryError(f"data.path ({d.path}) and data.mixture are both set; give the sources in one of them")
     _choice("run.final_model", r.final_model, ["last", "best"])
     _choice("run.save_dtype", r.save_dtype, ["auto", "fp32", "bf16"])
     _choice("run.best_metric", r.best_metric, list(BEST_METRICS))
-    if r.final_model == "best" and d.eval_fraction <= 0:
-        raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0")
+    if r.final_model == "best" and d.eval_fraction <= 0 and not d.eval_path:
+        raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0 "
+                         "or data.eval_path")
     validate_online(cfg)
     return cfg
 
