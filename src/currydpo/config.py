@@ -80,8 +80,8 @@ class ModelConfig:
 class DataConfig:
     path: str = field(default="", metadata={"help": "training data: local json/jsonl/parquet/csv or a hub dataset"})
     format: str = field(default="auto", metadata={
-        "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked | curri-dpo (the authors' released "
-                "easy/medium/hard pairs)"})
+        "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked | nemo-rl | curri-dpo (the authors' "
+                "released easy/medium/hard pairs)"})
     split: str = field(default="train", metadata={"help": "dataset split"})
     mixture: list[dict] | None = field(default=None, metadata={
         "help": "several sources instead of data.path: a list of {path, subset, split, columns, weight} "

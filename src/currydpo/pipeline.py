@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 
 from .config import TrainConfig, resolve
@@ -92,6 +93,30 @@ def plan(cfg: TrainConfig, data: Prepared, reference_logps: dict[tuple[int, int]
     data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)
     data.split_by = split_rule(cfg, data.train_pairs)
     data.stages = stage_plan(cfg, data.train_pairs, data.split_by)
+    warning = no_ordering_signal(cfg, data.train_pairs, len(data.stages))
+    if warning:
+        print(f"currydpo: WARNING: {warning}", file=sys.stderr, flush=True)
+
+
+# Schedules that order or split pairs by their difficulty (random and single-pair do not; self-paced measures later).
+ORDERED = ("iterative", "single-pass", "anti", "cyclical")
+
+
+def no_ordering_signal(cfg: TrainConfig, pairs: list[Pair], n_stages: int) -> str | None:
+    """Why the curriculum asked for cannot exist on these pairs, or None: every pair has the same difficulty
+    (pairwise rows without scores, one pair per prompt), so there is no easy-to-hard order, and an iterative
+    schedule gets fewer stages than curriculum.stages. Never silent: `plan` prints it."""
+    c, measure = cfg.curriculum, plan_measure(cfg)
+    if c.schedule not in ORDERED or len(pairs) < 2:
+        return None
+    values = {p.difficulty.get(measure) for p in pairs}
+    if len(values) > 1:
+        return None
+    stages = f"; {n_stages} stage(s) instead of curriculum.stages {c.stages}" if n_stages < c.stages else ""
+    return (f"curriculum {c.schedule} by {measure}: all {len(pairs)} training pairs have the same difficulty, so the "
+            f"data gives no easy-to-hard order (pairwise rows without scores, one pair per prompt?){stages}. This "
+            f"trains plain DPO. Give scores (score_chosen/score_rejected columns) or several ranked responses per "
+            f"prompt, choose another curriculum.difficulty, or set curriculum.schedule random to say so")
 
 
 def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
