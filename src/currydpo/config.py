@@ -28,12 +28,13 @@ import yaml
 
 from .curriculum import difficulty, schedules
 from .data import formats, pairs
+from .data.loading import check_mixture
 from .errors import CurryError
 from .errors import check_choice as _choice
 from .errors import check_positive as _positive
 from .losses.registry import OPTIONS, is_listwise, needs_reference
 from .losses.registry import check_section as check_loss_section
-from .trl_names import SAME, from_trl, is_flat_trl
+from .trl_names import from_trl, is_flat_trl, known
 
 
 @dataclass
@@ -115,6 +116,8 @@ class DataConfig:
         "help": "ref-margin: fraction of training pairs kept (ours, inside the paper's 30-50%)"})
     eval_fraction: float = field(default=0.0, metadata={
         "help": "fraction of prompts held out for preference metrics after each stage"})
+    eval_prompts: int | None = field(default=None, metadata={
+        "help": "hold out this many prompts instead of a fraction (the handbook's test_split_size as a count)"})
 
 
 @dataclass
@@ -354,19 +357,23 @@ def from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars)."""
+    """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars). TRL names
+    (``learning_rate=1e-6``, from ``--set`` or a TRL-style ``--learning_rate 1e-6`` flag) go through `from_trl`
+    together, so eval_strategy and eval_steps are read as a pair."""
     out: dict[str, dict[str, Any]] = {}
+    trl: dict[str, Any] = {}
     for item in items:
         key = item.split("=", 1)[0]
-        if "=" in item and key in SAME:  # a TRL name (learning_rate=1e-6)
-            for section, values in from_trl({key: yaml.safe_load(item.split("=", 1)[1])}, "--set").items():
-                out.setdefault(section, {}).update(values)
+        if "=" in item and known(key):
+            trl[key] = yaml.safe_load(item.split("=", 1)[1])
             continue
         if "=" not in item or "." not in key:
             raise CurryError(f"--set expects section.key=value (or a TRL name: learning_rate=1e-6), got {item!r}")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         out.setdefault(section, {})[name] = yaml.safe_load(value) if value != "" else ""
+    for section, values in (from_trl(trl, "command line") if trl else {}).items():
+        out.setdefault(section, {}).update(values)
     return out
 
 
@@ -438,6 +445,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive("data.sample_prompts", d.sample_prompts)
     if not 0 <= d.eval_fraction < 1:
         raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
+    if d.eval_prompts is not None:
+        _positive("data.eval_prompts", d.eval_prompts)
+    if d.mixture is not None:
+        check_mixture(d.mixture)
     _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous", "mixture"])
     if not 0 <= c.reference_mix <= 1:
         raise CurryError(f"config key 'curriculum.reference_mix' must be in [0, 1], got {c.reference_mix}")
@@ -472,7 +483,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("run.save_every", r.save_every, allow_zero=True)
     _positive("run.logging_steps", r.logging_steps)
     _positive("run.eval_steps", r.eval_steps, allow_zero=True)
-    if r.eval_steps and d.eval_fraction <= 0 and not d.eval_path:
+    if r.eval_steps and not has_held_out(d):
         raise CurryError(f"run.eval_steps {r.eval_steps} evaluates held-out pairs: set data.eval_fraction > 0 or "
                          f"data.eval_path")
     if d.mixture is not None and d.path:
@@ -480,11 +491,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("run.final_model", r.final_model, ["last", "best"])
     _choice("run.save_dtype", r.save_dtype, ["auto", "fp32", "bf16"])
     _choice("run.best_metric", r.best_metric, list(BEST_METRICS))
-    if r.final_model == "best" and d.eval_fraction <= 0 and not d.eval_path:
+    if r.final_model == "best" and not has_held_out(d):
         raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0 "
                          "or data.eval_path")
     validate_online(cfg)
     return cfg
+
+
+def has_held_out(d: DataConfig) -> bool:
+    """Whether the config asks for held-out pairs (a fraction or count of the prompts, or a file of their own)."""
+    return d.eval_fraction > 0 or bool(d.eval_prompts) or bool(d.eval_path)
 
 
 def validate_online(cfg: TrainConfig) -> None:

@@ -20,7 +20,7 @@ from .config import TrainConfig, resolve
 from .curriculum.difficulty import STATIC, measure_from_response_values, measure_static
 from .curriculum.schedules import Stage, auto_split
 from .curriculum.schedules import plan as schedule
-from .data.loading import load_records
+from .data.loading import load_mixture, load_records
 from .data.pairs import Pair, build_pairs
 from .data.records import Record, text_of
 from .errors import CurryError
@@ -43,9 +43,12 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs
     ``require_pairs``: no training pair is an error (training); `currydpo pairs` reports it instead."""
     d = cfg.data
     rows_read, bad, fmt = 0, {}, "records"
-    if records is None:
-        res = load_records(d.path, d.format, split=d.split, subset=d.subset, score=d.score,
-                           on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
+    reading = dict(score=d.score, on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
+    if records is None and d.mixture is not None:  # the handbook's dataset_mixture, TRL's datasets list
+        res = load_mixture(d.mixture, d.format, seed=cfg.run.seed, **reading)
+        records, rows_read, bad, fmt = res.records, res.rows_read, res.bad_rows, res.format
+    elif records is None:
+        res = load_records(d.path, d.format, split=d.split, subset=d.subset, **reading)
         records, rows_read, bad, fmt = res.records, res.rows_read, res.bad_rows, res.format
     if not records:
         raise CurryError(f"{d.path or 'data'}: no usable records")
@@ -53,6 +56,10 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs
         keep = sorted(random.Random(f"sample-prompts-{cfg.run.seed}").sample(range(len(records)), d.sample_prompts))
         records = [records[i] for i in keep]
     held_out = held_out_records(cfg, len(records))
+    if d.eval_path:  # held-out data of its own: every one of its records is held out
+        extra = load_records(d.eval_path, d.format, split=d.eval_split, subset=d.subset, **reading).records
+        held_out |= set(range(len(records), len(records) + len(extra)))
+        records = records + extra
     train = [p for p in build_pairs(records, pair_strategy(cfg), d.min_gap, d.allow_ties, cfg.run.seed)
              if p.record not in held_out]
     evals = [p for p in build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
@@ -124,7 +131,12 @@ def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
     are never trained on. `currydpo pairs` excludes the same ones, so its stages are `train`'s."""
     order = list(range(n_records))
     random.Random(cfg.run.seed).shuffle(order)
-    return set(order[: int(round(cfg.data.eval_fraction * n_records))])
+    count = cfg.data.eval_prompts
+    n = count if count is not None else int(round(cfg.data.eval_fraction * n_records))
+    if count is not None and n >= n_records:
+        raise CurryError(f"data.eval_prompts {n} holds out all {n_records} prompts, leaving none to train on; hold out "
+                         f"fewer (the handbook's test_split_size is a count of examples)")
+    return set(order[:n])
 
 
 def pair_strategy(cfg: TrainConfig) -> str:
