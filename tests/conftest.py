@@ -132,3 +132,21 @@ def save_reward_model(tiny_model_dir, path):
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def ufb_rows(n_prompts=10, pairs=3, scored=True, scores=(5.0, 4.0, 2.5, 1.0), seed=0):
+    """Rows in HuggingFaceH4/ultrafeedback_binarized's columns: a prompt string, chosen/rejected message lists
+    repeating the user turn, score_chosen/score_rejected; ``pairs`` rows per prompt flattened best-vs-rest
+    (R1>R2, R1>R3, ...)."""
+    rows = []
+    for r in make_records(n_prompts=n_prompts, n_responses=pairs + 1, seed=seed):
+        user = {"role": "user", "content": r.prompt}
+        for j in range(1, pairs + 1):
+            chosen = [user, {"role": "assistant", "content": r.responses[0].text}]
+            rejected = [user, {"role": "assistant", "content": r.responses[j].text}]
+            row = {"prompt": r.prompt, "prompt_id": f"p{seed}-{r.id}", "chosen": chosen, "rejected": rejected,
+                   "messages": chosen}
+            if scored:
+                row.update(score_chosen=scores[0], score_rejected=scores[j])
+            rows.append(row)
+    return rows

@@ -191,13 +191,29 @@ def mixture_sources(name: str, value: Any) -> list[dict]:
     return out
 
 
+def _unnest_mixture(d: dict[str, Any], lines: list[str]) -> dict[str, Any]:
+    """The handbook nests test_split_size and seed in dataset_mixture; read them as the flat names."""
+    mix = d.get("dataset_mixture")
+    if not isinstance(mix, dict):
+        return d
+    unknown = [k for k in mix if k not in ("datasets", "test_split_size", "seed")]
+    if unknown:
+        raise CurryError(f"dataset_mixture.{unknown[0]} is not supported; keys: datasets, test_split_size, seed")
+    if "seed" in mix:
+        lines.append(f"dataset_mixture.seed={mix['seed']!r} ignored (run.seed seeds the weights and the held-out "
+                     f"split)")
+    return {**d, **({"test_split_size": mix["test_split_size"]} if "test_split_size" in mix else {})}
+
+
 def _evaluation(d: dict[str, Any]) -> int | None:
-    """``run.eval_steps`` from TRL's eval_strategy/eval_steps, as TRL reads them: eval_steps counts only with
-    eval_strategy steps (then, unset, it is logging_steps: TRL's default 10); no / epoch: stage ends only
-    (a stage is our epoch). None: neither given."""
+    """``run.eval_steps`` from TRL's eval_strategy/eval_steps: with eval_strategy steps, eval_steps (unset: TRL's
+    logging_steps, default 10); no / epoch: stage ends only (a stage is our epoch). eval_steps alone also counts
+    (ours: TRL would not evaluate without eval_strategy steps). None: neither given."""
     strategy = d.get("eval_strategy")
-    if strategy is None:
-        return None if "eval_steps" not in d else 0
+    if strategy is None and d.get("eval_steps") is None:
+        return None
+    if strategy is None:  # e.g. --eval_steps 2 over a recipe that says eval_strategy: steps (TRL alone: no eval)
+        strategy = "steps"
     if strategy not in ("no", "steps", "epoch"):
         raise CurryError(f"eval_strategy {strategy!r}: use steps, epoch or no")
     if strategy != "steps":
@@ -225,6 +241,7 @@ def from_trl(d: dict[str, Any], source: str = "config", notes: bool = True) -> d
     """TRL-named options -> our nested config dict; prints one note per mapping (to stderr)."""
     out: dict[str, dict[str, Any]] = {}
     lines = []
+    d = _unnest_mixture(d, lines)
     for name, value in d.items():
         if name in SECTIONS and (name != "optim" or isinstance(value, dict)):
             raise CurryError(f"{source}: mixes our sections ({name}:) with TRL's flat names; use one layout")

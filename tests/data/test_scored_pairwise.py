@@ -13,26 +13,9 @@ from currydpo.data.loading import load_records
 from currydpo.data.records import validate_record
 from currydpo.pipeline import plan, prepare
 
-from conftest import make_records
+from conftest import ufb_rows
 
 SCORES = (5.0, 4.0, 2.5, 1.0)
-
-
-def ufb_rows(n_prompts=10, pairs=3, scored=True):
-    """ultrafeedback_binarized's columns: a prompt string, chosen/rejected message lists repeating the user
-    turn, score_chosen/score_rejected; best-vs-rest flattened (R1>R2, R1>R3, R1>R4), one row per pair."""
-    rows = []
-    for r in make_records(n_prompts=n_prompts, n_responses=pairs + 1):
-        user = {"role": "user", "content": r.prompt}
-        for j in range(1, pairs + 1):
-            chosen = [user, {"role": "assistant", "content": r.responses[0].text}]
-            rejected = [user, {"role": "assistant", "content": r.responses[j].text}]
-            row = {"prompt": r.prompt, "prompt_id": f"p{r.id}", "chosen": chosen, "rejected": rejected,
-                   "messages": chosen}
-            if scored:
-                row.update(score_chosen=SCORES[0], score_rejected=SCORES[j])
-            rows.append(row)
-    return rows
 
 
 def test_ultrafeedback_binarized_row_reads_as_trl_does():

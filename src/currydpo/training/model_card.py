@@ -15,7 +15,7 @@ def _looks_like_hub(name: str) -> bool:
 def model_card(cfg: TrainConfig, summary: dict) -> ModelCard:
     base, data = cfg.model.path, cfg.data.path
     card_data = ModelCardData(
-        library_name="transformers", tags=["currydpo", "dpo", "curriculum-learning", "trl-compatible"],
+        library_name="transformers", tags=["currydpo", "dpo", "curry-dpo", "curriculum-learning", "trl-compatible"],
         base_model=base if _looks_like_hub(base) else None,
         datasets=[data] if isinstance(data, str) and _looks_like_hub(data) else None)
     rows = []
