@@ -150,3 +150,33 @@ def ufb_rows(n_prompts=10, pairs=3, scored=True, scores=(5.0, 4.0, 2.5, 1.0), se
                 row.update(score_chosen=scores[0], score_rejected=scores[j])
             rows.append(row)
     return rows
+
+
+class RecordingHub:
+    """Stands in for huggingface_hub.HfApi and records what would be uploaded where. Recording the client's
+    calls (not a local server speaking the Hub's HTTP API) because what is ours is which folder goes to which
+    repo and branch; the upload protocol is huggingface_hub's, tested there."""
+
+    calls: list = []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False):
+        self.calls.append(("create_repo", repo_id, private))
+
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        self.calls.append(("create_branch", repo_id, branch))
+
+    def upload_folder(self, repo_id, folder_path, revision, commit_message):
+        from pathlib import Path
+
+        folder = Path(folder_path)
+        files = sorted(p.name for p in folder.iterdir())
+        card = (folder / "README.md").read_text() if "README.md" in files else ""
+        self.calls.append(("upload_folder", repo_id, folder.name, revision, files, card))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """huggingface_hub.HfApi replaced by `RecordingHub`: the list of calls a run's push made."""
+    RecordingHub.calls = []
+    monkeypatch.setattr("currydpo.training.hub.HfApi", RecordingHub)
+    return RecordingHub.calls

@@ -14,32 +14,6 @@ from conftest import ufb_rows
 ROOT = Path(__file__).parents[1]
 
 
-class RecordingHub:
-    """Stands in for huggingface_hub.HfApi and records what would be uploaded where. Recording the client's
-    calls (not a local server speaking the Hub's HTTP API) because what is ours is which folder goes to which
-    repo and branch; the upload protocol is huggingface_hub's, tested there."""
-
-    calls: list = []
-
-    def create_repo(self, repo_id, private=False, exist_ok=False):
-        self.calls.append(("create_repo", repo_id, private))
-
-    def create_branch(self, repo_id, branch, exist_ok=False):
-        self.calls.append(("create_branch", repo_id, branch))
-
-    def upload_folder(self, repo_id, folder_path, revision, commit_message):
-        files = sorted(p.name for p in Path(folder_path).iterdir())
-        card = (Path(folder_path) / "README.md").read_text() if "README.md" in files else ""
-        self.calls.append(("upload_folder", repo_id, Path(folder_path).name, revision, files, card))
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    RecordingHub.calls = []
-    monkeypatch.setattr("currydpo.training.hub.HfApi", RecordingHub)
-    return RecordingHub.calls
-
-
 @pytest.fixture
 def recipe(tmp_path, tiny_model_dir):
     """The recipe with the model, the datasets and the output under tmp_path; test_split_size 2000 -> 4 (the tiny
