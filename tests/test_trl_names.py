@@ -94,3 +94,23 @@ def test_trl_names_knows_our_sections():
     from currydpo import config, trl_names
 
     assert tuple(config.SECTIONS) == trl_names.SECTIONS
+
+
+def test_the_docs_table_is_the_code_table():
+    from pathlib import Path
+
+    from currydpo.trl_names import markdown_table
+
+    doc = (Path(__file__).parents[1] / "docs" / "coming-from-trl.md").read_text()
+    assert markdown_table() in doc, "docs/coming-from-trl.md is stale: paste trl_names.markdown_table()"
+
+
+def test_every_mapped_name_is_a_train_flag():
+    from currydpo.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--learning_rate", "1e-6", "--beta", "0.05", "--disable_dropout",
+                                      "false", "--bf16"])
+    assert (args.trl_learning_rate, args.trl_beta, args.trl_disable_dropout, args.trl_bf16) == (
+        "1e-6", "0.05", "false", "true")
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    assert not [n for n in SAME if f"trl_{n}" not in flags and n not in ("dataset_mixture", "datasets")]
