@@ -63,5 +63,6 @@ def test_same_run_from_trl_style_flags_with_eval_steps(recipe, tmp_path, hub):
     n = json.loads((out / "summary.json").read_text())["total_updates"]  # 22 pairs / 8 per update = 3
     assert n == 3 and updates == [2, 3]  # logging_steps 2, and the stage's last update
     assert evals == [2, None]  # eval_steps 2 within the stage, then the stage's end
-    assert all("eval_rewards/margins" in e for e in log if "eval/rewards/margins" in e)
+    assert all("eval_rewards/margins" in e and "eval_logits/chosen" in e and "eval/logits/rejected" in e
+               for e in log if "eval/rewards/margins" in e)
     assert not hub

@@ -48,6 +48,7 @@ from ..pipeline import Prepared, data_fingerprint, plan, plan_measure, prepare
 from . import cadence, hub, sharding
 from . import checkpoint as ckpt
 from . import precision as prec
+from .logit_stats import held_out_logits
 from .memory import choose_checkpointing, enable_checkpointing, even_out, memory_budget, resolve_token_bound
 from .model import _check_path, add_lora, load_model, load_tokenizer
 from .model_card import model_card
@@ -319,6 +320,7 @@ def evaluate_held_out(run: Run, ref_key: str) -> dict:
     ref = run.refs.get(ref_key, len(run.table.keys))[torch.tensor(rows)]
     m = preference_metrics(lp[ci], lp[ri], n[ci], n[ri], ref[ci], ref[ri], run.cfg.loss.beta,
                            [p.score_gap for p in pairs], buckets=[p.rejected_position for p in pairs])
+    m.update(held_out_logits(run, rows, ci, ri))  # TRL's logits/chosen, logits/rejected
     return cadence.with_trl_names({f"eval/{k}": v for k, v in m.items()})
 
 
