@@ -661,7 +661,8 @@ def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerato
 
 
 # Keys that may change between a kill and --resume: they do not change what is trained.
-RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir")
+RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir", "run.logging_steps", "run.eval_steps",
+                   "run.push_to_hub", "run.hub_model_id", "run.hub_private_repo", "run.hub_revision")
 
 
 def check_same_run(output_dir: str, cfg: TrainConfig) -> None:
