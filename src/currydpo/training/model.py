@@ -95,10 +95,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     _check_path(path, "model")
     try:
         tok = AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # missing files, remote code not allowed, ...: transformers says which
+        raise CurryError(f"cannot load tokenizer from {path}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001 (tokenizers raises its own Exception type for a broken tokenizer.json)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CurryError(f"cannot load the tokenizer from {path} ({reason}); its tokenizer files are damaged or "
-                         f"missing: save the tokenizer again (tokenizer.save_pretrained) or copy it from the base "
+        raise CurryError(f"cannot load the tokenizer from {path} ({reason}); its tokenizer files are damaged: "
+                         f"save the tokenizer again (tokenizer.save_pretrained) or copy it from the base "
                          f"model") from None
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
