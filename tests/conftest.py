@@ -132,3 +132,51 @@ def save_reward_model(tiny_model_dir, path):
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def ufb_rows(n_prompts=10, pairs=3, scored=True, scores=(5.0, 4.0, 2.5, 1.0), seed=0):
+    """Rows in HuggingFaceH4/ultrafeedback_binarized's columns: a prompt string, chosen/rejected message lists
+    repeating the user turn, score_chosen/score_rejected; ``pairs`` rows per prompt flattened best-vs-rest
+    (R1>R2, R1>R3, ...)."""
+    rows = []
+    for r in make_records(n_prompts=n_prompts, n_responses=pairs + 1, seed=seed):
+        user = {"role": "user", "content": r.prompt}
+        for j in range(1, pairs + 1):
+            chosen = [user, {"role": "assistant", "content": r.responses[0].text}]
+            rejected = [user, {"role": "assistant", "content": r.responses[j].text}]
+            row = {"prompt": r.prompt, "prompt_id": f"p{seed}-{r.id}", "chosen": chosen, "rejected": rejected,
+                   "messages": chosen}
+            if scored:
+                row.update(score_chosen=scores[0], score_rejected=scores[j])
+            rows.append(row)
+    return rows
+
+
+class RecordingHub:
+    """Stands in for huggingface_hub.HfApi and records what would be uploaded where. Recording the client's
+    calls (not a local server speaking the Hub's HTTP API) because what is ours is which folder goes to which
+    repo and branch; the upload protocol is huggingface_hub's, tested there."""
+
+    calls: list = []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False):
+        self.calls.append(("create_repo", repo_id, private))
+
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        self.calls.append(("create_branch", repo_id, branch))
+
+    def upload_folder(self, repo_id, folder_path, revision, commit_message):
+        from pathlib import Path
+
+        folder = Path(folder_path)
+        files = sorted(p.name for p in folder.iterdir())
+        card = (folder / "README.md").read_text() if "README.md" in files else ""
+        self.calls.append(("upload_folder", repo_id, folder.name, revision, files, card))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """huggingface_hub.HfApi replaced by `RecordingHub`: the list of calls a run's push made."""
+    RecordingHub.calls = []
+    monkeypatch.setattr("currydpo.training.hub.HfApi", RecordingHub)
+    return RecordingHub.calls

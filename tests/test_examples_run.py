@@ -16,10 +16,11 @@ ROOT = Path(__file__).parents[1]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml"))
 COMPARE_SPECS = ["compare.yaml", "compare_losses.yaml", "compare_losses_frontier.yaml", "smollm2_oasst.yaml"]
 TRAIN_CONFIGS = ["curri_dpo_released_pairs.yaml", "curry_dpo_ultrafeedback.yaml", "lora_single_gpu.yaml", "run.yaml"]
+RECIPES = ["handbook_zephyr_dpo.yaml"]  # run in tests/test_handbook_recipe.py, the file as it is
 
 
 def test_every_example_is_covered_here():
-    assert sorted(COMPARE_SPECS + TRAIN_CONFIGS) == EXAMPLES
+    assert sorted(COMPARE_SPECS + TRAIN_CONFIGS + RECIPES) == EXAMPLES
 
 
 def curri_dpo_file(tmp_path) -> str:

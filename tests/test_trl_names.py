@@ -9,16 +9,22 @@ import pytest
 
 from currydpo.config import load_config
 from currydpo.errors import CurryError
-from currydpo.trl_names import LOSSES, NO_EFFECT, OLDER_TRL, SAME, from_trl
+from currydpo.trl_names import HANDBOOK, LAUNCH, LOSSES, NO_EFFECT, OLDER_TRL, REFUSED, SAME, from_trl
 
 from conftest import make_records
 
 
 def test_every_mapped_name_is_a_trl_option():
     trl = pytest.importorskip("trl")
-    known = {f.name for c in (trl.DPOConfig, trl.ScriptArguments, trl.ModelConfig) for f in dataclasses.fields(c)}
-    assert not [n for n in SAME if n not in known | OLDER_TRL]
-    assert not [n for n in NO_EFFECT if n not in known | {"logging_dir", "overwrite_output_dir"}]
+    from trl.scripts.utils import DatasetMixtureConfig
+
+    known = {f.name for c in (trl.DPOConfig, trl.ScriptArguments, trl.ModelConfig, DatasetMixtureConfig)
+             for f in dataclasses.fields(c)}
+    assert not [n for n in SAME if n not in known | OLDER_TRL | HANDBOOK]
+    assert not [n for n in NO_EFFECT if n not in known | HANDBOOK | {"logging_dir", "overwrite_output_dir"}]
+    assert not [n for n in REFUSED if n not in known | LAUNCH]
+    assert {"disable_dropout", "attn_implementation", "dtype", "logging_steps", "eval_steps", "eval_strategy",
+            "push_to_hub", "hub_model_id", "hub_private_repo", "load_in_4bit"} <= set(SAME)  # TRL's, all mapped
     import inspect
 
     import trl.trainer.dpo_trainer as dpo
@@ -41,11 +47,14 @@ def test_flat_trl_yaml_maps_to_our_sections(tmp_path, capsys):
     assert (cfg.optim.lr_schedule, cfg.optim.warmup_ratio, cfg.optim.total_updates) == ("cosine", 0.1, 7)
     err = capsys.readouterr().err
     assert "note: TRL option learning_rate=5e-07 -> optim.lr=5e-07" in err
-    assert "note: TRL option logging_steps ignored" in err
+    assert "note: TRL option logging_steps=5 -> run.logging_steps=5" in err
 
 
 @pytest.mark.parametrize("options, match", [
     ({"learning_rate": 1e-6, "eval_on_start": True}, "'eval_on_start' is neither one of our sections nor a TRL"),
+    ({"optim": "paged_adamw_8bit"}, "optim 'paged_adamw_8bit' is not supported: we train with AdamW"),
+    ({"padding_free": True}, "padding_free is not supported: responses are packed"),
+    ({"torch_dtype": "float16"}, "torch_dtype 'float16': use bfloat16"),
     ({"loss_type": "aot"}, "TRL loss_type 'aot' has no currydpo equivalent"),
     ({"fp16": True}, "fp16 is not supported"),
     ({"warmup_steps": 50}, "warmup_steps 50: only a ratio"),
@@ -85,3 +94,23 @@ def test_trl_names_knows_our_sections():
     from currydpo import config, trl_names
 
     assert tuple(config.SECTIONS) == trl_names.SECTIONS
+
+
+def test_the_docs_table_is_the_code_table():
+    from pathlib import Path
+
+    from currydpo.trl_names import markdown_table
+
+    doc = (Path(__file__).parents[1] / "docs" / "coming-from-trl.md").read_text()
+    assert markdown_table() in doc, "docs/coming-from-trl.md is stale: paste trl_names.markdown_table()"
+
+
+def test_every_mapped_name_is_a_train_flag():
+    from currydpo.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--learning_rate", "1e-6", "--beta", "0.05", "--disable_dropout",
+                                      "false", "--bf16"])
+    assert (args.trl_learning_rate, args.trl_beta, args.trl_disable_dropout, args.trl_bf16) == (
+        "1e-6", "0.05", "false", "true")
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    assert not [n for n in SAME if f"trl_{n}" not in flags and n not in ("dataset_mixture", "datasets")]

@@ -28,12 +28,13 @@ import yaml
 
 from .curriculum import difficulty, schedules
 from .data import formats, pairs
+from .data.loading import check_mixture
 from .errors import CurryError
 from .errors import check_choice as _choice
 from .errors import check_positive as _positive
 from .losses.registry import OPTIONS, is_listwise, needs_reference
 from .losses.registry import check_section as check_loss_section
-from .trl_names import SAME, from_trl, is_flat_trl
+from .trl_names import from_trl, is_flat_trl, known
 
 
 @dataclass
@@ -51,7 +52,17 @@ class ModelConfig:
                 "chunks, recomputed in backward, so no (tokens, vocab) logits are kept) | liger | off (all at once)"})
     attention: str = field(default="auto", metadata={
         "help": "auto (flex on CUDA, sdpa on CPU) | flex (FlexAttention, block mask of the packing: masked blocks "
-                "skipped; forward-only on CPU in torch 2.13) | sdpa | eager"})
+                "skipped; forward-only on CPU in torch 2.13) | sdpa | eager | flash_attention_2 | flash_attention_3 "
+                "(passed to transformers; packing needs sdpa, eager or flex, so these pad instead, with one note)"})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "set every dropout probability to 0 in policy and reference, LoRA dropout included (TRL's "
+                "disable_dropout, default true): the reference is scored without dropout, so a policy trained "
+                "with it disagrees with its own reference from the first update"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the base weights in 4 bits with bitsandbytes (CUDA; needs model.lora true; "
+                "pip install 'currydpo[qlora]')"})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "load the base weights in 8 bits with bitsandbytes (CUDA; needs model.lora true)"})
     gradient_checkpointing: str = field(default="auto", metadata={
         "help": "auto (on when a micro-batch's estimated activations exceed model.memory_budget_gb; logged) | on "
                 "| off"})
@@ -70,9 +81,17 @@ class ModelConfig:
 class DataConfig:
     path: str = field(default="", metadata={"help": "training data: local json/jsonl/parquet/csv or a hub dataset"})
     format: str = field(default="auto", metadata={
-        "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked | curri-dpo (the authors' released "
-                "easy/medium/hard pairs)"})
+        "help": "auto | ultrafeedback | nectar | oasst | pairwise | ranked | nemo-rl | curri-dpo (the authors' "
+                "released easy/medium/hard pairs)"})
     split: str = field(default="train", metadata={"help": "dataset split"})
+    mixture: list[dict] | None = field(default=None, metadata={
+        "help": "several sources instead of data.path: a list of {path, subset, split, columns, weight} "
+                "(weight: the fraction of the source's rows kept, seeded; columns: the only columns read), as "
+                "the alignment-handbook's dataset_mixture and TRL's datasets: list"})
+    eval_path: str | None = field(default=None, metadata={
+        "help": "held-out preference data of its own (a file or hub dataset, read like data.path): its pairs "
+                "give the eval/ metrics instead of a data.eval_fraction of the training prompts"})
+    eval_split: str = field(default="test", metadata={"help": "split of data.eval_path (hub datasets)"})
     subset: str | None = field(default=None, metadata={"help": "dataset subset/config name (hub datasets)"})
     score: str = field(default="mean-aspects", metadata={
         "help": "UltraFeedback score: mean-aspects (mean of aspect ratings, 1..5, the paper's) | overall"})
@@ -97,6 +116,8 @@ class DataConfig:
         "help": "ref-margin: fraction of training pairs kept (ours, inside the paper's 30-50%)"})
     eval_fraction: float = field(default=0.0, metadata={
         "help": "fraction of prompts held out for preference metrics after each stage"})
+    eval_prompts: int | None = field(default=None, metadata={
+        "help": "hold out this many prompts instead of a fraction (the handbook's test_split_size as a count)"})
 
 
 @dataclass
@@ -197,6 +218,17 @@ class RunConfig:
     output_dir: str = field(default="runs/currydpo", metadata={"help": "where checkpoints and logs go"})
     seed: int = field(default=0, metadata={"help": "fixes data order, sampling and initialisation"})
     save_every: int = field(default=0, metadata={"help": "mid-stage checkpoint every N updates (0 = stage ends)"})
+    logging_steps: int = field(default=1, metadata={
+        "help": "write every Nth update's line to metrics.jsonl and the trackers (and each stage's last); ours: 1"})
+    eval_steps: int = field(default=0, metadata={
+        "help": "held-out metrics every N updates within stages too (0 = at stage ends only); needs held-out pairs"})
+    push_to_hub: bool = field(default=False, metadata={
+        "help": "push final/ (with its model card) to run.hub_model_id, and each stage-K/ to its branch stage-K"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "the Hub repo to push to (default: the name of run.output_dir)"})
+    hub_private_repo: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+    hub_revision: str = field(default="main", metadata={
+        "help": "the branch final/ is pushed to (the handbook's hub_model_revision)"})
     report_to: str = field(default="", metadata={"help": "comma-separated accelerate trackers: tensorboard,wandb"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     final_model: str = field(default="last", metadata={
@@ -272,6 +304,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if "list[" in text:  # a YAML list, or a comma-separated string from --set
         items = value if isinstance(value, list) else str(value).split(",")
         item_type = text.split("list[", 1)[1].split("]", 1)[0]
+        if item_type == "dict":  # data.mixture: a list of mappings, checked by data.loading.mixture_sources
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise CurryError(f"config key '{key}': expected a list of mappings, got {value!r:.80}")
+            return value
         got = [_coerce(v.strip() if isinstance(v, str) else v, item_type, key) for v in items]
         return got[0] if base.startswith("str | ") and len(got) == 1 and not isinstance(value, list) else got
     try:
@@ -321,19 +357,23 @@ def from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars)."""
+    """``["loss.beta=0.2", "run.seed=3"]`` -> nested dict (values parsed as YAML scalars). TRL names
+    (``learning_rate=1e-6``, from ``--set`` or a TRL-style ``--learning_rate 1e-6`` flag) go through `from_trl`
+    together, so eval_strategy and eval_steps are read as a pair."""
     out: dict[str, dict[str, Any]] = {}
+    trl: dict[str, Any] = {}
     for item in items:
         key = item.split("=", 1)[0]
-        if "=" in item and key in SAME:  # a TRL name (learning_rate=1e-6)
-            for section, values in from_trl({key: yaml.safe_load(item.split("=", 1)[1])}, "--set").items():
-                out.setdefault(section, {}).update(values)
+        if "=" in item and known(key):
+            trl[key] = yaml.safe_load(item.split("=", 1)[1])
             continue
         if "=" not in item or "." not in key:
             raise CurryError(f"--set expects section.key=value (or a TRL name: learning_rate=1e-6), got {item!r}")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         out.setdefault(section, {})[name] = yaml.safe_load(value) if value != "" else ""
+    for section, values in (from_trl(trl, "command line") if trl else {}).items():
+        out.setdefault(section, {}).update(values)
     return out
 
 
@@ -378,7 +418,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     m.gradient_checkpointing = on_off.get(m.gradient_checkpointing, m.gradient_checkpointing)
     m.fused_logprobs = {"false": "off"}.get(m.fused_logprobs, m.fused_logprobs)
     _choice("model.fused_logprobs", m.fused_logprobs, ["auto", "chunked", "liger", "off"])
-    _choice("model.attention", m.attention, ["auto", "flex", "sdpa", "eager"])
+    _choice("model.attention", m.attention, ["auto", "flex", "sdpa", "eager", "flash_attention_2", "flash_attention_3"])
+    if m.load_in_4bit and m.load_in_8bit:
+        raise CurryError("model.load_in_4bit and model.load_in_8bit are both set; choose one")
+    if (m.load_in_4bit or m.load_in_8bit) and not m.lora:
+        raise CurryError("model.load_in_4bit/load_in_8bit: quantised weights cannot be trained directly; set "
+                         "model.lora true (QLoRA trains adapters over the quantised base)")
     _choice("model.gradient_checkpointing", m.gradient_checkpointing, ["auto", "on", "off"])
     if m.memory_budget_gb is not None:
         _positive("model.memory_budget_gb", m.memory_budget_gb)
@@ -400,6 +445,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive("data.sample_prompts", d.sample_prompts)
     if not 0 <= d.eval_fraction < 1:
         raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
+    if d.eval_prompts is not None:
+        _positive("data.eval_prompts", d.eval_prompts)
+    if d.mixture is not None:
+        check_mixture(d.mixture)
     _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous", "mixture"])
     if not 0 <= c.reference_mix <= 1:
         raise CurryError(f"config key 'curriculum.reference_mix' must be in [0, 1], got {c.reference_mix}")
@@ -432,13 +481,26 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                              f"integer, got {o.max_tokens_per_micro_batch!r}") from None
         _positive("optim.max_tokens_per_micro_batch", o.max_tokens_per_micro_batch)
     _positive("run.save_every", r.save_every, allow_zero=True)
+    _positive("run.logging_steps", r.logging_steps)
+    _positive("run.eval_steps", r.eval_steps, allow_zero=True)
+    if r.eval_steps and not has_held_out(d):
+        raise CurryError(f"run.eval_steps {r.eval_steps} evaluates held-out pairs: set data.eval_fraction > 0 or "
+                         f"data.eval_path")
+    if d.mixture is not None and d.path:
+        raise CurryError(f"data.path ({d.path}) and data.mixture are both set; give the sources in one of them")
     _choice("run.final_model", r.final_model, ["last", "best"])
     _choice("run.save_dtype", r.save_dtype, ["auto", "fp32", "bf16"])
     _choice("run.best_metric", r.best_metric, list(BEST_METRICS))
-    if r.final_model == "best" and d.eval_fraction <= 0:
-        raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0")
+    if r.final_model == "best" and not has_held_out(d):
+        raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0 "
+                         "or data.eval_path")
     validate_online(cfg)
     return cfg
+
+
+def has_held_out(d: DataConfig) -> bool:
+    """Whether the config asks for held-out pairs (a fraction or count of the prompts, or a file of their own)."""
+    return d.eval_fraction > 0 or bool(d.eval_prompts) or bool(d.eval_path)
 
 
 def validate_online(cfg: TrainConfig) -> None:

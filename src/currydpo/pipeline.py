@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 
 from .config import TrainConfig, resolve
 from .curriculum.difficulty import STATIC, measure_from_response_values, measure_static
 from .curriculum.schedules import Stage, auto_split
 from .curriculum.schedules import plan as schedule
-from .data.loading import load_records
+from .data.loading import load_mixture, load_records
 from .data.pairs import Pair, build_pairs
 from .data.records import Record, text_of
 from .errors import CurryError
@@ -42,9 +43,12 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs
     ``require_pairs``: no training pair is an error (training); `currydpo pairs` reports it instead."""
     d = cfg.data
     rows_read, bad, fmt = 0, {}, "records"
-    if records is None:
-        res = load_records(d.path, d.format, split=d.split, subset=d.subset, score=d.score,
-                           on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
+    reading = dict(score=d.score, on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
+    if records is None and d.mixture is not None:  # the handbook's dataset_mixture, TRL's datasets list
+        res = load_mixture(d.mixture, d.format, seed=cfg.run.seed, **reading)
+        records, rows_read, bad, fmt = res.records, res.rows_read, res.bad_rows, res.format
+    elif records is None:
+        res = load_records(d.path, d.format, split=d.split, subset=d.subset, **reading)
         records, rows_read, bad, fmt = res.records, res.rows_read, res.bad_rows, res.format
     if not records:
         raise CurryError(f"{d.path or 'data'}: no usable records")
@@ -52,6 +56,10 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs
         keep = sorted(random.Random(f"sample-prompts-{cfg.run.seed}").sample(range(len(records)), d.sample_prompts))
         records = [records[i] for i in keep]
     held_out = held_out_records(cfg, len(records))
+    if d.eval_path:  # held-out data of its own: every one of its records is held out
+        extra = load_records(d.eval_path, d.format, split=d.eval_split, subset=d.subset, **reading).records
+        held_out |= set(range(len(records), len(records) + len(extra)))
+        records = records + extra
     train = [p for p in build_pairs(records, pair_strategy(cfg), d.min_gap, d.allow_ties, cfg.run.seed)
              if p.record not in held_out]
     evals = [p for p in build_pairs(records, d.strategy, d.min_gap, d.allow_ties, cfg.run.seed)
@@ -92,6 +100,30 @@ def plan(cfg: TrainConfig, data: Prepared, reference_logps: dict[tuple[int, int]
     data.train_pairs = select_pairs(data.train_pairs, cfg.data.select, cfg.data.select_fraction)
     data.split_by = split_rule(cfg, data.train_pairs)
     data.stages = stage_plan(cfg, data.train_pairs, data.split_by)
+    warning = no_ordering_signal(cfg, data.train_pairs, len(data.stages))
+    if warning:
+        print(f"currydpo: WARNING: {warning}", file=sys.stderr, flush=True)
+
+
+# Schedules that order or split pairs by their difficulty (random and single-pair do not; self-paced measures later).
+ORDERED = ("iterative", "single-pass", "anti", "cyclical")
+
+
+def no_ordering_signal(cfg: TrainConfig, pairs: list[Pair], n_stages: int) -> str | None:
+    """Why the curriculum asked for cannot exist on these pairs, or None: every pair has the same difficulty
+    (pairwise rows without scores, one pair per prompt), so there is no easy-to-hard order, and an iterative
+    schedule gets fewer stages than curriculum.stages. Never silent: `plan` prints it."""
+    c, measure = cfg.curriculum, plan_measure(cfg)
+    if c.schedule not in ORDERED or len(pairs) < 2:
+        return None
+    values = {p.difficulty.get(measure) for p in pairs}
+    if len(values) > 1:
+        return None
+    stages = f"; {n_stages} stage(s) instead of curriculum.stages {c.stages}" if n_stages < c.stages else ""
+    return (f"curriculum {c.schedule} by {measure}: all {len(pairs)} training pairs have the same difficulty, so the "
+            f"data gives no easy-to-hard order (pairwise rows without scores, one pair per prompt?){stages}. This "
+            f"trains plain DPO. Give scores (score_chosen/score_rejected columns) or several ranked responses per "
+            f"prompt, choose another curriculum.difficulty, or set curriculum.schedule random to say so")
 
 
 def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
@@ -99,7 +131,12 @@ def held_out_records(cfg: TrainConfig, n_records: int) -> set[int]:
     are never trained on. `currydpo pairs` excludes the same ones, so its stages are `train`'s."""
     order = list(range(n_records))
     random.Random(cfg.run.seed).shuffle(order)
-    return set(order[: int(round(cfg.data.eval_fraction * n_records))])
+    count = cfg.data.eval_prompts
+    n = count if count is not None else int(round(cfg.data.eval_fraction * n_records))
+    if count is not None and n >= n_records:
+        raise CurryError(f"data.eval_prompts {n} holds out all {n_records} prompts, leaving none to train on; hold out "
+                         f"fewer (the handbook's test_split_size is a count of examples)")
+    return set(order[:n])
 
 
 def pair_strategy(cfg: TrainConfig) -> str:

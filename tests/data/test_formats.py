@@ -252,7 +252,7 @@ READING = {"format": "auto", "score": "mean-aspects", "on_bad_row": "error"}  # 
 
 
 @pytest.mark.parametrize("key,value,valid", [
-    ("format", "hh", "auto, ultrafeedback, nectar, oasst, pairwise, ranked, curri-dpo"),
+    ("format", "hh", "auto, ultrafeedback, nectar, oasst, pairwise, ranked, curri-dpo, nemo-rl"),
     ("score", "max", "mean-aspects, overall"),
     ("on_bad_row", "drop", "error, skip"),
 ])

@@ -361,3 +361,56 @@ def test_debug_flag_after_the_subcommand_reraises(tmp_path):
     with pytest.raises(CurryError, match="row 2 field 'answers'"):
         main(["pairs", str(CORPUS / "nectar_wrong_type.jsonl"), "--out", str(out), "--debug"])
     assert not out.exists()
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _garble(f: Path) -> None:
+    f.write_bytes(b"\x00\x01not a header" + f.read_bytes()[16:])
+
+
+def _not_a_tokenizer(f: Path) -> None:
+    f.write_text('{"version": "1.0", "model": {"type": "NoSuchModel"}}')
+
+
+# Damaged model files (issue 33), made from the tiny model at test time: (file, damage, expected in the line).
+DAMAGED_MODELS = [
+    ("model.safetensors", _truncate, "model.safetensors: truncated or corrupt weights"),
+    ("model.safetensors", _garble, "model.safetensors: truncated or corrupt weights"),
+    ("config.json", _truncate, "config.json: not valid JSON"),
+    ("tokenizer.json", _truncate, "tokenizer.json: not valid JSON"),
+    ("tokenizer.json", _not_a_tokenizer, "cannot load the tokenizer from"),
+]
+
+
+@pytest.mark.parametrize("name, damage, expect", DAMAGED_MODELS, ids=lambda x: getattr(x, "__name__", x))
+def test_a_damaged_model_file_is_one_line(name, damage, expect, tmp_path, tiny_model_dir, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    damage(model / name)
+    rc, captured, run_dir = train(tmp_path, capsys, CORPUS / "ranked_long_prompt.jsonl", model)
+    assert rc == 2
+    line = one_error_line(captured.err, "train")
+    assert expect in line and ("re-download" in line or "save the tokenizer again" in line), line
+    assert not files_under(run_dir)
+
+
+def test_truncated_weights_exit_2_as_a_process(tmp_path, tiny_model_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _truncate(model / "model.safetensors")
+    p = cli("train", "--config", str(TRAIN), "--model", str(model), "--data", str(CORPUS / "ranked_long_prompt.jsonl"),
+            "--output", str(tmp_path / "run"))
+    assert p.returncode == 2
+    assert f"{model / 'model.safetensors'}: truncated or corrupt weights" in one_error_line(p.stderr, "train")
+
+
+def test_a_deepspeed_launch_stops_before_any_work(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a ZeRO config
+    rc, captured, run_dir = train(tmp_path, capsys, CORPUS / "ranked_long_prompt.jsonl", tiny_model_dir)
+    assert rc == 2
+    line = one_error_line(captured.err, "train")
+    assert "DeepSpeed is not supported" in line and "examples/accelerate/fsdp2.yaml" in line and "16 bytes" in line
+    assert not files_under(run_dir)

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from ..config import help_table, load_config
+from ..trl_names import SAME
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,11 +26,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model/data to run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--help-config", action="store_true", help="print every config key with its default and exit")
+    trl = p.add_argument_group("TRL-style flags", "every TRL / alignment-handbook name we map, as `trl dpo` takes it "
+                               "(--learning_rate 1e-6 --beta 0.05); applied after --config, like --set NAME=VALUE")
+    for name in sorted(SAME):
+        if name not in ("dataset_mixture", "datasets"):  # nested lists: YAML only
+            trl.add_argument(f"--{name}", dest=f"trl_{name}", metavar="VALUE", nargs="?", const="true",
+                             default=argparse.SUPPRESS, help=f"-> {SAME[name]}")
     return p
 
 
 def config_from_args(args):
     overrides = list(args.overrides)
+    overrides += [f"{k.removeprefix('trl_')}={v}" for k, v in vars(args).items() if k.startswith("trl_")]
     for flag, key in (("model", "model.path"), ("data", "data.path"), ("output", "run.output_dir")):
         if getattr(args, flag, None):
             overrides.append(f"{key}={getattr(args, flag)}")

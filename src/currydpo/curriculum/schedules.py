@@ -93,6 +93,8 @@ def auto_split(pairs: Sequence[Pair], measure: str, k: int, strategy: str) -> st
             by_value.setdefault(p.difficulty[measure], set()).add(i)
         if {frozenset(g) for g in by_rank.values()} != {frozenset(g) for g in by_value.values()}:
             return "value"
+    if len({min(p.rejected_position - 2, k - 1) for p in pairs}) == 1 and len(values) > 1:
+        return "value" if levels else "quantile"  # one pair per prompt: ranks cannot split, the measure can
     return "rank"
 
 

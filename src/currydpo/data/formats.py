@@ -20,9 +20,11 @@ Formats (the keys auto-detection looks for in the first row):
   ``text``, ``rank``; 0 = best).
 - ``pairwise``: TRL preference data — ``prompt``/``chosen``/``rejected`` as strings or
   message lists, or only ``chosen``/``rejected`` sharing an implicit prompt prefix
-  (Anthropic HH).
+  (Anthropic HH); ``score_chosen``/``score_rejected`` (ultrafeedback_binarized) and the like kept as scores.
 - ``ranked``: ours — ``prompt`` (string or messages), ``responses: [{text, score}]``
-  or ``[{text, rank}]``, optional ``id``.
+  or ``[{text, rank}]``, or a plain list of answers best first (LLaMA-Factory's list-DPO proposal),
+  optional ``id``.
+- ``nemo-rl``: NeMo-RL's preference layout — ``context``, ``completions: [{rank, completion}]`` (0 = best).
 - ``curri-dpo``: the Curry-DPO authors' released pairs (ServiceNow-AI/Curriculum_DPO_preferences)
   — ``easy``, ``medium``, ``hard``, each ``{conversation: [turns..., {role: assistant,
   chosen_content, rejected_content}]}`` (see `curri_dpo`).
@@ -301,28 +303,59 @@ def _split_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
     return chosen[:n], chosen[n:], rejected[n:]
 
 
+# Score columns of pairwise rows, as preference sets name them (ultrafeedback_binarized: score_chosen).
+PAIR_SCORES = (("score_chosen", "score_rejected"), ("chosen_score", "rejected_score"),
+               ("chosen_rating", "rejected_rating"), ("chosen_reward", "rejected_reward"))
+
+
+def _pair_scores(row: dict) -> tuple[float, float] | None:
+    """The row's (chosen, rejected) scores when it carries a pair of score columns, else None."""
+    for c, r in PAIR_SCORES:
+        if row.get(c) is not None and row.get(r) is not None:
+            return _number(row[c], c, strings_ok=True), _number(row[r], r, strings_ok=True)
+    return None
+
+
 def pairwise(row: dict, score: str, default_id: str) -> list[Record]:
+    """A TRL preference row. The prompt is TRL's (``maybe_extract_prompt``): the ``prompt`` field, except where
+    it is a string beside chosen/rejected message lists (ultrafeedback_binarized repeats the user turn in both),
+    where the lists' shared message prefix is the prompt. Score columns (`PAIR_SCORES`) are kept as the
+    responses' scores; without them chosen gets 1 and rejected 0 (``meta["implicit_scores"]``)."""
     row = _dict_row(row)
     chosen = _text(_get(row, "chosen"), "chosen")
     rejected = _text(_get(row, "rejected"), "rejected")
-    if row.get("prompt") is not None:
-        prompt = _text(row["prompt"], "prompt")
+    both_lists = isinstance(chosen, list) and isinstance(rejected, list)
+    prompt = row.get("prompt")
+    if prompt is not None and not (isinstance(prompt, str) and both_lists and _shares_user_turn(chosen, rejected)):
+        prompt = _text(prompt, "prompt")
     elif isinstance(chosen, str) and isinstance(rejected, str):
         prompt, chosen, rejected = _split_text(chosen, rejected)
-    elif isinstance(chosen, list) and isinstance(rejected, list):
+    elif both_lists:
         prompt, chosen, rejected = _split_messages(chosen, rejected)
     else:
         raise FieldError("rejected", "bad type", "chosen and rejected must both be strings or both lists")
-    responses = [Response(chosen, score=1.0), Response(rejected, score=0.0)]
-    return [Record(_row_id(row, default_id), prompt, responses)]
+    scores = _pair_scores(row)
+    meta = {} if scores else {"implicit_scores": True}
+    sc, sr = scores or (1.0, 0.0)
+    return [Record(_row_id(row, default_id), prompt, [Response(chosen, score=sc), Response(rejected, score=sr)],
+                   meta=meta)]
+
+
+def _shares_user_turn(chosen: list, rejected: list) -> bool:
+    """Whether two message lists open with the same non-assistant message (a prompt TRL would extract)."""
+    return (bool(chosen) and bool(rejected) and chosen[0] == rejected[0] and isinstance(chosen[0], dict)
+            and chosen[0].get("role") != "assistant")
 
 
 def regroup_pairwise(records: list[Record]) -> tuple[list[Record], int]:
     """TRL's flattened rows back into one ranked record per prompt, so a prompt's several pairs form the
-    curriculum again (issue #26). Rows sharing a prompt are merged when their relations chosen > rejected
-    determine one total order of the distinct responses (a unique topological order); that order is the
-    ranking (rank 0 = best; a repeated pair counts once). A group with a cycle or an incomparable pair
-    keeps its rows as they are.
+    curriculum again (issue #26). Rows sharing a prompt are merged when
+    - every row carries scores (`PAIR_SCORES`) that agree with its chosen > rejected and give each response one
+      score: the record keeps those scores (best-vs-rest rows A>B, A>C, A>D included, which alone are only a
+      partial order); else
+    - their relations chosen > rejected determine one total order of the distinct responses (a unique
+      topological order): that order is the ranking (rank 0 = best; a repeated pair counts once).
+    A group with neither keeps its rows as they are.
     Returns (records, number of prompts whose rows were kept apart)."""
     groups: dict[str, list[Record]] = {}
     for rec in records:
@@ -333,16 +366,35 @@ def regroup_pairwise(records: list[Record]) -> tuple[list[Record], int]:
         if len(distinct) == 1:  # one pair (perhaps repeated): nothing to regroup; repeats stay the user's choice
             out.extend(rows)
             continue
-        order = _total_order(rows)
-        if order is None:
+        responses = _scored_responses(rows)
+        if responses is None:
+            order = _total_order(rows)
+            responses = None if order is None else [Response(text, rank=k) for k, text in enumerate(order)]
+        if responses is None:
             kept_apart += 1
             out.extend(rows)
             continue
         first = rows[0]
-        responses = [Response(text, rank=k) for k, text in enumerate(order)]
         out.append(Record(first.id, first.prompt, responses, meta={"rows": [r.row for r in rows]},
                           source=first.source, row=first.row))
     return out, kept_apart
+
+
+def _scored_responses(rows: list[Record]) -> list[Response] | None:
+    """The distinct responses with their scores, when every row has scores of its own that agree with its
+    preference and give each response a single score; else None."""
+    if any(r.meta.get("implicit_scores") for r in rows):
+        return None
+    scores: dict[str, tuple] = {}
+    for r in rows:
+        (w, lo) = r.responses
+        if w.score < lo.score:
+            return None
+        for x in (w, lo):
+            key = json.dumps(x.text, sort_keys=True)
+            if scores.setdefault(key, (x.text, x.score))[1] != x.score:
+                return None
+    return [Response(text, score=s) for text, s in scores.values()]
 
 
 def _total_order(rows: list[Record]):
@@ -381,6 +433,9 @@ def ranked(row: dict, score: str, default_id: str) -> list[Record]:
     responses = []
     for i, item in enumerate(items):
         field = f"responses[{i}]"
+        if isinstance(item, (str, list)):  # a list of answers best first (LLaMA-Factory's list-DPO proposal)
+            responses.append(Response(_text(item, field), rank=i))
+            continue
         item = _expect(item, dict, field)
         text = _text(_get(item, "text", f"{field}.text"), f"{field}.text")
         s = item.get("score")
@@ -390,6 +445,23 @@ def ranked(row: dict, score: str, default_id: str) -> list[Record]:
         # Numeric strings ("4") are scores: Arrow's JSON reader already turns them into numbers.
         responses.append(Response(text, score=None if s is None else _number(s, f"{field}.score", strings_ok=True),
                                   rank=None if r is None else _rank(r, f"{field}.rank")))
+    return [Record(_row_id(row, default_id), prompt, responses)]
+
+
+# ----------------------------------------------------------------------------- nemo-rl
+
+def nemo_rl(row: dict, score: str, default_id: str) -> list[Record]:
+    """NeMo-RL's preference layout: ``context`` (a string or messages) and ``completions[{rank, completion}]``,
+    rank 0 the best; a completion is a string or a list of assistant messages."""
+    row = _dict_row(row)
+    prompt = _text(_get(row, "context"), "context")
+    items = _expect(_get(row, "completions"), list, "completions")
+    responses = []
+    for i, item in enumerate(items):
+        field = f"completions[{i}]"
+        item = _expect(item, dict, field)
+        text = _text(_get(item, "completion", f"{field}.completion"), f"{field}.completion")
+        responses.append(Response(text, rank=_rank(_get(item, "rank", f"{field}.rank"), f"{field}.rank")))
     return [Record(_row_id(row, default_id), prompt, responses)]
 
 
@@ -469,6 +541,7 @@ CONVERTERS: dict[str, Callable[[Any, str, str], list[Record]]] = {
     "pairwise": pairwise,
     "ranked": ranked,
     "curri-dpo": curri_dpo,
+    "nemo-rl": nemo_rl,
 }
 FORMATS = tuple(CONVERTERS)
 
@@ -481,6 +554,7 @@ SIGNATURES: dict[str, list[tuple[str, ...]]] = {
     "ranked": [("prompt", "responses")],
     # any two levels: a row missing the third is detected, then fails naming the missing level
     "curri-dpo": [("easy", "medium"), ("easy", "hard"), ("medium", "hard")],
+    "nemo-rl": [("context", "completions")],
 }
 
 

@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import os
+import random
 import re
 import sys
 import tempfile
@@ -304,13 +305,16 @@ def in_memory_tables(source, split: str) -> list[Table] | None:
 
 def load_records(source, format: str = "auto", *, split: str = "train", subset: str | None = None,
                  score: str = "mean-aspects", on_bad_row: str = "error", limit: int | None = None,
-                 trust_remote_code: bool = False) -> LoadResult:
+                 trust_remote_code: bool = False, columns: list[str] | None = None, weight: float | None = None,
+                 seed: int = 0) -> LoadResult:
     """Read ``source`` and convert every row to validated `Record`s. ``source``: a local file, a glob, a
     directory of files, a hub name, a `datasets.Dataset` / `DatasetDict` or a ``save_to_disk`` folder.
 
     ``format``: one of `formats.FORMATS` or "auto" (detected from the first row).
     ``on_bad_row``: "error" raises the first `BadRow`; "skip" counts it by reason.
     ``limit``: stop after this many records (rows after that are not read).
+    ``columns``: read only these columns; ``weight``: keep this fraction of the rows (seeded by ``seed``, file
+    order kept) — a mixture source's settings (`load_mixture`).
     """
     check_format(format)
     check_score(score)
@@ -325,6 +329,8 @@ def load_records(source, format: str = "auto", *, split: str = "train", subset: 
         tables = [read_hub(source, split, subset, trust_remote_code)]
     else:
         tables = [read_file(f) for f in files]
+    if columns is not None or weight is not None:
+        tables = [select_rows(t, columns, weight, seed) for t in tables]
     fmt = format
     if fmt == "auto":
         first = next((t for t in tables if t.rows), None)
@@ -359,6 +365,67 @@ def load_records(source, format: str = "auto", *, split: str = "train", subset: 
     if fmt == "pairwise":
         records = regroup(records, source)
     return LoadResult(records, rows_read, dict(bad), fmt)
+
+
+def select_rows(table: Table, columns: list[str] | None, weight: float | None, seed: int) -> Table:
+    """A mixture source's share of ``table``: only ``columns`` (each must be present), and ``weight`` of the rows
+    (a seeded subset in file order, as the handbook's shuffled select keeps a fraction of each dataset)."""
+    rows, numbers = table.rows, list(range(len(table.rows)))
+    if weight is not None and weight < 1:
+        numbers = sorted(random.Random(f"mixture-{seed}-{table.source}").sample(numbers, round(weight * len(rows))))
+    if columns is not None:
+        for i in numbers:
+            missing = [c for c in columns if not isinstance(rows[i], dict) or c not in rows[i]]
+            if missing:
+                raise CurryError(f"{table.source} row {table.line_of(i)}: no column {missing[0]!r} (data.mixture "
+                                 f"columns: {', '.join(columns)})")
+        rows = [{c: r[c] for c in columns} for r in rows]
+    return Table(table.source, [rows[i] for i in numbers], lambda j: table.line_of(numbers[j]))
+
+
+MIXTURE_KEYS = ("path", "subset", "split", "columns", "weight")
+
+
+def check_mixture(sources: list[dict]) -> None:
+    """``data.mixture``: a non-empty list of {path, subset, split, columns, weight}, each key checked."""
+    if not sources:
+        raise CurryError("config key 'data.mixture': an empty list; give at least one {path, split} source")
+    for i, src in enumerate(sources):
+        key = f"data.mixture[{i}]"
+        unknown = [k for k in src if k not in MIXTURE_KEYS]
+        if unknown:
+            raise CurryError(f"config key '{key}.{unknown[0]}' is unknown; keys: {', '.join(MIXTURE_KEYS)}")
+        if not isinstance(src.get("path"), str) or not src["path"]:
+            raise CurryError(f"config key '{key}.path': give a file, directory or hub dataset, got {src.get('path')!r}")
+        cols = src.get("columns")
+        if cols is not None and (not isinstance(cols, list) or not all(isinstance(c, str) for c in cols)):
+            raise CurryError(f"config key '{key}.columns': expected a list of column names, got {cols!r}")
+        w = src.get("weight")
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1):
+            raise CurryError(f"config key '{key}.weight' must be a fraction of the source in (0, 1], got {w!r}")
+
+
+def load_mixture(sources: list[dict], format: str = "auto", *, seed: int = 0, **kwargs) -> LoadResult:
+    """Several sources read one after another (`load_records` each: its split, columns and weight) into one
+    list of records. A local directory holding a file named after the split (``train_prefs.jsonl``) stands
+    for that split, as a Hub dataset's split would."""
+    check_mixture(sources)
+    records, rows_read, bad, formats = [], 0, Counter(), []
+    for k, src in enumerate(sources):
+        path, split = src["path"], src.get("split", "train")
+        local = Path(os.path.expanduser(path))
+        if local.is_dir():
+            named = sorted(p for p in local.iterdir() if p.is_file() and _suffix(p) and p.name.split(".")[0] == split)
+            path = str(named[0]) if named else path
+        res = load_records(path, format, split=split, subset=src.get("subset"), columns=src.get("columns"),
+                           weight=src.get("weight"), seed=seed, **kwargs)
+        for rec in res.records:
+            rec.id = f"{k}:{rec.id}" if len(sources) > 1 else rec.id  # ids are only unique per source
+        records += res.records
+        rows_read += res.rows_read
+        bad.update(res.bad_rows)
+        formats.append(res.format)
+    return LoadResult(records, rows_read, dict(bad), formats[0] if len(set(formats)) == 1 else ",".join(formats))
 
 
 def regroup(records: list[Record], source) -> list[Record]:

@@ -45,9 +45,10 @@ from ..errors import CurryError
 from ..io import bars_off, quiet_bars, write_json, write_text
 from ..losses import is_listwise, needs_reference
 from ..pipeline import Prepared, data_fingerprint, plan, plan_measure, prepare
+from . import cadence, hub, sharding
 from . import checkpoint as ckpt
 from . import precision as prec
-from . import sharding
+from .logit_stats import held_out_logits
 from .memory import choose_checkpointing, enable_checkpointing, even_out, memory_budget, resolve_token_bound
 from .model import _check_path, add_lora, load_model, load_tokenizer
 from .model_card import model_card
@@ -219,7 +220,7 @@ def end_stage(run: Run, k: int, pos: Position, seconds: float, optimizer, schedu
             "train_seconds": round(seconds, 3), **run.online.get(k, {}), **evaluate_held_out(run, ref_key="initial")}
     if isinstance(run.objective, ListObjective):  # "pairs" counts lists; the pairs they stand for, for fair comparisons
         info["pairs_equivalent"] = sum(run.objective.lists[i].n_pairs for i in pos.order)
-    held_out = {key: v for key, v in info.items() if key.startswith("eval/") and isinstance(v, (int, float))}
+    held_out = {key: v for key, v in info.items() if key.startswith(("eval/", "eval_")) and isinstance(v, (int, float))}
     if held_out:  # to metrics.jsonl and the trackers, as HF Trainer logs its evaluations
         log_metrics(run, {"step": pos.global_step, "stage": k + 1, **held_out})
     ensure_finite(run, f"the end of stage {k + 1}")
@@ -322,7 +323,8 @@ def evaluate_held_out(run: Run, ref_key: str) -> dict:
     ref = run.refs.get(ref_key, len(run.table.keys))[torch.tensor(rows)]
     m = preference_metrics(lp[ci], lp[ri], n[ci], n[ri], ref[ci], ref[ri], run.cfg.loss.beta,
                            [p.score_gap for p in pairs], buckets=[p.rejected_position for p in pairs])
-    return {f"eval/{k}": v for k, v in m.items()}
+    m.update(held_out_logits(run, rows, ci, ri))  # TRL's logits/chosen, logits/rejected
+    return cadence.with_trl_names({f"eval/{k}": v for k, v in m.items()})
 
 
 def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, pos: Position) -> None:
@@ -350,9 +352,13 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
         pos.update, pos.global_step = u + 1, pos.global_step + 1
         run.updates_run += 1
         pos.tokens += int(metrics.pop("num_tokens"))
-        log_metrics(run, {"step": pos.global_step, "stage": k + 1, "stage_update": u + 1,
-                          "epoch": round((u + 1) * run.pairs_per_update / max(1, len(pos.order)), 4),  # of this stage
-                          "num_tokens": pos.tokens, **metrics})
+        if cadence.log_due(cfg.run, u, n_updates):  # run.logging_steps (TRL's logging_steps)
+            log_metrics(run, {"step": pos.global_step, "stage": k + 1, "stage_update": u + 1,
+                              "epoch": round((u + 1) * run.pairs_per_update / max(1, len(pos.order)), 4),  # of stage
+                              "num_tokens": pos.tokens, **metrics})
+        if cadence.eval_due(cfg.run, u, n_updates):  # run.eval_steps (TRL's eval_strategy: steps)
+            log_metrics(run, {"step": pos.global_step, "stage": k + 1, "stage_update": u + 1,
+                              **evaluate_held_out(run, ref_key="initial")})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
         for hook in run.hooks.on_batch:
             hook(run, Update(k, u, pos.global_step, micro, metrics, seconds))
@@ -574,6 +580,7 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
     """Data, model, response table, initial reference log-probs, model-based difficulty, stage plan; every
     ``auto`` resolved once into `Run.resolved`."""
     c, o = cfg.curriculum, cfg.optim
+    sharding.refuse_deepspeed()  # before any work: the handbook's ZeRO-3 launch config
     trackers = check_trackers(cfg.run.report_to)
     quiet_bars(cfg.run.progress)
     _check_path(cfg.model.path, "model.path")  # before the data is read: a typo'd model fails at once
@@ -676,7 +683,8 @@ def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerato
 
 
 # Keys that may change between a kill and --resume: they do not change what is trained.
-RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir")
+RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir", "run.logging_steps", "run.eval_steps",
+                   "run.push_to_hub", "run.hub_model_id", "run.hub_private_repo", "run.hub_revision")
 
 
 def check_same_run(output_dir: str, cfg: TrainConfig) -> None:
@@ -728,5 +736,7 @@ def finish(run: Run, stage_info: list[dict]) -> dict:
         ckpt.save_model(os.path.join(cfg.run.output_dir, "final"), model, run.tokenizer, cfg, merge_lora=True,
                         dtype=run.save_dtype, card=model_card(cfg, summary))
         write_json(os.path.join(cfg.run.output_dir, "summary.json"), summary)
+        if cfg.run.push_to_hub:  # final/ to the repo's main (run.hub_revision), each stage-K/ to branch stage-K
+            summary["hub"] = hub.push(cfg, len(run.stages))
     acc.end_training()
     return summary

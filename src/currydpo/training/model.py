@@ -6,7 +6,9 @@ does not exist, a tokenizer without a pad token, remote code the user did not al
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -26,12 +28,41 @@ def _check_path(path: str, what: str) -> None:
                 os.path.join(local, "config.json")):
             raise CurryError(f"{what} {path} is a LoRA adapter, not a model: give its base model as model.path with "
                              f"model.lora true to train adapters, or merge it first (peft merge_and_unload)")
+        check_files(local)
         return
     hub_name = path.count("/") == 1 and not path.startswith((".", "/", "~"))
     if not hub_name:
         raise CurryError(f"{what} not found: {path} (expected a directory saved with save_pretrained, "
                          f"or a hub name like org/model)")
     check_on_hub(path, what)
+
+
+def check_files(path: str) -> None:
+    """A damaged local model directory, named by its file before transformers meets it (a truncated
+    ``.safetensors`` otherwise ends the run in a 35-line SafetensorError traceback): config.json and the
+    tokenizer's JSON files parse, and every ``.safetensors`` header is whole and matches the file's size."""
+    redo = "re-download the model, or save it again with save_pretrained"
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            continue
+        try:
+            with open(f, encoding="utf-8") as fh:
+                json.load(fh)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CurryError(f"{f}: not valid JSON ({str(e).splitlines()[0]}); the file is damaged: {redo}") from None
+    shards = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    if shards:
+        from safetensors import safe_open
+
+        for name in shards:
+            try:
+                with safe_open(os.path.join(path, name), framework="pt"):
+                    pass  # opening reads the header and checks that the data it lists fits the file
+            except Exception as e:  # noqa: BLE001 (SafetensorError, or an OSError for an unreadable file)
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise CurryError(f"{os.path.join(path, name)}: truncated or corrupt weights ({reason}); "
+                                 f"{redo}") from None
 
 
 def check_on_hub(name: str, what: str) -> None:
@@ -64,8 +95,13 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     _check_path(path, "model")
     try:
         tok = AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing files, remote code not allowed, ...: transformers says which
         raise CurryError(f"cannot load tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 (tokenizers raises its own Exception type for a broken tokenizer.json)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CurryError(f"cannot load the tokenizer from {path} ({reason}); its tokenizer files are damaged: "
+                         f"save the tokenizer again (tokenizer.save_pretrained) or copy it from the base "
+                         f"model") from None
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise CurryError(f"tokenizer at {path} has neither a pad nor an eos token; add a pad token "
@@ -75,7 +111,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-ATTENTION = {"flex": "flex_attention", "sdpa": "sdpa", "eager": "eager"}  # model.attention -> transformers' name
+# model.attention -> transformers' name
+ATTENTION = {"flex": "flex_attention", "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash_attention_2",
+             "flash_attention_3": "flash_attention_3"}
+PACKABLE = ("flex", "sdpa", "eager")  # logprobs._PACKABLE_ATTENTION: kernels that take the packing's 4D mask
 
 
 def attention_for(attention: str, device: torch.device) -> str:
@@ -89,22 +128,66 @@ def attention_for(attention: str, device: torch.device) -> str:
 
 def load_model(path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None):
     """A causal LM on ``device`` in ``dtype`` (default: `dtype_for` the configured precision) and the configured
-    attention; no LoRA here."""
+    attention, its dropout off when ``model.disable_dropout``; quantised with ``load_in_4bit``/``8bit``; no LoRA."""
     _check_path(path, "model")
     attention = attention_for(cfg.attention, device)
-    kwargs = dict(dtype=dtype or dtype_for(cfg.precision, device), trust_remote_code=cfg.trust_remote_code)
+    kwargs = dict(dtype=dtype or dtype_for(cfg.precision, device), trust_remote_code=cfg.trust_remote_code,
+                  **quantisation(cfg, device))
+    if attention not in PACKABLE:
+        print(f"note: model.attention {attention}: packing needs sdpa, eager or flex, so responses are padded "
+              f"instead", file=sys.stderr)
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(path), **kwargs,
                                                          attn_implementation=ATTENTION[attention])
-        except ValueError as e:  # this architecture does not implement that attention
+        except (ValueError, ImportError) as e:  # this architecture (or this install) lacks that attention
             if cfg.attention != "auto":
-                raise CurryError(f"model.attention {cfg.attention}: {path} does not support it "
+                raise CurryError(f"model.attention {cfg.attention}: {path} does not support it here "
                                  f"({str(e).splitlines()[0]}); use auto") from None
             model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(path), **kwargs)
     except (OSError, ValueError) as e:
         raise CurryError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
-    return model.to(device)
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    return model if "quantization_config" in kwargs else model.to(device)
+
+
+def quantisation(cfg: ModelConfig, device: torch.device) -> dict:
+    """``from_pretrained`` arguments for ``model.load_in_4bit`` / ``load_in_8bit`` (the handbook's QLoRA path):
+    bitsandbytes on a CUDA device, else one line saying why not."""
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return {}
+    what = "model.load_in_4bit" if cfg.load_in_4bit else "model.load_in_8bit"
+    if device.type != "cuda":
+        raise CurryError(f"{what}: bitsandbytes quantisation needs a CUDA GPU, this run is on {device.type}; drop "
+                         f"{what} (model.lora true alone trains adapters over full-precision weights)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise CurryError(f"{what}: bitsandbytes is not installed; pip install 'currydpo[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.load_in_4bit:  # the QLoRA paper's settings, as the handbook's get_quantization_config
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": bnb, "device_map": {"": device.index or 0}}
+
+
+def disable_dropout(model) -> int:
+    """Every dropout probability to 0, as TRL's ``disable_dropout_in_model`` (DPOConfig.disable_dropout,
+    default true) and beyond it: attention modules that keep their rate as a float (Llama's
+    ``attention_dropout``) too. Returns how many were set."""
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p, n = 0.0, n + 1
+        for name in ("attention_dropout", "attn_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+                n += 1
+    return n
 
 
 def add_lora(model, cfg: ModelConfig):
@@ -120,6 +203,11 @@ def add_lora(model, cfg: ModelConfig):
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
             raise CurryError(f"model.lora_target_modules: {', '.join(missing)} not found in {cfg.path} (its linear "
                              f"layers: {', '.join(linear)}); use those names or all-linear")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+    dropout = 0.0 if cfg.disable_dropout else cfg.lora_dropout  # model.disable_dropout covers LoRA's own too
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
                       target_modules=targets)
+    if cfg.load_in_4bit or cfg.load_in_8bit:  # casts the non-quantised layers for stable k-bit training
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, lora)

@@ -13,11 +13,12 @@ def _looks_like_hub(name: str) -> bool:
 
 
 def model_card(cfg: TrainConfig, summary: dict) -> ModelCard:
-    base, data = cfg.model.path, cfg.data.path
+    base = cfg.model.path
+    data = cfg.data.path or ", ".join(src["path"] for src in cfg.data.mixture or [])  # data.mixture: every source
     card_data = ModelCardData(
-        library_name="transformers", tags=["currydpo", "dpo", "curriculum-learning", "trl-compatible"],
+        library_name="transformers", tags=["currydpo", "dpo", "curry-dpo", "curriculum-learning", "trl-compatible"],
         base_model=base if _looks_like_hub(base) else None,
-        datasets=[data] if isinstance(data, str) and _looks_like_hub(data) else None)
+        datasets=[d for d in dict.fromkeys(data.split(", ")) if _looks_like_hub(d)] or None)
     rows = []
     for s in summary["stages"]:
         acc = s.get("eval/rewards/accuracies")

@@ -24,6 +24,21 @@ import torch
 from ..errors import CurryError
 
 
+def refuse_deepspeed() -> None:
+    """Stop, before any work, under an accelerate DeepSpeed config (the handbook's deepspeed_zero3.yaml):
+    ``accelerator.prepare`` would wrap the model in a DeepSpeed engine that this loop does not drive (its own
+    backward, step and ZeRO partitioning), so training would be wrong rather than fail. FSDP2 shards the same
+    way ZeRO-3 does and is what we run and test."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        raise CurryError("DeepSpeed is not supported (this loop does not drive a DeepSpeed engine): launch with "
+                         "accelerate launch --config_file examples/accelerate/fsdp2.yaml -m currydpo train ..., "
+                         "FSDP2 shards weights, gradients and AdamW state as ZeRO-3 does: about 16 bytes per "
+                         "parameter over all GPUs plus activations (a 7B model: ~15 GB per GPU on 8; "
+                         "docs/multi-gpu.md)")
+
+
 def fsdp_plugin(accelerator):
     """The launch's accelerate FSDP settings when this run is to be sharded, else None."""
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
