@@ -42,7 +42,7 @@ def spec(tmp_path, model_dir, points):
     write_data(tmp_path / "data.jsonl")
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"the cat {w}"}) + "\n"
                                                     for w in ("sat", "ran", "sea", "sky")))
-    raw = {"base": {"model": {"path": model_dir},
+    raw = {"base": {"model": {"path": model_dir, "disable_dropout": False},  # dropout on: training uses the RNG
                     "data": {"path": str(tmp_path / "data.jsonl"), "eval_fraction": 0.2},
                     "optim": {"lr": 1e-3, "batch_size": 4, "total_updates": 4}},
            "arms": {"random": {"curriculum": {"schedule": "random"}},
