@@ -589,6 +589,28 @@ def to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+SECTION_HELP = {
+    "model": "the policy, its reference, precision, LoRA, attention and memory",
+    "data": "where the data is, its format, how responses are scored, paired and tokenised, held-out prompts",
+    "curriculum": "difficulty measure, schedule and stages, which reference each stage uses",
+    "loss": "the pairwise or listwise loss and its options",
+    "optim": "learning rate, batch, updates or passes per stage, LR schedule, what happens between stages",
+    "run": "output directory, seed, logging, evaluation cadence, checkpoints, Hub push",
+    "generation": "how answers are sampled (online stages, evaluation)",
+    "online": "online stages: fresh answers from the current policy, judged and ranked",
+}
+
+
+def section_table() -> str:
+    """Markdown: one row per config section with its keys (the README's short reference; docs/config.md has
+    every key with its default and meaning: `help_table`)."""
+    lines = ["| section | what it sets | keys |", "|---|---|---|"]
+    for section, cls in _section_classes().items():
+        keys = ", ".join(f"`{f.name}`" for f in fields(cls))
+        lines.append(f"| `{section}` | {SECTION_HELP.get(section, '')} | {keys} |")
+    return "\n".join(lines)
+
+
 def help_table() -> str:
     """Markdown reference of every key (used by the README and `currydpo train --help-config`)."""
     lines = ["| key | default | meaning |", "|---|---|---|"]
