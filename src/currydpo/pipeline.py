@@ -44,7 +44,8 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs
     rows_read, bad, fmt = 0, {}, "records"
     if records is None:
         res = load_records(d.path, d.format, split=d.split, subset=d.subset, score=d.score,
-                           on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
+                           on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code,
+                           progress=cfg.run.progress)
         records, rows_read, bad, fmt = res.records, res.rows_read, res.bad_rows, res.format
     if not records:
         raise CurryError(f"{d.path or 'data'}: no usable records")

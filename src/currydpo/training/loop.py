@@ -32,7 +32,6 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import lifetime
@@ -42,9 +41,10 @@ from ..curriculum.lists import stage_lists
 from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
-from ..io import bars_off, quiet_bars, write_json, write_text
+from ..io import quiet_bars, write_json, write_text
 from ..losses import is_listwise, needs_reference
 from ..pipeline import Prepared, data_fingerprint, plan, plan_measure, prepare
+from ..progress import progress_bar
 from . import checkpoint as ckpt
 from . import precision as prec
 from . import sharding
@@ -326,8 +326,8 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
     """The update loop of stage ``k``, from update ``pos.update``; advances ``pos`` as it goes."""
     cfg, acc = run.cfg, run.accelerator
     n_updates = run.stage_updates[k]
-    bar = tqdm(range(pos.update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=pos.update,
-               total=n_updates, disable=bars_off(cfg.run.progress and acc.is_main_process))
+    bar = progress_bar(range(pos.update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=pos.update,
+                       total=n_updates, unit="update", enabled=cfg.run.progress and acc.is_main_process)
     for u in bar:
         micro = stage_batches(run, run.stages[k], pos.order, u)
         where = f"stage {k + 1}, update {u + 1}, step {pos.global_step + 1}"

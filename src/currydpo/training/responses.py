@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.pairs import Pair
 from ..errors import CurryError
-from ..io import atomic_path, bars_off
+from ..io import atomic_path
+from ..progress import progress_bar
 from .logprobs import _split_model, resolve_lm_head, response_logps
 from .sharding import is_sharded
 from .tokenize import Encoded
@@ -89,7 +89,7 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
                                                     table.encoded[rows[j]].prompt_ids, -len(table.encoded[rows[j]])))
     logps = torch.empty(len(rows), dtype=torch.float64)
     counts = torch.empty(len(rows), dtype=torch.long)
-    bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=bars_off(progress), leave=False)
+    bar = progress_bar(range(0, len(order), batch_size), desc=desc, unit="batch", enabled=progress, leave=False)
     for start in bar:
         chunk = order[start:start + batch_size]
         lp, n = response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id, lm_head=lm_head)
