@@ -16,6 +16,13 @@ CORPUS = [
 ] * 4
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """run.cache_dir auto resolves to a directory of this test's own (never the real ~/.cache), fresh per test
+    so counts of forward passes do not depend on which tests ran before. CLI subprocesses inherit it."""
+    monkeypatch.setenv("CURRYDPO_CACHE", str(tmp_path / "currydpo-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama + BPE tokenizer with a chat template, saved with save_pretrained."""

@@ -43,7 +43,7 @@ def test_config_reference_is_generated_from_the_config():
     """docs/config.md holds every key as the config's own metadata describes it; the README its sections."""
     doc = (ROOT / "docs" / "config.md").read_text()
     assert help_table() in doc, "docs/config.md is stale: paste `currydpo train --help-config`"
-    assert section_table() in (ROOT / "README.md").read_text(), "README config sections are stale: config.section_table()"
+    assert section_table() in (ROOT / "README.md").read_text(), "README config sections: config.section_table()"
 
 
 def test_every_link_in_the_readme_and_docs_resolves():

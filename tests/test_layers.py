@@ -9,7 +9,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "currydpo"
-LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "lifetime": 0, "trl_names": 0, "api": 10,
+LAYER = {"errors": 0, "io": 0, "device": 0, "userfn": 0, "lifetime": 0, "trl_names": 0, "progress": 0, "cache": 0,
+         "api": 10,
          "data": 1, "curriculum": 2, "losses": 2, "config": 3,
          "pipeline": 4, "training": 5, "generation": 6, "evaluation": 7, "world": 8, "experiments": 9, "cli": 10,
          "__init__": 0, "__main__": 11}

@@ -231,6 +231,9 @@ class RunConfig:
         "help": "the branch final/ is pushed to (the handbook's hub_model_revision)"})
     report_to: str = field(default="", metadata={"help": "comma-separated accelerate trackers: tensorboard,wandb"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    cache_dir: str = field(default="auto", metadata={
+        "help": "token ids and initial-reference log-probs shared across runs (keyed by fingerprints): auto "
+                "($CURRYDPO_CACHE, else $XDG_CACHE_HOME/currydpo, else ~/.cache/currydpo) | none | a directory"})
     final_model: str = field(default="last", metadata={
         "help": "final/ = last (the last stage's policy) | best (the stage with the highest run.best_metric on the "
                 "held-out pairs; needs data.eval_fraction > 0)"})

@@ -43,7 +43,8 @@ def prepare(cfg: TrainConfig, records: list[Record] | None = None, require_pairs
     ``require_pairs``: no training pair is an error (training); `currydpo pairs` reports it instead."""
     d = cfg.data
     rows_read, bad, fmt = 0, {}, "records"
-    reading = dict(score=d.score, on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code)
+    reading = dict(score=d.score, on_bad_row=d.on_bad_row, limit=d.limit, trust_remote_code=cfg.model.trust_remote_code,
+                   progress=cfg.run.progress)
     if records is None and d.mixture is not None:  # the handbook's dataset_mixture, TRL's datasets list
         res = load_mixture(d.mixture, d.format, seed=cfg.run.seed, **reading)
         records, rows_read, bad, fmt = res.records, res.rows_read, res.bad_rows, res.format

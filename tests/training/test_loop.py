@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from currydpo.data.records import as_chat
 from currydpo.errors import CurryError
 from currydpo.training import loop
+from currydpo.training.refplan import rows_of_stages
 from currydpo.training.responses import ResponseTable, Scorer, logps_for_rows
 from currydpo.training.tokenize import encode_records
 
@@ -265,16 +266,19 @@ def test_all_previous_references_mrpo(tiny_model_dir, tmp_path):
     recs = make_records(6)
     logs = {}
     arms = {"mrpo": {"reference": "all-previous", "mrpo_eta": 0.0}, "initial": {"reference": "initial"}}
+    runs = []
     for name, curriculum in arms.items():
         cfg = tiny_config(tiny_model_dir, tmp_path / name,
                           curriculum={"schedule": "iterative", "stages": 3, **curriculum}, optim={"total_updates": 6})
-        s = loop.train(cfg, records=recs)
+        s = loop.train(cfg, records=recs, hooks=loop.Hooks(on_stage_end=[lambda run, k, info: runs.append(run)]))
         logs[name] = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
     assert s["reference"] == "initial"
     for a, b in zip(logs["mrpo"], logs["initial"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
-    # every earlier stage scored every training response when it was the policy (later stages combine them)
-    assert not torch.isnan(torch.load(tmp_path / "mrpo" / "refcache" / "stage-1.pt")).any()
+    # stage 1's policy scored, when it was the policy, every response the later stages train (they combine it)
+    run, stage1 = runs[0], torch.load(tmp_path / "mrpo" / "refcache" / "stage-1.pt")
+    later = rows_of_stages(run.objective, run.stages, run.stage_updates, run.pairs_per_update, range(1, 3))
+    assert later and not torch.isnan(stage1[later]).any()
     cfg = tiny_config(tiny_model_dir, tmp_path / "eta", curriculum={"schedule": "iterative", "stages": 3,
                                                                     "reference": "all-previous"},
                       optim={"total_updates": 6})
@@ -331,8 +335,9 @@ def test_mixture_reference_is_the_geometric_mixture_of_cached_logps(tiny_model_d
     torch.testing.assert_close(refs[0][train_rows], expected[train_rows], rtol=0, atol=0)
     for k, key in ((1, "stage-1"), (2, "stage-2")):  # by hand, from the cached log-probs
         expected = 0.3 * cache[key] + 0.7 * expected
-        torch.testing.assert_close(refs[k][train_rows], expected[train_rows], rtol=0, atol=1e-12)
-        assert not torch.allclose(refs[k][train_rows], cache[key][train_rows])  # not the hard swap
+        rows = [r for r in train_rows if not torch.isnan(cache[key][r])]  # what stages k+1.. train
+        torch.testing.assert_close(refs[k][rows], expected[rows], rtol=0, atol=1e-12)
+        assert not torch.allclose(refs[k][rows], cache[key][rows])  # not the hard swap
     assert summary["reference"] == "mixture" and "alpha 0.3" in summary["stages"][1]["reference"]
 
     _, hard = run("hard", reference="previous-stage")

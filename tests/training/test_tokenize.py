@@ -133,3 +133,46 @@ def test_encode_records_names_the_record(tok):
     recs = [Record("r7", "the cat sat on the mat", [Response(" a", 1.0), Response(" b", 2.0)])]
     with pytest.raises(CurryError, match="record 'r7' response 0"):
         encode_records(recs, tok, max_length=3, max_prompt_length=3, progress=False)
+
+
+def _one_at_a_time(tok, records, max_length, max_prompt_length):
+    return [[encode(tok, r.prompt, x.text, max_length=max_length, max_prompt_length=max_prompt_length)
+             for x in r.responses] for r in records]
+
+
+@pytest.mark.parametrize("limits", [BIG, dict(max_length=14, max_prompt_length=6), dict(max_length=9,
+                                                                                         max_prompt_length=3)])
+def test_batched_tokens_equal_one_at_a_time_plain_and_chat(tok, limits):
+    """The batched path (one tokenizer call per block of records) gives `encode`'s tokens bit for bit: plain
+    and chat records, mixed in one block, prompt and response truncation included."""
+    from currydpo.data.records import as_chat
+    from currydpo.training import tokenize
+
+    from conftest import make_records
+
+    plain = make_records(40, 4, seed=3)
+    chat = as_chat(make_records(30, 3, seed=4))
+    mixed = plain[:10] + chat[:10] + plain[10:]
+    for records in (plain, chat, mixed):
+        got = encode_records(records, tok, progress=False, **limits)
+        assert got == _one_at_a_time(tok, records, **limits)
+        if limits is not BIG:  # the limits did cut something
+            assert any(len(e) == limits["max_length"] or len(e.prompt) == limits["max_prompt_length"]
+                       for rec in got for e in rec)
+    small = tokenize.RECORDS_PER_BATCH
+    try:  # blocks split inside the data give the same tokens
+        tokenize.RECORDS_PER_BATCH = 7
+        assert encode_records(mixed, tok, progress=False, **BIG) == _one_at_a_time(tok, mixed, **BIG)
+    finally:
+        tokenize.RECORDS_PER_BATCH = small
+
+
+def test_token_ids_are_stored_compactly(tok):
+    """int32 arrays, the prompt array shared by the responses of its record (no Python int lists)."""
+    import numpy as np
+
+    out = encode_records([Record("a", "what is two plus two?", [Response(" four.", 5.0), Response(" five.", 1.0)])],
+                         tok, progress=False, **BIG)
+    a, b = out[0]
+    assert a.prompt.dtype == np.int32 and a.response.dtype == np.int32
+    assert a.prompt is b.prompt

@@ -20,7 +20,7 @@ from ..data.loading import ON_BAD_ROW
 from ..data.pairs import BUILDERS, Pair
 from ..data.records import Record, Text
 from ..errors import CurryError
-from ..io import save_figure, write_jsonl
+from ..io import quiet_bars, save_figure, write_jsonl
 from ..pipeline import Prepared, plan, prepare, stage_plan
 
 
@@ -70,6 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--plot", default=None,
                    help="PNG path of the difficulty histogram by stage (default: OUT with .stages.png)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the models to run")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     return p
 
 
@@ -91,6 +92,7 @@ def pairs_config(args: argparse.Namespace) -> TrainConfig:
     overrides += ["data.allow_ties=true"] if args.allow_ties else []
     overrides += ["data.select=ref-margin"] if getattr(args, "select", False) else []
     overrides += ["model.trust_remote_code=true"] if args.trust_remote_code else []
+    overrides += ["run.progress=false"] if getattr(args, "no_progress", False) else []
     return load_config(args.config, overrides)
 
 
@@ -200,7 +202,8 @@ def reference_logps(cfg: TrainConfig, data: Prepared) -> dict[tuple[int, int], f
     model = load_model(m.path, m, device)
     scorer = Scorer.for_model(model, tok.pad_token_id, m.fused_logprobs, device, None, cfg.optim.batch_size * 2,
                               cfg.run.progress)
-    table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, encode_for(tok, data.records, cfg.data))
+    table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, encode_for(tok, data.records, cfg.data,
+                                                                                   progress=cfg.run.progress))
     lp, _ = scorer.score(model, table, list(range(len(table.keys))), desc="reference log-probs")
     return dict(zip(table.keys, lp.tolist()))
 
@@ -246,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stages is not None and args.stages < 1:
         raise CurryError(f"--stages must be >= 1, got {args.stages}")
     cfg = pairs_config(args)
+    quiet_bars(cfg.run.progress)
     cfg.data.path = args.data or cfg.data.path
     if not cfg.data.path:
         raise CurryError("no data: give DATA, or --config with a data.path")

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tqdm.auto import tqdm
-
 from ..errors import BadRow, CurryError
+from ..progress import progress_bar
 from .formats import ON_BAD_ROW, check_format, check_score, convert_rows, detect_format, regroup_pairwise
 from .records import Record
 
@@ -306,7 +305,7 @@ def in_memory_tables(source, split: str) -> list[Table] | None:
 def load_records(source, format: str = "auto", *, split: str = "train", subset: str | None = None,
                  score: str = "mean-aspects", on_bad_row: str = "error", limit: int | None = None,
                  trust_remote_code: bool = False, columns: list[str] | None = None, weight: float | None = None,
-                 seed: int = 0) -> LoadResult:
+                 seed: int = 0, progress: bool = True) -> LoadResult:
     """Read ``source`` and convert every row to validated `Record`s. ``source``: a local file, a glob, a
     directory of files, a hub name, a `datasets.Dataset` / `DatasetDict` or a ``save_to_disk`` folder.
 
@@ -341,7 +340,8 @@ def load_records(source, format: str = "auto", *, split: str = "train", subset: 
     bad: Counter[str] = Counter()
     rows_read = 0
     full = False
-    with tqdm(total=sum(len(t.rows) for t in tables), desc="reading rows", unit="row", disable=None) as bar:
+    with progress_bar(total=sum(len(t.rows) for t in tables), desc="reading rows", unit="row",
+                      enabled=progress) as bar:
         for table in tables:
             done = 0  # rows of this table fully converted
             for i, item in convert_rows(table.rows, fmt, source=table.source, score=score, line_of=table.line_of):

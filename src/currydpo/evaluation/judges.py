@@ -340,9 +340,9 @@ def run_concurrently(fn: Callable, jobs: Sequence[tuple], concurrency: int, desc
         futures = [pool.submit(fn, *job) for job in jobs]
         it = futures
         if desc:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar
 
-            it = tqdm(futures, desc=desc, unit="verdict")
+            it = progress_bar(futures, desc=desc, unit="verdict")
         try:
             return [f.result() for f in it]
         except BaseException:

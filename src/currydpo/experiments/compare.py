@@ -24,14 +24,14 @@ import os
 from dataclasses import dataclass, field
 
 import yaml
-from tqdm.auto import tqdm
 
 from .. import lifetime
 from ..config import TrainConfig, from_dict, resolve, validate
 from ..device import default_device
 from ..errors import CurryError
 from ..generation.generate import GenerationConfig, load_prompts
-from ..io import bars_off, write_json
+from ..io import write_json
+from ..progress import progress_bar
 from ..training.model import load_model, load_tokenizer
 from .trajectory import TRAJECTORY_DIR, TrajectoryHook, read_trajectory, trajectory_point
 
@@ -389,6 +389,6 @@ def _run_compare(spec: CompareSpec, progress: bool) -> dict:
     check_same_spec(spec)
     jobs = [(a, s) for s in spec.seeds for a in [BASELINE, *spec.arms]]
     results = []
-    for arm, seed in tqdm(jobs, desc="arms", disable=bars_off(progress)):
+    for arm, seed in progress_bar(jobs, desc="arms", unit="run", enabled=progress):
         results.append(run_arm(spec, arm, seed, judge, prompts, progress))
     return write_report(spec.output_dir, results, [BASELINE, *spec.arms], notes=spec.notes)

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 from ..data.records import check_messages
 from ..errors import BadRow, CurryError
-from ..io import bars_off, write_json, write_jsonl
+from ..io import write_json, write_jsonl
+from ..progress import progress_bar
 
 # "Instruction" + "idx": WizardLM's test set (nlpxucan/WizardLM, WizardLM/data/WizardLM_testset.jsonl, 218 rows)
 PROMPT_KEYS = ("messages", "prompt", "turns", "instruction", "Instruction", "text")
@@ -202,7 +203,6 @@ def generate_samples(model, tokenizer, prompts: Sequence[Prompt | str], cfg: Gen
     seed gives the same outputs and the caller's RNG state is untouched.
     """
     import torch
-    from tqdm.auto import tqdm
 
     cfg = cfg or GenerationConfig()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -225,7 +225,7 @@ def generate_samples(model, tokenizer, prompts: Sequence[Prompt | str], cfg: Gen
     samples: list[Sample] = []
     starts = range(0, len(encoded), cfg.batch_size)
     try:
-        for b, start in enumerate(tqdm(starts, desc="generate", unit="batch", disable=bars_off(progress))):
+        for b, start in enumerate(progress_bar(starts, desc="generate", unit="batch", enabled=progress)):
             batch = encoded[start:start + cfg.batch_size]
             width = max(len(ids) for ids in batch)
             input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=device)  # (B, T)

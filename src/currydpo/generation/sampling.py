@@ -15,10 +15,10 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import CurryError
-from ..io import bars_off, write_json
+from ..io import write_json
+from ..progress import progress_bar
 from ..training.online import stage_dir
 from .engines import make_engine
 from .generate import GenerationConfig, Prompt, load_prompts
@@ -60,8 +60,8 @@ def read_chunk(path: str, prompts: list[Prompt], replay: bool) -> dict | None:
 
 
 def stage_bar(run, k: int, what: str, total: int):
-    return tqdm(total=total, desc=f"online stage {k + 1}: {what}", unit="prompt",
-                disable=bars_off(run.cfg.run.progress and run.accelerator.is_main_process))
+    return progress_bar(total=total, desc=f"online stage {k + 1}: {what}", unit="prompt",
+                        enabled=run.cfg.run.progress and run.accelerator.is_main_process)
 
 
 def sample(run, k: int, prompts: list[Prompt], chunks: list[list[Prompt]], replay: bool) -> list[dict]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -32,19 +33,20 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import lifetime
+from ..cache import cache_root
 from ..config import Resolved, TrainConfig, changed_keys, from_dict, resolve, to_yaml
 from ..curriculum.difficulty import measure_dynamic
 from ..curriculum.lists import stage_lists
 from ..curriculum.schedules import Stage, admit, updates_per_stage
 from ..data.records import Record
 from ..errors import CurryError
-from ..io import bars_off, quiet_bars, write_json, write_text
+from ..io import quiet_bars, write_json, write_text
 from ..losses import is_listwise, needs_reference
 from ..pipeline import Prepared, data_fingerprint, plan, plan_measure, prepare
+from ..progress import progress_bar
 from . import cadence, hub, sharding
 from . import checkpoint as ckpt
 from . import precision as prec
@@ -56,10 +58,12 @@ from .objective import ListObjective, PairObjective
 from .online import OnlineStages
 from .preference import preference_metrics
 from .references import reference_for, reference_label, references_for, stage_name
+from .refplan import initial_rows, plan_needs_reference, reference_rows, score_initial, scoring_settings
+from .refstore import model_fingerprint
 from .responses import RefCache, ResponseTable, Scorer
 from .sharding import is_sharded
 from .stages import OfflineStages, StageSource
-from .tokenize import encode_for
+from .tokencache import encode_cached
 
 
 @dataclass
@@ -283,11 +287,12 @@ def reference_logps(run: Run, k: int, stage: Stage, reference: str) -> torch.Ten
     no second copy in memory. (K, T) for all-previous (MRPO), the stage's mixture for mixture."""
     if not needs_reference(run.cfg.loss.name):
         return None
-    obj, mode = run.objective, run.resolved.reference
-    rows = obj.rows(obj.items(stage.pairs))[0]
-    if mode in ("all-previous", "mixture"):  # later stages use this policy too: score every training response now
-        rows = run.table.rows(run.data.train_pairs)[0]
-    ref = run.refs.ensure(reference, run.accelerator.unwrap_model(run.model), run.table, rows, run.scorer)
+    mode, rows = run.resolved.reference, reference_rows(run, k)  # what the stage's planned batches use
+    if reference == "initial" and not run.cfg.online.enabled:  # scored in setup by the initial weights; the
+        # model here may have trained since (online stages score their new responses as they come)
+        ref = run.refs.require(reference, len(run.table.keys), rows)
+    else:
+        ref = run.refs.ensure(reference, run.accelerator.unwrap_model(run.model), run.table, rows, run.scorer)
     if mode == "mixture":
         return mixture_reference(run, k)
     if mode == "all-previous":
@@ -331,8 +336,8 @@ def run_stage(run: Run, k: int, optimizer, scheduler, ref: torch.Tensor | None, 
     """The update loop of stage ``k``, from update ``pos.update``; advances ``pos`` as it goes."""
     cfg, acc = run.cfg, run.accelerator
     n_updates = run.stage_updates[k]
-    bar = tqdm(range(pos.update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=pos.update,
-               total=n_updates, disable=bars_off(cfg.run.progress and acc.is_main_process))
+    bar = progress_bar(range(pos.update, n_updates), desc=f"stage {k + 1}/{len(run.stages)}", initial=pos.update,
+                       total=n_updates, unit="update", enabled=cfg.run.progress and acc.is_main_process)
     for u in bar:
         micro = stage_batches(run, run.stages[k], pos.order, u)
         where = f"stage {k + 1}, update {u + 1}, step {pos.global_step + 1}"
@@ -606,28 +611,33 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
                          "(torch 2.13: forward only); use model.attention sdpa (auto picks it on CPU)")
     scorer = Scorer.for_model(model, tokenizer.pad_token_id, cfg.model.fused_logprobs, acc.device, acc,
                               o.batch_size * 2, cfg.run.progress and acc.is_main_process)  # one kernel, fixed now
+    cache = cache_root(cfg.run.cache_dir)  # token ids and initial-reference values shared across runs
+    model_fp = model_fingerprint(model, scoring_settings(model, scorer, precision, acc.device)) if cache else None
     if fsdp:  # shard before the reference pass, which then runs sharded too; LoRA first, so its layers are sharded
         model = sharding.shard(add_lora(model, cfg.model) if cfg.model.lora else model, fsdp, acc.device)
-    enc = encode_for(tokenizer, data.records, cfg.data, progress=cfg.run.progress)
+    enc = encode_cached(tokenizer, data.records, cfg.data, cache, acc, cfg.run.progress)
     table = ResponseTable.from_pairs(data.train_pairs + data.eval_pairs, enc)
     refs = RefCache(os.path.join(cfg.run.output_dir, "refcache"), write=acc.is_main_process)
-    all_rows = list(range(len(table.keys)))
-    if cfg.model.ref_model:  # a separate reference: load, score every response once, free it
-        ref_model = load_model(cfg.model.ref_model, cfg.model, acc.device, dtype=prec.master_dtype(precision))
-        refs.ensure("initial", sharding.shard(ref_model, fsdp, acc.device) if fsdp else ref_model, table, all_rows,
-                    scorer)
-        del ref_model
+    initial = functools.partial(score_initial, cfg, model, table, refs, scorer, device=acc.device, fsdp=fsdp,
+                                precision=precision, cache_dir=cache, model_fp=model_fp)
+    if plan_needs_reference(cfg):  # ref-logratio difficulty or selection: every pair's initial value, first
+        initial(list(range(len(table.keys))))
+        plan(cfg, data, dict(zip(table.keys, refs.get("initial", len(table.keys)).tolist())))
     else:
-        refs.ensure("initial", model, table, all_rows, scorer)
-    plan(cfg, data, dict(zip(table.keys, refs.get("initial", len(table.keys)).tolist())))  # difficulty, stages
-    if cfg.model.lora and not fsdp:
-        model = add_lora(model, cfg.model)
+        plan(cfg, data)  # difficulty, stages
     resolved, stages = resolve(cfg), data.stages
     objective, per_item = PairObjective(data.train_pairs, table, cfg.loss, c.mrpo_eta), 2
     if is_listwise(cfg.loss.name):  # the same plan, each stage's pairs regrouped into ranked lists
         lists, stages = stage_lists(data.records, data.train_pairs, stages, c.schedule, plan_measure(cfg),
                                     resolved.shuffle_within_stage)
         objective, per_item = ListObjective(lists, table, cfg.loss), max(len(x.responses) for x in lists)
+    P = o.batch_size * o.grad_accum * acc.num_processes
+    sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))
+             for s in stages]
+    n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
+    initial(initial_rows(cfg, resolved.reference, objective, table, data, stages, n_updates, P))  # where it is used
+    if cfg.model.lora and not fsdp:
+        model = add_lora(model, cfg.model)
     memory = memory_policy(cfg, model, table, acc, prec.compute_dtype(precision), per_item)
     save_dtype = prec.save_dtype(cfg.run.save_dtype, cfg.model.path, cfg.model.trust_remote_code)
     resolved = dataclasses.replace(
@@ -637,10 +647,6 @@ def setup(cfg: TrainConfig, records: list[Record] | None, resume_from: Position 
         save_dtype=str(save_dtype).removeprefix("torch."))
     if acc.is_main_process:
         prec.warn_if_updates_round_away(model, o.lr)
-    P = o.batch_size * o.grad_accum * acc.num_processes
-    sizes = [len(s.pairs) if s.admit_fraction is None else max(1, round(len(s.pairs) * s.admit_fraction))
-             for s in stages]
-    n_updates = updates_per_stage(sizes, [math.ceil(n / P) for n in sizes], o.epochs_per_stage, o.total_updates)
     return Run(cfg, resolved, acc, model, tokenizer, data, table, refs, scorer, objective, stages, n_updates,
                fingerprint, memory, save_dtype=save_dtype)
 
@@ -683,8 +689,8 @@ def memory_policy(cfg: TrainConfig, model, table: ResponseTable, acc: Accelerato
 
 
 # Keys that may change between a kill and --resume: they do not change what is trained.
-RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir", "run.logging_steps", "run.eval_steps",
-                   "run.push_to_hub", "run.hub_model_id", "run.hub_private_repo", "run.hub_revision")
+RESUME_HARMLESS = ("run.progress", "run.report_to", "run.output_dir", "run.cache_dir", "run.logging_steps",
+                   "run.eval_steps", "run.push_to_hub", "run.hub_model_id", "run.hub_private_repo", "run.hub_revision")
 
 
 def check_same_run(output_dir: str, cfg: TrainConfig) -> None:

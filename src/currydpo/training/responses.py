@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.pairs import Pair
 from ..errors import CurryError
-from ..io import atomic_path, bars_off
+from ..io import atomic_path
+from ..progress import progress_bar
 from .logprobs import _split_model, resolve_lm_head, response_logps
+from .refstore import ReferenceStore
 from .sharding import is_sharded
 from .tokenize import Encoded
 
@@ -89,7 +90,7 @@ def logps_for_rows(model, table: ResponseTable, rows: Sequence[int], pad_token_i
                                                     table.encoded[rows[j]].prompt_ids, -len(table.encoded[rows[j]])))
     logps = torch.empty(len(rows), dtype=torch.float64)
     counts = torch.empty(len(rows), dtype=torch.long)
-    bar = tqdm(range(0, len(order), batch_size), desc=desc, disable=bars_off(progress), leave=False)
+    bar = progress_bar(range(0, len(order), batch_size), desc=desc, unit="batch", enabled=progress, leave=False)
     for start in bar:
         chunk = order[start:start + batch_size]
         lp, n = response_logps(model, [table.encoded[rows[j]] for j in chunk], pad_token_id, lm_head=lm_head)
@@ -175,14 +176,23 @@ class RefCache:
             self.values[key] = torch.cat([self.values[key], grown])
         return self.values[key]
 
-    def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], scorer: "Scorer") -> torch.Tensor:
+    def ensure(self, key: str, model, table: ResponseTable, rows: Sequence[int], scorer: "Scorer",
+               shared: "ReferenceStore | None" = None) -> torch.Tensor:
         """Compute the missing rows with ``model`` (which must be the reference ``key``) and save.
 
         With several processes (the scorer's accelerator), each computes its share of the rows and all
-        receive every value: the reference pass takes 1/W of the time instead of all of it.
+        receive every value: the reference pass takes 1/W of the time instead of all of it. ``shared``: the
+        store of this reference across runs (`refstore`); rows found there are not scored again.
         """
         values = self.get(key, len(table.keys))
         missing = [r for r in rows if math.isnan(values[r])]
+        if missing and shared is not None:
+            found = shared.lookup([table.encoded[r] for r in missing], scorer.accelerator)
+            values[[r for r, v in zip(missing, found) if v is not None]] = \
+                torch.tensor([v for v in found if v is not None], dtype=torch.float64)
+            if len(missing) > found.count(None):
+                self.save(key)
+            missing = [r for r, v in zip(missing, found) if v is None]
         if missing:
             lp, _ = scorer.score(model, table, missing, desc=f"reference log-probs ({key})")
             bad = [table.keys[missing[j]] for j in range(len(missing)) if not math.isfinite(lp[j])]
@@ -192,6 +202,17 @@ class RefCache:
                                  f"probability under the reference — check the tokenizer/model pair")
             values[missing] = lp
             self.save(key)
+            if shared is not None and self.write:
+                shared.add([table.encoded[r] for r in missing], lp.tolist())
+        return values
+
+    def require(self, key: str, size: int, rows: Sequence[int]) -> torch.Tensor:
+        """The values of ``rows``, which must have been computed already (the model that made them is gone)."""
+        values = self.get(key, size)
+        missing = [r for r in rows if math.isnan(values[r])]
+        if missing:
+            raise CurryError(f"reference '{key}' has no log-prob for {len(missing)} responses a stage uses; its "
+                             f"model is no longer loaded (a bug in training/refplan.py: please report it)")
         return values
 
     def save(self, key: str) -> None:

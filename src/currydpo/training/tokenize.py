@@ -45,25 +45,54 @@ Truncation (in this order)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from tqdm.auto import tqdm
+import numpy as np
 
 from ..data.records import Record, Text, as_chat
 from ..errors import CurryError
-from ..io import bars_off
+from ..progress import progress_bar
+
+RECORDS_PER_BATCH = 512  # records tokenised per tokenizer call: fast tokenizers encode a batch on all cores
 
 
-@dataclass(frozen=True)
+def _ids(x) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) and x.dtype == np.int32 else np.asarray(x, dtype=np.int32)
+
+
 class Encoded:
-    """Token ids of one (prompt, response): the model input is ``prompt_ids + response_ids``."""
+    """Token ids of one (prompt, response): the model input is ``prompt_ids + response_ids``.
 
-    prompt_ids: tuple[int, ...]
-    response_ids: tuple[int, ...]
+    Stored compactly as int32 arrays (the responses of one prompt share its array; a cache file's
+    records are views into one buffer): a Python int list costs ~9x the memory. ``prompt_ids`` and
+    ``response_ids`` give tuples (hashable: the prompt groups packed sequences)."""
+
+    __slots__ = ("prompt", "response")
+
+    def __init__(self, prompt_ids, response_ids):
+        self.prompt = _ids(prompt_ids)
+        self.response = _ids(response_ids)
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        return tuple(self.prompt.tolist())
+
+    @property
+    def response_ids(self) -> tuple[int, ...]:
+        return tuple(self.response.tolist())
 
     def __len__(self) -> int:
-        return len(self.prompt_ids) + len(self.response_ids)
+        return len(self.prompt) + len(self.response)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Encoded) and np.array_equal(self.prompt, other.prompt) and \
+            np.array_equal(self.response, other.response)
+
+    def __hash__(self) -> int:
+        return hash((self.prompt_ids, self.response_ids))
+
+    def __repr__(self) -> str:
+        return f"Encoded(prompt_ids={self.prompt_ids}, response_ids={self.response_ids})"
 
 
 def _template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
@@ -150,11 +179,26 @@ def encode_records(records: Iterable[Record], tokenizer, *, max_length: int, max
                    progress: bool = True) -> list[list[Encoded]]:
     """Tokenise every response of every record: result[record][response].
 
-    The prompt is tokenised once per record, each response once.
+    The prompt is tokenised once per record, each response once, ``RECORDS_PER_BATCH`` records per
+    tokenizer call (a fast tokenizer encodes a batch in parallel). The tokens are those of `encode`,
+    one sequence at a time (tests/training/test_tokenize.py compares both).
     """
     records = list(records)
     out: list[list[Encoded]] = []
-    for rec in tqdm(records, desc="tokenising", unit="prompt", disable=bars_off(progress)):
+    with progress_bar(total=len(records), desc="tokenising", unit="prompt", enabled=progress) as bar:
+        for start in range(0, len(records), RECORDS_PER_BATCH):
+            block = records[start:start + RECORDS_PER_BATCH]
+            try:
+                out.extend(_encode_block(tokenizer, block, max_length, max_prompt_length))
+            except CurryError:  # again one record at a time: the error names the record and response
+                out.extend(_encode_serial(tokenizer, block, max_length, max_prompt_length))
+            bar.update(len(block))
+    return out
+
+
+def _encode_serial(tokenizer, records: list[Record], max_length: int, max_prompt_length: int) -> list[list[Encoded]]:
+    out = []
+    for rec in records:
         pids = _prompt_ids(tokenizer, rec.prompt)
         encoded = []
         for i, resp in enumerate(rec.responses):
@@ -164,6 +208,69 @@ def encode_records(records: Iterable[Record], tokenizer, *, max_length: int, max
             except CurryError as e:
                 raise CurryError(f"record {rec.id!r} response {i}: {e}") from e
         out.append(encoded)
+    return out
+
+
+def _encode_block(tokenizer, records: list[Record], max_length: int, max_prompt_length: int) -> list[list[Encoded]]:
+    """`_encode_serial` with one tokenizer call per kind (plain, chat) for the prompts and one for the responses.
+    Raises CurryError on any record the serial path would refuse (the caller re-runs it to name the record)."""
+    out: list[list[Encoded] | None] = [None] * len(records)
+    for chat in (False, True):
+        idx = [j for j, r in enumerate(records) if isinstance(r.prompt, str) != chat]
+        if not idx:
+            continue
+        recs = [records[j] for j in idx]
+        prompts, responses = (_chat_ids if chat else _plain_ids)(tokenizer, recs)
+        for j, rec, pids, rids in zip(idx, recs, prompts, responses):
+            p = _ids(pids[-max_prompt_length:])  # one array, shared by the record's responses
+            if not len(p) or max_length <= len(p) or not all(rids):  # a sequence the serial path refuses
+                raise CurryError("an empty prompt or response after truncation")
+            out[j] = [Encoded(p, _ids(r[:max_length - len(p)])) for r in rids]
+    return out  # type: ignore[return-value]
+
+
+def _plain_ids(tokenizer, records: list[Record]) -> tuple[list[list[int]], list[list[list[int]]]]:
+    eos = tokenizer.eos_token_id
+    if eos is None or any(not isinstance(r.text, str) for rec in records for r in rec.responses):
+        raise CurryError("no eos token, or a message-list response to a plain prompt")
+    prompts = tokenizer([rec.prompt for rec in records])["input_ids"]
+    flat = tokenizer([r.text for rec in records for r in rec.responses], add_special_tokens=False)["input_ids"]
+    for ids in flat:
+        if not ids or ids[-1] != eos:
+            ids.append(eos)
+    return prompts, _regroup(records, flat)
+
+
+def _chat_ids(tokenizer, records: list[Record]) -> tuple[list[list[int]], list[list[list[int]]]]:
+    if not _has_chat_template(tokenizer):
+        raise CurryError("no chat template")
+    prompts = _template_batch(tokenizer, [list(rec.prompt) for rec in records], add_generation_prompt=True)
+    turns = [(rec, i, [{"role": "assistant", "content": r.text}] if isinstance(r.text, str) else list(r.text))
+             for rec in records for i, r in enumerate(rec.responses)]
+    full = _template_batch(tokenizer, [list(rec.prompt) + messages for rec, _, messages in turns],
+                           add_generation_prompt=False)
+    at = {id(rec): j for j, rec in enumerate(records)}
+    flat = []
+    for (rec, _, messages), ids in zip(turns, full):
+        pids = prompts[at[id(rec)]]
+        n = len(pids)
+        flat.append(ids[n:] if ids[:n] == pids else _split_at_text_seam(tokenizer, list(rec.prompt), messages,
+                                                                          pids, ids))
+    return prompts, _regroup(records, flat)
+
+
+def _template_batch(tokenizer, conversations: list[list[dict]], add_generation_prompt: bool) -> list[list[int]]:
+    """The chat template over many conversations in one call: transformers renders each and tokenises the batch."""
+    out: Any = tokenizer.apply_chat_template(conversations, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                             return_dict=True)
+    return [list(ids) for ids in out["input_ids"]]
+
+
+def _regroup(records: list[Record], flat: list) -> list[list]:
+    out, k = [], 0
+    for rec in records:
+        out.append(flat[k:k + len(rec.responses)])
+        k += len(rec.responses)
     return out
 
 
