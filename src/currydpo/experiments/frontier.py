@@ -295,12 +295,17 @@ def frontier_sections(results: list[dict]) -> dict[str, str]:
         for r in rows:
             final.append(f"| {arm} | {r['value']} | {_ci(r['reward'])} | {_ci(r['kl'], 2)} | {r['n']} | "
                          f"{r['updates']} | {r['passes']} |")
-    return {name: "\n".join(lines) + "\n" for name, lines in
-            (("head", head), ("budget", budget), ("matched", at), ("finals", final))}
+    sections = {name: "\n".join(lines) + "\n" for name, lines in
+                (("head", head), ("budget", budget), ("matched", at), ("finals", final))}
+    # the tables alone, for the README (their explanation is in frontier.md and docs/results.md)
+    sections["budget-table"] = "\n".join(line for line in budget if line.startswith("|")) + "\n"
+    sections["matched-table"] = "\n".join(line for line in at if line.startswith("|")) + "\n"
+    return sections
 
 
 def frontier_markdown(results: list[dict]) -> str:
-    return "\n".join(frontier_sections(results).values())
+    sections = frontier_sections(results)
+    return "\n".join(sections[name] for name in ("head", "budget", "matched", "finals")) if sections else ""
 
 
 def frontier_plot(output_dir: str, results: list[dict]) -> str | None:
