@@ -45,6 +45,7 @@ def aggregate(results: list[dict], arms: list[str]) -> list[dict]:
         row = {"arm": arm, **({"sweep": rs[0]["sweep"]} if "sweep" in rs[0] else {}),  # ARM@VALUE: arm, key, value
                "seeds": [r["seed"] for r in rs], "fairness": rs[0]["fairness"],
                "updates_per_seed": [r["fairness"]["updates"] for r in rs],  # differ with run.final_model best
+               "run_updates_per_seed": [r["fairness"].get("run_updates") for r in rs],
                "data": {"heldout_pairs": (m.get("preference") or {}).get("n"),  # of the first seed
                         "eval_prompts": (m.get("win_rate") or {}).get("n")}}
         for key, _, get, bounds in METRICS:
@@ -81,8 +82,10 @@ def _updates(row: dict) -> str:
     (``run.final_model: best`` evaluates an earlier stage)."""
     per_seed = row.get("updates_per_seed") or [row["fairness"]["updates"]]
     cell = str(per_seed[0]) if len(set(per_seed)) == 1 else "/".join(map(str, per_seed))
-    run = row["fairness"].get("run_updates")
-    return cell + (f" of {run} trained" if run is not None and any(u != run for u in per_seed) else "")
+    runs = row.get("run_updates_per_seed") or [row["fairness"].get("run_updates")] * len(per_seed)
+    if any(run is not None and u != run for u, run in zip(per_seed, runs)):  # final/ is an earlier stage
+        return cell + " of " + (str(runs[0]) if len(set(runs)) == 1 else "/".join(map(str, runs))) + " trained"
+    return cell
 
 
 def metrics_table(results: list[dict]) -> str:
