@@ -3,12 +3,21 @@
 import re
 from pathlib import Path
 
+import pytest
+
+from currydpo import progress
 from currydpo.progress import progress_bar
 
 from conftest import make_records, tiny_config
 
 LINE = re.compile(r"^currydpo: (?P<desc>[^:]+(?:\([^)]*\))?): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\), "
                   r"[\d.e+]+ \w+/s, (ETA )?\d+", re.M)
+
+
+@pytest.fixture(autouse=True)
+def no_quiet_start(monkeypatch):
+    """These phases take milliseconds; a real one is quiet only for its first QUIET_S seconds."""
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)
 
 
 def lines(err: str, desc: str) -> list[re.Match]:
@@ -49,3 +58,9 @@ def test_pairs_takes_no_progress(tiny_model_dir, tmp_path, capsys):
     assert lines(capsys.readouterr().err, "reference log-probs")
     assert main(args + ["--no-progress"]) == 0
     assert "currydpo: reference" not in capsys.readouterr().err
+
+
+def test_a_short_phase_prints_nothing(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "QUIET_S", 60.0)
+    assert list(progress_bar(range(50), desc="work", unit="row")) == list(range(50))
+    assert capsys.readouterr().err == ""  # a one-line error after a short phase stays one line

@@ -3,8 +3,9 @@
 On a terminal a phase gets a tqdm bar. When stderr is not a terminal (nohup, SLURM, a CI log) a bar
 would write carriage returns nobody sees until the end, so a phase prints a plain line instead every
 ``LINE_EVERY_S`` seconds or every tenth of its total, whichever comes first, as HF Trainer logs:
-``currydpo: reference log-probs (initial): 1200/3000 (40%), 85.2 row/s, ETA 21s``. ``enabled=False``
-(``run.progress: false``, ``--no-progress``) silences both.
+``currydpo: reference log-probs (initial): 1200/3000 (40%), 85.2 row/s, ETA 21s``. A phase that ends
+within ``QUIET_S`` seconds prints nothing: a log needs no line for it, and a one-line error stays one line.
+``enabled=False`` (``run.progress: false``, ``--no-progress``) silences both.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from .io import bars_off
 
 LINE_EVERY_S = 30.0
+QUIET_S = 2.0  # no line before a phase has run this long
 
 
 def progress_bar(iterable: Iterable | None = None, *, desc: str, total: int | None = None, unit: str = "it",
@@ -63,7 +65,7 @@ class LogProgress:
         now = time.monotonic()
         tenth = self.total is not None and self.total > 0 and \
             (self.n - self.printed_n) * 10 >= self.total
-        if now - self.last >= LINE_EVERY_S or tenth:
+        if now - self.t0 >= QUIET_S and (now - self.last >= LINE_EVERY_S or tenth):
             self._line(now)
 
     def _line(self, now: float) -> None:
@@ -78,7 +80,8 @@ class LogProgress:
         print(f"currydpo: {self.desc}: {done}{pct}, {rate:.3g} {self.unit}/s{eta}{post}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if not self.closed and self.n != self.printed_n:  # the last line says the phase finished
+        quiet = time.monotonic() - self.t0 < QUIET_S and self.printed_n == self.start_n
+        if not self.closed and self.n != self.printed_n and not quiet:  # the last line says the phase finished
             self._line(time.monotonic())
         self.closed = True
 

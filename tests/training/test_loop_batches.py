@@ -25,7 +25,7 @@ def fake_run(batch_size, grad_accum, processes, process, shuffle, seed=5):
                           curriculum=SimpleNamespace(shuffle_within_stage=shuffle), run=SimpleNamespace(seed=seed))
     acc = SimpleNamespace(num_processes=processes, process_index=process)
     return SimpleNamespace(cfg=cfg, accelerator=acc, pairs_per_update=batch_size * grad_accum * processes,
-                           resolved=SimpleNamespace(shuffle_within_stage=shuffle))
+                           resolved=SimpleNamespace(shuffle_within_stage=shuffle, reshuffle_passes=shuffle))
 
 
 def test_batches_equal_the_plain_reshuffle_over_several_passes():
