@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from currydpo.api import train
 from currydpo.errors import CurryError
 from currydpo.evaluation import online as judging
-from currydpo.evaluation.online import train
 from currydpo.generation import sampling
 from currydpo.training import loop, online
 

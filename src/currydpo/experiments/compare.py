@@ -182,8 +182,7 @@ def _read(path: str):
 def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bool) -> dict:
     """Train (unless baseline) and evaluate one (arm, seed), along the run with ``eval.points`` > 1;
     result.json is written last."""
-    from ..evaluation.online import train  # the loop, with online stages sampled and judged
-    from ..training.loop import Hooks
+    from ..training import loop
 
     path = _result_path(spec, arm, seed)
     cfg = arm_config(spec, BASELINE if arm == BASELINE else arm, seed)
@@ -194,14 +193,19 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     evaluation = SeedEvaluation.load(spec, cfg, seed, judge, prompts, BASELINE if arm == BASELINE else None, progress)
     summary, hook = None, None
     if arm != BASELINE:
-        hooks = Hooks()
+        hooks = loop.Hooks()
         if spec.points > 1:  # the policy in memory, evaluated as checkpoints are (generation metrics only)
             hook = TrajectoryHook(os.path.join(os.path.dirname(path), TRAJECTORY_DIR), spec.points,
                                   lambda policy: evaluation(policy, heldout=False)[0],
                                   skip_last=cfg.run.final_model == "last")
             hooks.on_batch.append(hook)
         state = os.path.join(cfg.run.output_dir, "state")
-        summary = train(cfg, resume=os.path.exists(state), hooks=hooks)
+        stages = None
+        if cfg.online.enabled:  # the judge comes from the evaluation layer, handed in as the stage source
+            from ..evaluation.online import online_stages
+
+            stages = online_stages()
+        summary = loop.train(cfg, resume=os.path.exists(state), stages=stages, hooks=hooks)
     final = None if arm == BASELINE else load_model(os.path.join(cfg.run.output_dir, "final"), cfg.model,
                                                     default_device())
     metrics, answers = evaluation(final)

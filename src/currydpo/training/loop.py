@@ -125,16 +125,17 @@ def train(cfg: TrainConfig, records: list[Record] | None = None, resume: bool = 
     """Train every stage of the curriculum; returns the run summary (also written to summary.json).
 
     ``stages``: where each stage's items come from (default: the offline plan; online stages need
-    `online.OnlineStages`, which `evaluation.online.train` builds). The output directory is held by
-    this process alone (`lifetime.hold_output_dir`), and SIGTERM/SIGINT stop the run with ``state/``
-    current: inside a stage at the next update boundary (`stop_if_signalled`), elsewhere at once."""
+    `online.OnlineStages`, which the entry point builds: `evaluation.online.online_stages`). The output
+    directory is held by this process alone (`lifetime.hold_output_dir`), and SIGTERM/SIGINT stop the run with
+    ``state/`` current: inside a stage at the next update boundary (`stop_if_signalled`), elsewhere at once."""
     out = cfg.run.output_dir
     lifetime.check_output_dir(out)
     if resume and not os.path.isdir(out):
         raise CurryError(f"--resume: {out} does not exist; check run.output_dir (or drop --resume to start a run)")
     if cfg.online.enabled and not isinstance(stages, OnlineStages):
-        raise CurryError("online stages sample and judge through the evaluation layer: train with "
-                         "currydpo.evaluation.online.train(cfg) (the train and compare commands do)")
+        raise CurryError("online stages sample and judge through the evaluation layer: pass "
+                         "stages=currydpo.evaluation.online.online_stages() (currydpo.train and the train and compare "
+                         "commands do)")
     created = not os.path.exists(out)
     with lifetime.hold_output_dir(out), lifetime.stop_on_signals(out):
         run, pos = start(cfg, records, resume, created)
