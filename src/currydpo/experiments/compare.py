@@ -319,7 +319,7 @@ def preflight(spec: CompareSpec) -> None:
     anything is written or trained: an example's placeholder path fails here in one line, not after the
     baseline has been evaluated."""
     from ..data.loading import in_memory_tables, local_files
-    from ..training.model import _check_path
+    from ..training.model import check_path
 
     seen = set()
     for arm in [BASELINE, *spec.arms]:
@@ -332,7 +332,7 @@ def preflight(spec: CompareSpec) -> None:
             seen.add((key, value))
             try:
                 if check == "model":
-                    _check_path(value, key)
+                    check_path(value, key)
                 elif in_memory_tables(value, cfg.data.split) is None:
                     local_files(value)  # a missing local path is an error; a hub dataset name is left to loading
             except CurryError as e:
@@ -341,7 +341,7 @@ def preflight(spec: CompareSpec) -> None:
         raise CurryError(f"{spec.source}: eval.prompts {spec.prompts}: file not found")
     if spec.judge and spec.judge.startswith("reward-model:"):
         try:
-            _check_path(spec.judge.split(":", 1)[1], "eval.judge reward model")
+            check_path(spec.judge.split(":", 1)[1], "eval.judge reward model")
         except CurryError as e:
             raise CurryError(f"{spec.source}: {e}") from None
 
