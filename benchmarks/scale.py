@@ -138,8 +138,12 @@ def phase_train(data: str, model: str, out: str) -> dict:
                 marks.setdefault("train_reference_rss_gb", rss_gb())
 
     Scorer.score = timed_score
-    name = "encode_cached" if hasattr(loop, "encode_cached") else "encode_for"
-    encode = getattr(loop, name)
+    try:  # where set-up tokenises: training/setup.py, or the loop in trees before issue 35
+        from currydpo.training import setup as tokenising
+    except ImportError:
+        tokenising = loop
+    name = "encode_cached" if hasattr(tokenising, "encode_cached") else "encode_for"
+    encode = getattr(tokenising, name)
 
     def timed_encode(*a, **k):
         t0 = time.perf_counter()
@@ -149,7 +153,7 @@ def phase_train(data: str, model: str, out: str) -> dict:
             seconds["train_tokenise_s"] += time.perf_counter() - t0
             marks["train_tokenise_rss_gb"] = rss_gb()
 
-    setattr(loop, name, timed_encode)
+    setattr(tokenising, name, timed_encode)
 
     def first_update(run, update):
         marks.setdefault("first_update_s", time.perf_counter() - t_start)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from currydpo.api import train
 from currydpo.config import load_config
 from currydpo.errors import CurryError
-from currydpo.evaluation.online import train
 from currydpo.experiments.compare import load_spec, run_compare
 
 ROOT = Path(__file__).parents[1]

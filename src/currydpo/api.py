@@ -83,13 +83,18 @@ def train(config: TrainConfig | dict | str, records=None, resume: bool = False, 
     """Train every stage; returns the run summary (also ``summary.json``). ``records``: `Record`s or a
     `datasets.Dataset` (instead of ``data.path``); online stages are handled as by ``currydpo train``.
     ``hooks``: a `training.loop.Hooks` (``on_batch(run, update)``, ``on_stage_end(run, k, info)``)."""
-    from .evaluation.online import train as train_with_online
+    from .training import loop
 
     cfg = as_config(config, **overrides)
     if records is not None and not isinstance(records, list):
         records = load_records(records, cfg.data.format, score=cfg.data.score, on_bad_row=cfg.data.on_bad_row,
                                limit=cfg.data.limit)
-    return train_with_online(cfg, records, resume=resume, hooks=hooks)
+    stages = None
+    if cfg.online.enabled:  # the judge comes from the evaluation layer, handed in as the stage source
+        from .evaluation.online import online_stages
+
+        stages = online_stages()
+    return loop.train(cfg, records, resume=resume, stages=stages, hooks=hooks)
 
 
 def evaluate(model: str, *, reference: str | None = None, records=None, prompts=None, judge: str | None = None,

@@ -3,7 +3,7 @@
 `prepare` reads the records, holds out the eval prompts, builds the pairs and measures the static
 difficulties; `plan` adds the model-based measures (from the reference log-probs the caller
 computed), applies reference-guided selection and plans the stages. `train` (via
-`training.loop.setup`), `currydpo pairs` and `currydpo.plan_stages` all call these two, so their
+`training.setup.setup`), `currydpo pairs` and `currydpo.plan_stages` all call these two, so their
 pairs and stages are the same for one config. A measure is written on a pair only when it was
 measured: no placeholder values.
 """

@@ -19,6 +19,7 @@ from currydpo.cli import main
 from currydpo.config import TrainConfig, load_config
 from currydpo.errors import CurryError
 from currydpo.training import loop
+from currydpo.training import setup as run_setup
 from currydpo.training.objective import PairObjective
 
 
@@ -90,7 +91,7 @@ def test_minus_infinity_reference_logprob_is_caught_when_caching(tiny_model_dir,
     with torch.no_grad():
         biased.bias[token] = -math.inf
     model.set_output_embeddings(biased)
-    monkeypatch.setattr(loop, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(run_setup, "load_model", lambda *a, **k: model)
     with pytest.raises(CurryError, match=r"reference 'initial' gives a non-finite log-prob to \d+ responses "
                                          r"\(first: record \d+, response \d+\).*zero probability"):
         loop.train(cfg)

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from _reliability import env, final_weights, losses, run_until_paused, train_cmd, write_config, write_ranked
 
+from currydpo.api import train
 from currydpo.config import load_config
-from currydpo.evaluation.online import train
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "evaluation"))
 from http_judge_server import JudgeServer  # noqa: E402

@@ -25,8 +25,8 @@ def stopped_run(tiny_model_dir, tmp_path, monkeypatch, capsys) -> tuple[Path, Pa
                           run={"save_every": 0})
     real = loop.log_metrics
 
-    def stop_at_two(run, entry):
-        real(run, entry)
+    def stop_at_two(run, progress, entry):
+        real(run, progress, entry)
         if entry["step"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 

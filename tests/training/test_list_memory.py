@@ -14,6 +14,7 @@ from currydpo.data.pairs import build_pairs
 from currydpo.training import logprobs, loop, objective
 from currydpo.training.memory import even_out, split_by_tokens, unique_rows
 from currydpo.training.responses import ResponseTable, Scorer
+from currydpo.training.setup import setup
 from currydpo.training.tokenize import encode_records
 
 from conftest import make_records, tiny_config, update_grads
@@ -110,7 +111,7 @@ def test_uneven_list_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, 
         cfg = tiny_config(tiny_model_dir, tmp_path / name, loss={"name": "pro"},
                           curriculum={"schedule": "single-pass"},
                           optim={"batch_size": 6, "max_tokens_per_micro_batch": tokens})
-        run = loop.setup(cfg, recs)
+        run = setup(cfg, recs)
         run.model.train()
         monkeypatch.setattr(objective, "split_by_tokens", lambda idx, *a: splits.append(idx) or [idx[:1], idx[1:]])
         grads[name] = update_grads(run, [list(range(6))], None)  # pro: reference-free
@@ -127,7 +128,7 @@ def test_listwise_forwards_are_token_bounded_whole_lists_through_the_chunked_hea
     recs = make_records(8, 4)
     cfg = tiny_config(tiny_model_dir, tmp_path / "run", loss={"name": "pro"}, curriculum={"schedule": "single-pass"},
                       model={"fused_logprobs": "chunked"}, optim={"batch_size": 8, "max_tokens_per_micro_batch": 150})
-    run = loop.setup(cfg, recs)
+    run = setup(cfg, recs)
     run.model.train()
     forwards, heads, packed = [], [], []
     real_forward, real_head, real_pack = Scorer.policy, logprobs.chunked_head_logps, logprobs._pack

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from currydpo.training.loop import setup
+from currydpo.training.setup import setup
 
 from conftest import make_records, tiny_config
 

@@ -53,7 +53,11 @@ def test_a_tracker_that_is_not_installed_is_an_error(tmp_path, tiny_model_dir, m
 
 
 def test_a_stage_starved_by_the_lr_schedule_is_warned_about(tmp_path, tiny_model_dir, capsys):
-    from currydpo.training.loop import lr_schedule_warnings
+    from currydpo.config import resolve
+    from currydpo.training.setup import lr_schedule_warnings as warnings_for
+
+    def lr_schedule_warnings(cfg, stage_updates):
+        return warnings_for(cfg, stage_updates, resolve(cfg).across_stages)
 
     def cfg(ratio, mode, **optim):
         return tiny_config(tiny_model_dir, tmp_path / "run", curriculum={"schedule": "iterative", "stages": 3},

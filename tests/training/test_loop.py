@@ -1,5 +1,6 @@
 """Tiny-model runs of the stage loop, with invariants."""
 
+import dataclasses
 import json
 import math
 import os
@@ -388,3 +389,21 @@ def test_no_stage_wraps_silently(tiny_model_dir, tmp_path, capsys, schedule, res
     err = capsys.readouterr().err
     again = "reshuffled (seeded)" if reshuffled else "the curriculum order repeated"
     assert f"stage 1 makes {summary['stages'][0]['passes']:g} passes over its {n} pairs" in err and again in err
+
+
+def test_the_run_is_frozen_and_its_progress_is_the_loops(tiny_model_dir, tmp_path):
+    """`Run` describes the run and is not edited once built: assigning to it fails, in a hook as anywhere else.
+    What the run has done (position, log, counters) is the loop's `Progress`, not the Run's."""
+    seen = []
+
+    def try_to_edit(run, k, info):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            run.stage_updates = []
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            run.model = None
+        seen.append(k)
+
+    loop.train(tiny_config(tiny_model_dir, tmp_path / "run"), records=make_records(8),
+               hooks=loop.Hooks(on_stage_end=[try_to_edit]))
+    assert seen and not {"log", "updates_run", "resumed_from", "fingerprint", "online"} & {
+        f.name for f in dataclasses.fields(loop.Run)}

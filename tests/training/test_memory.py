@@ -25,6 +25,7 @@ from currydpo.training.memory import (
     split_by_tokens,
 )
 from currydpo.training.responses import ResponseTable
+from currydpo.training.setup import setup
 from currydpo.training.tokenize import encode_records
 
 from conftest import make_records, tiny_config, update_grads
@@ -107,7 +108,7 @@ def test_uneven_split_gives_the_whole_batch_mean(tiny_model_dir, tmp_path, monke
     for name, bound in (("whole", None), ("split", 1)):
         cfg = tiny_config(tiny_model_dir, tmp_path / name, curriculum={"schedule": "random"},
                           optim={"batch_size": 6, "max_tokens_per_micro_batch": bound})
-        run = loop.setup(cfg, recs)
+        run = setup(cfg, recs)
         run.model.train()
         monkeypatch.setattr(objective, "split_by_tokens", lambda idx, *a: [idx[:1], idx[1:]] if bound else real_split(
             idx, *a))  # uneven: 1 pair, then 5

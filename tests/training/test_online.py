@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
+from currydpo.api import train
 from currydpo.errors import CurryError
 from currydpo.evaluation import online as judging
-from currydpo.evaluation.online import train
 from currydpo.generation import sampling
-from currydpo.training import loop, online
+from currydpo.training import online
+from currydpo.training.setup import setup
 
 from conftest import make_records, tiny_config
 
@@ -53,7 +54,7 @@ def test_online_stage_trains_on_judged_samples_of_the_previous_policy(tiny_model
 
     from currydpo.training.responses import logps_for_rows
 
-    run = loop.setup(online_config(tiny_model_dir, out), recs)
+    run = setup(online_config(tiny_model_dir, out), recs)
     n_offline = len(run.table.keys)
     online.OnlineStages(judging.collect).stage(1, run, replay=True)
     new_rows = list(range(n_offline, len(run.table.keys)))

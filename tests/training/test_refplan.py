@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from currydpo.training import loop, refplan, tokencache
+from currydpo.training import setup as run_setup
 from currydpo.training.responses import Scorer
 from currydpo.training.tokenize import encode_for
 
@@ -60,7 +61,7 @@ def test_reference_passes_score_only_what_the_budget_trains(tiny_model_dir, tmp_
 
     # the plain computation: every reference over every response, as before
     monkeypatch.setattr(refplan, "planned_items", lambda stage, n_updates, per_update: list(stage.pairs))
-    monkeypatch.setattr(loop, "initial_rows", lambda *a: list(range(len(a[3].keys))))
+    monkeypatch.setattr(run_setup, "initial_rows", lambda *a: list(range(len(a[3].keys))))
     scored.clear()
     _, _, plain = train(budget_config(tiny_model_dir, tmp_path / "plain", run={"cache_dir": "none"}), records)
     assert len(rows_scored(scored, "initial")) == summary["unique_responses"]

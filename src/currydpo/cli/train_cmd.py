@@ -53,9 +53,14 @@ def run(args) -> int:
         print(help_table())
         return 0
     cfg = config_from_args(args)
-    from ..evaluation.online import train  # the loop, with online stages sampled and judged
+    from ..training import loop
 
-    summary = train(cfg, resume=args.resume)
+    stages = None
+    if cfg.online.enabled:  # the judge comes from the evaluation layer, handed in as the stage source
+        from ..evaluation.online import online_stages
+
+        stages = online_stages()
+    summary = loop.train(cfg, resume=args.resume, stages=stages)
     if os.environ.get("RANK", "0") != "0":  # one report per launch, from the main process
         return 0
     print(f"trained {summary['total_updates']} updates over {len(summary['stages'])} stage(s) "

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..data.pairs import Pair
@@ -39,6 +39,7 @@ class Stage:
     pairs: list[int]
     label: str
     admit_fraction: float | None = None  # self-paced: keep this easiest fraction, measured at stage start
+    info: dict = field(default_factory=dict)  # what its source reports in the stage summary (online: ``online/*``)
 
     def difficulty_range(self, pairs: Sequence[Pair], measure: str) -> tuple[float, float]:
         vals = [pairs[i].difficulty[measure] for i in self.pairs if measure in pairs[i].difficulty]

@@ -13,8 +13,9 @@ and the endpoint's usage; an LLM judge keeps its verdict cache in
 ``OUTPUT/online/judge-cache/``. A resumed run reads what is written and samples or asks
 only the rest; a finished stage is replayed from its files alone.
 
-It lives in the evaluation layer because it judges (`judges`); `train` builds the
-`OnlineStages` source from it and hands that to the training loop, which imports neither.
+It lives in the evaluation layer because it judges (`judges`). A training entry point (``currydpo
+train``, `currydpo.train`, compare's arms) builds the source, `online_stages`, only for an online run
+and hands it to `training.loop.train`, which imports neither sampling nor judges.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from ..data.records import Record, Response
 from ..generation.generate import Prompt
 from ..generation.sampling import distinct, read_chunk, sample, stage_bar, training_prompts
 from ..io import write_json
-from ..training import loop
 from ..training.online import ONLINE_DIR, OnlineStages, stage_dir
 from .judges import make_judge
 
 
-def train(cfg, records=None, resume: bool = False, hooks=None) -> dict:
-    """`training.loop.train` with online stages sampled and judged by `collect` (used by `train`, `compare`)."""
-    return loop.train(cfg, records, resume, stages=OnlineStages(collect) if cfg.online.enabled else None,
-                      hooks=hooks)
+def online_stages() -> OnlineStages:
+    """The `StageSource` of an online run: offline stages from the plan, online ones sampled and judged by
+    `collect`. The entry point builds it and passes it to `training.loop.train`."""
+    return OnlineStages(collect)
 
 
 def collect(run, k: int, replay: bool) -> tuple[list[Record], dict]:
@@ -43,17 +43,18 @@ def collect(run, k: int, replay: bool) -> tuple[list[Record], dict]:
 
     One process samples and judges; the others read its files. ``replay``: read only.
     """
-    acc = run.accelerator
-    prompts = training_prompts(run)
-    B = run.cfg.generation.batch_size
+    cfg, acc = run.cfg, run.accelerator
+    policy, show = acc.unwrap_model(run.model), cfg.run.progress and acc.is_main_process
+    prompts = training_prompts(cfg, run.tokenizer, run.data)
+    B = cfg.generation.batch_size
     chunks = [prompts[i:i + B] for i in range(0, len(prompts), B)]
     if acc.is_main_process:
-        samples = sample(run, k, prompts, chunks, replay)
-        judged = judge_all(run, k, samples, chunks, replay)
+        samples = sample(cfg, policy, run.tokenizer, k, prompts, chunks, replay, show)
+        judged = judge_all(cfg, k, samples, chunks, replay, show)
     acc.wait_for_everyone()
     if not acc.is_main_process:
-        samples = sample(run, k, prompts, chunks, replay=True)
-        judged = judge_all(run, k, samples, chunks, replay=True)
+        samples = sample(cfg, policy, run.tokenizer, k, prompts, chunks, True, show)
+        judged = judge_all(cfg, k, samples, chunks, True, show)
     records = ranked_records(k, chunks, samples, judged)
     return records, cost_summary(prompts, samples, judged, records)
 
@@ -84,17 +85,17 @@ def judge_chunk(judge, chunk: dict) -> dict:
     return {"scores": scores}
 
 
-def judge_all(run, k: int, samples: list[dict], chunks: list[list[Prompt]], replay: bool) -> list[dict]:
+def judge_all(cfg, k: int, samples: list[dict], chunks: list[list[Prompt]], replay: bool,
+              progress: bool) -> list[dict]:
     """Per chunk: ``{"scores": [[score per distinct answer] per prompt], "seconds", "calls", "usage"}``."""
-    cfg = run.cfg
     base = stage_dir(cfg.run.output_dir, k)
     judge, out = None, []
-    bar = stage_bar(run, k, "judging", sum(len(c) for c in chunks))
+    bar = stage_bar(k, "judging", sum(len(c) for c in chunks), progress)
     for c, (chunk, got_samples) in enumerate(zip(chunks, samples)):
         path = os.path.join(base, "judged", f"chunk-{c:05d}.json")
         got = read_chunk(path, chunk, replay)
         if got is None:
-            judge = judge or _judge(run)
+            judge = judge or online_judge(cfg)
             stats0, usage0 = dict(getattr(judge, "stats", {})), dict(getattr(judge, "usage", {}))
             t0 = time.perf_counter()
             got = {"prompts": got_samples["prompts"], **judge_chunk(judge, got_samples),
@@ -108,8 +109,8 @@ def judge_all(run, k: int, samples: list[dict], chunks: list[list[Prompt]], repl
     return out
 
 
-def _judge(run):
-    cfg = run.cfg
+def online_judge(cfg):
+    """``online.judge``, its verdicts cached under ``OUTPUT/online/judge-cache/``."""
     return make_judge(cfg.online.judge, cache_dir=os.path.join(cfg.run.output_dir, ONLINE_DIR, "judge-cache"),
                       trust_remote_code=cfg.model.trust_remote_code)
 

@@ -209,6 +209,8 @@ def arm_trl(args, records, stages) -> dict:
     """TRL once per stage; the pairs it trains are recorded in its collator, the first loss in compute_loss."""
     import trl
 
+    from ..training.references import stage_name
+
     out = os.path.join(args.work, args.arm)
     t = time.perf_counter()  # the model load is inside the timer, as in ours (train() loads its model)
     model, tok = _load(args, args.dtype)  # fp32 weights; bf16=True adds autocast
@@ -218,7 +220,7 @@ def arm_trl(args, records, stages) -> dict:
                                  train_dataset=_trl_dataset(records, pairs), processing_class=tok)
         _record_trl(trainer, pairs, visits, first)
         trainer.train()
-        trainer.save_model(f"{out}/stage-{k + 1}")
+        trainer.save_model(os.path.join(out, stage_name(k)))
         model = trainer.model
     seconds = time.perf_counter() - t
     return {"seconds": seconds, **_trained(visits, first[0] if first else None)}
@@ -307,7 +309,7 @@ def arm_check(args, records, stages) -> dict:
                 lp, n = response_logps(policy.eval(), enc, tok.pad_token_id, packing=packing)
                 rlp, _ = response_logps(ref.eval(), enc, tok.pad_token_id, packing=packing)
             x = PairLogps(lp[0::2], lp[1::2], n[0::2], n[1::2], rlp[0::2], rlp[1::2])
-            ours = pair_loss("dpo", x, beta=0.1)[2].double().cpu()
+            ours = pair_loss("dpo", x, beta=0.1).per_item.double().cpu()
             tag = f"_{dtype}" + ("" if packing else "_padded")
             out["ours" + tag] = ours.tolist()
             out["max_rel_diff" + tag] = ((ours - theirs).abs() / theirs.abs().clamp_min(1e-12)).max().item()

@@ -182,8 +182,7 @@ def _read(path: str):
 def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bool) -> dict:
     """Train (unless baseline) and evaluate one (arm, seed), along the run with ``eval.points`` > 1;
     result.json is written last."""
-    from ..evaluation.online import train  # the loop, with online stages sampled and judged
-    from ..training.loop import Hooks
+    from ..training import loop
 
     path = _result_path(spec, arm, seed)
     cfg = arm_config(spec, BASELINE if arm == BASELINE else arm, seed)
@@ -194,14 +193,19 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     evaluation = SeedEvaluation.load(spec, cfg, seed, judge, prompts, BASELINE if arm == BASELINE else None, progress)
     summary, hook = None, None
     if arm != BASELINE:
-        hooks = Hooks()
+        hooks = loop.Hooks()
         if spec.points > 1:  # the policy in memory, evaluated as checkpoints are (generation metrics only)
             hook = TrajectoryHook(os.path.join(os.path.dirname(path), TRAJECTORY_DIR), spec.points,
                                   lambda policy: evaluation(policy, heldout=False)[0],
                                   skip_last=cfg.run.final_model == "last")
             hooks.on_batch.append(hook)
         state = os.path.join(cfg.run.output_dir, "state")
-        summary = train(cfg, resume=os.path.exists(state), hooks=hooks)
+        stages = None
+        if cfg.online.enabled:  # the judge comes from the evaluation layer, handed in as the stage source
+            from ..evaluation.online import online_stages
+
+            stages = online_stages()
+        summary = loop.train(cfg, resume=os.path.exists(state), stages=stages, hooks=hooks)
     final = None if arm == BASELINE else load_model(os.path.join(cfg.run.output_dir, "final"), cfg.model,
                                                     default_device())
     metrics, answers = evaluation(final)
@@ -315,7 +319,7 @@ def preflight(spec: CompareSpec) -> None:
     anything is written or trained: an example's placeholder path fails here in one line, not after the
     baseline has been evaluated."""
     from ..data.loading import in_memory_tables, local_files
-    from ..training.model import _check_path
+    from ..training.model import check_path
 
     seen = set()
     for arm in [BASELINE, *spec.arms]:
@@ -328,7 +332,7 @@ def preflight(spec: CompareSpec) -> None:
             seen.add((key, value))
             try:
                 if check == "model":
-                    _check_path(value, key)
+                    check_path(value, key)
                 elif in_memory_tables(value, cfg.data.split) is None:
                     local_files(value)  # a missing local path is an error; a hub dataset name is left to loading
             except CurryError as e:
@@ -337,7 +341,7 @@ def preflight(spec: CompareSpec) -> None:
         raise CurryError(f"{spec.source}: eval.prompts {spec.prompts}: file not found")
     if spec.judge and spec.judge.startswith("reward-model:"):
         try:
-            _check_path(spec.judge.split(":", 1)[1], "eval.judge reward model")
+            check_path(spec.judge.split(":", 1)[1], "eval.judge reward model")
         except CurryError as e:
             raise CurryError(f"{spec.source}: {e}") from None
 

@@ -52,6 +52,7 @@ import os
 
 from ..errors import CurryError
 from ..io import write_json
+from ..training.references import stage_name
 from ..world.build import build_world
 from .compare import CompareSpec, arm_config, evaluate_checkpoint, expand_sweeps, run_compare
 
@@ -242,11 +243,12 @@ def stage_checkpoints(spec: CompareSpec, arm: str = STAGED, progress: bool = Tru
         cfg = arm_config(spec, arm, seed)
         stages = cfg.curriculum.stages
         for k in range(1, stages):
-            path = os.path.join(spec.output_dir, arm, f"seed-{seed}", f"stage-{k}-result.json")
+            name = stage_name(k - 1)  # stage k, 1-based
+            path = os.path.join(spec.output_dir, arm, f"seed-{seed}", f"{name}-result.json")
             if not os.path.exists(path):
-                metrics, _ = evaluate_checkpoint(spec, cfg, seed, os.path.join(cfg.run.output_dir, f"stage-{k}"),
+                metrics, _ = evaluate_checkpoint(spec, cfg, seed, os.path.join(cfg.run.output_dir, name),
                                                  judge, prompts, progress)
-                write_json(path, {"arm": f"{arm} stage-{k}/", "seed": seed, "stage": k, "metrics": metrics})
+                write_json(path, {"arm": f"{arm} {name}/", "seed": seed, "stage": k, "metrics": metrics})
             with open(path) as f:
                 out.append(json.load(f))
     return out

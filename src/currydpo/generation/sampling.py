@@ -5,7 +5,8 @@ For every training prompt (or every prompt of ``online.prompts``), `sample` draw
 chunk of ``generation.batch_size`` prompts. Every chunk is written atomically under
 ``OUTPUT/online/stage-K/samples/`` with its time; a resumed run reads what is written and
 samples only the rest, and a finished stage is replayed from its files alone.
-`evaluation.online.collect` judges the samples and ranks them.
+`evaluation.online.collect` judges the samples and ranks them. These functions take what they use
+(config, policy, tokenizer, data), not the training run.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from ..errors import CurryError
 from ..io import write_json
 from ..progress import progress_bar
 from ..training.online import stage_dir
+from ..training.references import stage_name
 from .engines import make_engine
 from .generate import GenerationConfig, Prompt, load_prompts
 
 
-def training_prompts(run) -> list[Prompt]:
-    """``online.prompts``, else the prompts of the offline training records (held-out ones excluded)."""
-    if run.cfg.data.chat_template == "never" and getattr(run.tokenizer, "chat_template", None):
+def training_prompts(cfg, tokenizer, data) -> list[Prompt]:
+    """``online.prompts``, else the prompts of the offline training records of ``data`` (a `pipeline.Prepared`;
+    held-out ones excluded)."""
+    if cfg.data.chat_template == "never" and getattr(tokenizer, "chat_template", None):
         raise CurryError("online stages sample through the tokenizer's chat template, as eval does, but "
                          "data.chat_template is never: set data.chat_template auto so training sees the same text")
-    if run.cfg.online.prompts:
-        return load_prompts(run.cfg.online.prompts)
-    held_out = {p.record for p in run.data.eval_pairs}
+    if cfg.online.prompts:
+        return load_prompts(cfg.online.prompts)
+    held_out = {p.record for p in data.eval_pairs}
     out = []
-    for i, rec in enumerate(run.data.records):
+    for i, rec in enumerate(data.records):
         if i in held_out or "online_stage" in rec.meta:
             continue
         if isinstance(rec.prompt, str):
@@ -59,22 +62,23 @@ def read_chunk(path: str, prompts: list[Prompt], replay: bool) -> dict | None:
     return chunk
 
 
-def stage_bar(run, k: int, what: str, total: int):
-    return progress_bar(total=total, desc=f"online stage {k + 1}: {what}", unit="prompt",
-                        enabled=run.cfg.run.progress and run.accelerator.is_main_process)
+def stage_bar(k: int, what: str, total: int, enabled: bool):
+    return progress_bar(total=total, desc=f"online stage {k + 1}: {what}", unit="prompt", enabled=enabled)
 
 
-def sample(run, k: int, prompts: list[Prompt], chunks: list[list[Prompt]], replay: bool) -> list[dict]:
-    """Per chunk of prompts: ``{"prompts", "answers": [[S answers] per prompt], "seconds"}``; read when written."""
-    cfg, on = run.cfg, run.cfg.online
+def sample(cfg, policy, tokenizer, k: int, prompts: list[Prompt], chunks: list[list[Prompt]], replay: bool,
+           progress: bool) -> list[dict]:
+    """Stage ``k``'s answers from ``policy`` (the model being trained, unwrapped), per chunk of prompts:
+    ``{"prompts", "answers": [[S answers] per prompt], "seconds"}``; read when written."""
+    on = cfg.online
     base = stage_dir(cfg.run.output_dir, k)
     out, engine = [], None
-    bar = stage_bar(run, k, "sampling", len(prompts))
+    bar = stage_bar(k, "sampling", len(prompts), progress)
     for c, chunk in enumerate(chunks):
         path = os.path.join(base, "samples", f"chunk-{c:05d}.json")
         got = read_chunk(path, chunk, replay)
         if got is None:
-            engine = engine or _engine(run, k)
+            engine = engine or policy_engine(cfg, policy, tokenizer, k)
             t0 = time.perf_counter()
             gen = GenerationConfig(max_new_tokens=on.max_new_tokens, temperature=on.temperature,
                                    top_p=cfg.generation.top_p, do_sample=True, batch_size=len(chunk) * on.samples,
@@ -93,10 +97,10 @@ def sample(run, k: int, prompts: list[Prompt], chunks: list[list[Prompt]], repla
     return out
 
 
-def _engine(run, k: int):
-    cfg = run.cfg
-    path = cfg.model.path if k == 0 else os.path.join(cfg.run.output_dir, f"stage-{k}")  # the current policy
-    return make_engine(cfg.generation.engine, model=run.accelerator.unwrap_model(run.model), tokenizer=run.tokenizer,
+def policy_engine(cfg, policy, tokenizer, k: int):
+    """The engine that samples stage ``k``'s answers: ``policy`` in memory (hf), or its saved copy (vllm)."""
+    path = cfg.model.path if k == 0 else os.path.join(cfg.run.output_dir, stage_name(k - 1))  # the current policy
+    return make_engine(cfg.generation.engine, model=policy, tokenizer=tokenizer,
                        path=path, seed=cfg.run.seed, gpu_memory_utilization=cfg.generation.vllm_gpu_memory_utilization,
                        trust_remote_code=cfg.model.trust_remote_code)
 

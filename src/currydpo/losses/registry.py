@@ -8,7 +8,7 @@ model is loaded; config.py takes its option fields' defaults and help from `OPTI
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -143,8 +143,17 @@ def combine(names: list[str], x, beta: float, loss_weights: list[float] | None, 
     return total, parts, first
 
 
+class Reduced(NamedTuple):
+    """A loss over a batch: ``loss`` the scalar to differentiate, ``metrics`` (TRL's names, means over the batch),
+    ``per_item`` the loss of each pair or list (B,), before the mean."""
+
+    loss: Tensor
+    metrics: dict[str, float]
+    per_item: Tensor
+
+
 def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights: list[float] | None = None,
-              wpo: bool = False, rpo_alpha: float | None = None, **options) -> tuple[Tensor, dict[str, float], Tensor]:
+              wpo: bool = False, rpo_alpha: float | None = None, **options) -> Reduced:
     """Per-pair loss ``name`` (or a weighted sum of several, as TRL's loss_type list) plus options, reduced.
 
     Per pair: l = Σ_k c_k · LOSSES[name_k] · w_wpo + α · NLL_w, c_k = ``loss_weights`` (default 1 each), where
@@ -155,7 +164,7 @@ def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights:
     ``options``: the ``loss.*`` options of `OPTIONS`; each loss receives those its `LossSpec` names.
     The scalar is the mean over pairs.
 
-    Returns ``(scalar, metrics, per_pair (B,))``; metrics use TRL's names and are means over the batch
+    Returns `Reduced` ``(loss, metrics, per_item (B,))``; metrics use TRL's names and are means over the batch
     (``loss`` is the scalar; rewards are those of the first loss; with several losses each one's mean is
     logged as ``loss/NAME``, before its weight).
     """
@@ -178,15 +187,15 @@ def pair_loss(name: str | list[str], x: PairLogps, *, beta: float, loss_weights:
         "logps/rejected": x.policy_rejected_logps.detach().mean().item(),
         **(parts if len(names) > 1 else {}),
     }
-    return loss, metrics, per_pair
+    return Reduced(loss, metrics, per_pair)
 
 
 def list_loss(name: str | list[str], x: ListLogps, *, beta: float, loss_weights: list[float] | None = None,
-              **options) -> tuple[Tensor, dict[str, float], Tensor]:
+              **options) -> Reduced:
     """Listwise loss ``name`` (or a weighted sum of several) reduced to a scalar: the mean over lists.
 
     ``options`` as `pair_loss`.
-    Returns ``(scalar, metrics, per_list (L,))``; rewards and metrics are those of the first loss; with
+    Returns `Reduced` ``(loss, metrics, per_item (L,))``; rewards and metrics are those of the first loss; with
     several, each one's mean is logged as ``loss/NAME``.
     """
     names = as_names(name)
@@ -195,7 +204,7 @@ def list_loss(name: str | list[str], x: ListLogps, *, beta: float, loss_weights:
     per_list, parts, (rewards,) = combine(names, x, beta, loss_weights, options)
     loss = per_list.mean()
     metrics = {"loss": loss.item(), **list_metrics(x, rewards), **(parts if len(names) > 1 else {})}
-    return loss, metrics, per_list
+    return Reduced(loss, metrics, per_list)
 
 
 def check_section(loss: Any) -> None:

@@ -37,6 +37,7 @@ from ..config import TrainConfig, to_yaml
 from ..errors import CurryError
 from ..io import atomic_dir
 from .precision import cast_state_dict, set_config_dtype
+from .references import stage_name
 from .sharding import is_sharded
 
 STATE_DIR = "state"
@@ -291,7 +292,7 @@ def load_saved(stage_dir: str, cfg: TrainConfig):
 
 def stage_info(output_dir: str, stage: int) -> dict:
     """What `save_model` recorded for ``stage-K/`` (held-out metrics after the stage, reference, ...)."""
-    with open(os.path.join(output_dir, f"stage-{stage}", "currydpo_stage.json")) as f:
+    with open(os.path.join(output_dir, stage_name(stage - 1), "currydpo_stage.json")) as f:
         return json.load(f)
 
 

@@ -12,6 +12,7 @@ import os
 from huggingface_hub import HfApi
 
 from ..errors import CurryError
+from .references import stage_name
 
 
 def repo_id(cfg) -> str:
@@ -25,8 +26,9 @@ def push(cfg, n_stages: int) -> dict:
     pushed = {}
     try:
         api.create_repo(repo, private=cfg.run.hub_private_repo, exist_ok=True)
-        for k in range(1, n_stages + 1):
-            pushed[f"stage-{k}"] = _upload(api, repo, os.path.join(out, f"stage-{k}"), f"stage-{k}", f"stage {k}")
+        for k in range(n_stages):
+            name = stage_name(k)
+            pushed[name] = _upload(api, repo, os.path.join(out, name), name, f"stage {k + 1}")
         pushed["final"] = _upload(api, repo, os.path.join(out, "final"), main, "final model")
     except CurryError:
         raise

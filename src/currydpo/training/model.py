@@ -17,7 +17,7 @@ from ..config import ModelConfig
 from ..errors import CurryError
 
 
-def _check_path(path: str, what: str) -> None:
+def check_path(path: str, what: str) -> None:
     """Refuse, in one line and before any download or retry loop, a model that cannot load: a missing
     directory, a PEFT adapter directory (no base weights), or a hub name that is neither cached nor on the Hub."""
     if not path:
@@ -92,7 +92,7 @@ def dtype_for(precision: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
-    _check_path(path, "model")
+    check_path(path, "model")
     try:
         tok = AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:  # missing files, remote code not allowed, ...: transformers says which
@@ -129,7 +129,7 @@ def attention_for(attention: str, device: torch.device) -> str:
 def load_model(path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None):
     """A causal LM on ``device`` in ``dtype`` (default: `dtype_for` the configured precision) and the configured
     attention, its dropout off when ``model.disable_dropout``; quantised with ``load_in_4bit``/``8bit``; no LoRA."""
-    _check_path(path, "model")
+    check_path(path, "model")
     attention = attention_for(cfg.attention, device)
     kwargs = dict(dtype=dtype or dtype_for(cfg.precision, device), trust_remote_code=cfg.trust_remote_code,
                   **quantisation(cfg, device))

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..curriculum.lists import RankedList
 from ..data.pairs import Pair
 from ..losses import ListLogps, PairLogps, list_loss, mrpo_reference, pair_loss
+from ..losses.registry import Reduced
 from .memory import split_by_tokens
 from .responses import ResponseTable
 
@@ -57,7 +58,7 @@ class PairObjective:
             score_gaps=None if any(g is None for g in gaps) else torch.tensor(gaps, dtype=lp.dtype, device=lp.device),
         )
 
-    def loss(self, x: PairLogps) -> tuple[Tensor, dict[str, float], Tensor]:
+    def loss(self, x: PairLogps) -> Reduced:
         lo = self.loss_cfg
         return pair_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, wpo=lo.wpo, rpo_alpha=lo.rpo_alpha,
                          **lo.options())
@@ -98,7 +99,7 @@ class ListObjective:
             labels=pad([x.labels for x in items], 0.0).to(lp.dtype),
         )
 
-    def loss(self, x: ListLogps) -> tuple[Tensor, dict[str, float], Tensor]:
+    def loss(self, x: ListLogps) -> Reduced:
         lo = self.loss_cfg
         return list_loss(lo.name, x, beta=lo.beta, loss_weights=lo.weights, **lo.options())
 

@@ -23,6 +23,7 @@ exactly as before the kill.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -42,7 +43,7 @@ ONLINE_DIR = "online"
 
 
 def stage_dir(output_dir: str, k: int) -> str:
-    return os.path.join(output_dir, ONLINE_DIR, f"stage-{k + 1}")
+    return os.path.join(output_dir, ONLINE_DIR, stage_name(k))
 
 
 def is_online(cfg, k: int) -> bool:
@@ -68,18 +69,17 @@ class OnlineStages:
         if not new:
             raise CurryError(f"online stage {k + 1}: no pairs from {info['online/prompts']} prompts (every prompt's "
                              f"answers tied or fewer than 2 distinct); raise online.samples or online.temperature")
-        out = run.cfg.run.output_dir
-        if replay:
-            path = os.path.join(stage_dir(out, k), "summary.json")
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    run.online[k] = json.load(f)
-            return run.stages[k]  # already trained: only its data had to come back
+        path = os.path.join(stage_dir(run.cfg.run.output_dir, k), "summary.json")
+        if replay:  # already trained: only its data had to come back
+            if not os.path.exists(path):
+                return run.stages[k]
+            with open(path, encoding="utf-8") as f:
+                return dataclasses.replace(run.stages[k], info=json.load(f))
         measure_model_difficulty(run, k, new)
         stage = order_stage(run, k, new)
-        run.online[k] = {**info, "online/pairs": len(new), "online/stage_pairs": len(stage.pairs)}
+        stage.info = {**info, "online/pairs": len(new), "online/stage_pairs": len(stage.pairs)}
         if run.accelerator.is_main_process:
-            write_json(os.path.join(stage_dir(out, k), "summary.json"), run.online[k])
+            write_json(path, stage.info)
         return stage
 
 

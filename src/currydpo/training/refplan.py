@@ -38,15 +38,15 @@ def rows_of_stages(objective, stages: list[Stage], stage_updates: list[int], per
     return sorted({r for k in which for r in stage_rows(objective, stages[k], stage_updates[k], per_update)})
 
 
-def reference_rows(run, k: int) -> list[int]:
-    """The rows stage ``k``'s reference scores (before the stage's first update). Mixture and all-previous
-    read this policy's values again in later stages, so it scores theirs too."""
+def reference_rows(run, stages: list[Stage], k: int) -> list[int]:
+    """The rows stage ``k`` of ``stages`` (as trained) has its reference score (before the stage's first update).
+    Mixture and all-previous read this policy's values again in later stages, so it scores theirs too."""
     obj, n, P = run.objective, run.stage_updates, run.pairs_per_update
     if run.resolved.reference in ("all-previous", "mixture"):
         if run.cfg.online.enabled:  # later stages' pairs are not sampled yet: every pair so far
             return run.table.rows(run.data.train_pairs)[0]
-        return rows_of_stages(obj, run.stages, n, P, range(k, len(run.stages)))
-    return stage_rows(obj, run.stages[k], n[k], P)
+        return rows_of_stages(obj, stages, n, P, range(k, len(stages)))
+    return stage_rows(obj, stages[k], n[k], P)
 
 
 def plan_needs_reference(cfg: TrainConfig) -> bool:
