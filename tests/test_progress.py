@@ -3,12 +3,21 @@
 import re
 from pathlib import Path
 
+import pytest
+
+from currydpo import progress
 from currydpo.progress import progress_bar
 
 from conftest import make_records, tiny_config
 
 LINE = re.compile(r"^currydpo: (?P<desc>[^:]+(?:\([^)]*\))?): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\), "
                   r"[\d.e+]+ \w+/s, (ETA )?\d+", re.M)
+
+
+@pytest.fixture(autouse=True)
+def no_quiet_start(monkeypatch):
+    """These phases take milliseconds; the lines a long phase prints are what is tested."""
+    monkeypatch.setattr(progress, "QUIET_FOR_S", 0.0)
 
 
 def lines(err: str, desc: str) -> list[re.Match]:
@@ -21,6 +30,9 @@ def test_lines_every_tenth_when_stderr_is_not_a_terminal(capsys):
     assert [int(m["done"]) for m in got] == list(range(5, 51, 5)) and got[-1]["pct"] == "100"
     assert all("ETA" in m.group(0) for m in got[:-1])
     list(progress_bar(range(50), desc="work", enabled=False))
+    assert capsys.readouterr().err == ""
+    progress.QUIET_FOR_S = 60.0  # a short phase prints nothing at all
+    list(progress_bar(range(50), desc="work"))
     assert capsys.readouterr().err == ""
 
 
