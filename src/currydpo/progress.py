@@ -3,9 +3,9 @@
 On a terminal a phase gets a tqdm bar. When stderr is not a terminal (nohup, SLURM, a CI log) a bar
 would write carriage returns nobody sees until the end, so a phase prints a plain line instead every
 ``LINE_EVERY_S`` seconds or every tenth of its total, whichever comes first, as HF Trainer logs:
-``currydpo: reference log-probs (initial): 1200/3000 (40%), 85.2 row/s, ETA 21s``. A phase that ends
-within ``QUIET_S`` seconds prints nothing: a log needs no line for it, and a one-line error stays one line.
-``enabled=False`` (``run.progress: false``, ``--no-progress``) silences both.
+``currydpo: reference log-probs (initial): 1200/3000 (40%), 85.2 row/s, ETA 21s``; a phase over within
+``QUIET_FOR_S`` prints nothing. ``enabled=False``
+(``run.progress: false``, ``--no-progress``) silences both.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .io import bars_off
 
 LINE_EVERY_S = 30.0
-QUIET_S = 2.0  # no line before a phase has run this long
+QUIET_FOR_S = 3.0  # a phase done sooner prints nothing: a log (or a one-line error) is not drowned in lines
 
 
 def progress_bar(iterable: Iterable | None = None, *, desc: str, total: int | None = None, unit: str = "it",
@@ -63,9 +63,11 @@ class LogProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
+        if now - self.t0 < QUIET_FOR_S:
+            return
         tenth = self.total is not None and self.total > 0 and \
             (self.n - self.printed_n) * 10 >= self.total
-        if now - self.t0 >= QUIET_S and (now - self.last >= LINE_EVERY_S or tenth):
+        if now - self.last >= LINE_EVERY_S or tenth:
             self._line(now)
 
     def _line(self, now: float) -> None:
@@ -80,9 +82,9 @@ class LogProgress:
         print(f"currydpo: {self.desc}: {done}{pct}, {rate:.3g} {self.unit}/s{eta}{post}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        quiet = time.monotonic() - self.t0 < QUIET_S and self.printed_n == self.start_n
-        if not self.closed and self.n != self.printed_n and not quiet:  # the last line says the phase finished
-            self._line(time.monotonic())
+        now = time.monotonic()
+        if not self.closed and self.n != self.printed_n and now - self.t0 >= QUIET_FOR_S:  # the phase finished
+            self._line(now)
         self.closed = True
 
     def __enter__(self):
