@@ -11,6 +11,7 @@ from currydpo.experiments.frontier import (
     attainable,
     budget_grid,
     frontier_markdown,
+    frontier_sections,
     holm,
     write_frontier,
 )
@@ -101,6 +102,8 @@ def test_pairing_by_seed_finds_a_consistent_gain_that_unpaired_intervals_miss():
     md = frontier_markdown(results)
     row = next(line for line in md.splitlines() if line.startswith("| curry |"))
     assert "**ahead**" in row and "n=3" in row
+    summary = frontier_sections(results)["summary"]  # the README's compact form of the same table
+    assert summary.startswith("| arm (n = 3 seeds in every cell) |") and "(+0.05" in summary and ", ahead)" in summary
 
 
 def test_one_seed_gets_no_test(tmp_path):

@@ -10,7 +10,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "report", help="re-render a compare/demo directory's reports (or README blocks) from its results.json",
         description="Every number we ship comes from a shipped file. `currydpo report DIR` writes DIR's results.md, "
                     "frontier.md and plots again from DIR/results.json alone (no model, no run directories); "
-                    "`--block NAME` prints one rendering (table | head | budget | budget-table | matched | "
+                    "`--block NAME` prints one rendering (table | head | summary | budget | budget-table | matched | "
                     "matched-table | finals); `--sync FILE` "
                     "rewrites every `<!-- generated: currydpo report DIR --block NAME -->` block of FILE.",
     )

@@ -8,26 +8,27 @@ UltraFeedback rates answers of 4 distinct models from a pool of graded quality) 
 
 The demo is an ordinary `compare` spec over that world — loader, pairs, difficulty,
 schedule, training and evaluation all run through the public code paths — with five
-arms that share the loss, beta, LR schedule and number of updates:
+arms that share the loss, beta, peak learning rate and number of updates:
 
 - ``sft``: the SFT model itself (the baseline of every win rate);
 - ``single-pair``: DPO on one pair per prompt, best vs a random other (Zephyr recipe);
 - ``multi-pair-random``: DPO on all best-vs-rest pairs in random order;
 - ``curry-iterative``: Curry-DPO, 3 stages (R1,R4) -> (R1,R3) -> (R1,R2), each stage's
-  reference the previous stage's policy;
+  reference the previous stage's policy, each stage a fresh DPO run (optimiser and LR schedule
+  restarted: the paper's recipe, the library's default for ``schedule: iterative``);
 - ``curry-single-pass``: all best-vs-rest pairs in one pass, easy -> hard, SFT reference.
 
 ``--ablations`` adds arms that take the iterative arm apart (one change each, except
 ``anti-curriculum``), and evaluates the iterative arm's ``stage-K/`` checkpoints:
 
-- ``iterative-restart``: optimiser and LR schedule restarted per stage (the paper trains
-  each stage as a fresh DPO run), still 100 updates per stage;
+- ``iterative-continue``: one optimiser and LR schedule over all three stages (the fairness
+  rule of Weber et al. 2024 taken to the schedule too), still 100 updates per stage;
 - ``iterative-fixed-ref``: the iterative stages with the SFT model as reference throughout
   (isolates the reference swap);
 - ``anti-curriculum``: the iterative stages reversed, (R1,R2) first, each stage's pairs
-  hard -> easy and not shuffled, SFT reference, one LR schedule. Three changes of the
-  iterative arm (order, shuffling, reference); against ``iterative-fixed-ref`` two (order,
-  shuffling). Not single-pass reversed: it walks rank stages, not one score-gap order;
+  hard -> easy and not shuffled, SFT reference, one LR schedule. Four changes of the
+  iterative arm (order, shuffling, reference, LR schedule). Not single-pass reversed: it walks
+  rank stages, not one score-gap order;
 - ``iterative-best-stage``: the iterative arm with ``run.final_model: best`` (the evaluated
   model is the stage with the best held-out reward accuracy: stage-level early stopping);
 - ``iterative-mrpo``: the iterative stages with ``curriculum.reference: all-previous``: each stage's
@@ -38,11 +39,9 @@ arms that share the loss, beta, LR schedule and number of updates:
   data), and the stage trains on their best-vs-rest pairs, easy -> hard. Stage 1 is the
   offline data, which is itself sampled from the initial (SFT) policy.
 
-Nothing in the world knows which arm is running; the table reports what comes out.
-The paper trains each iterative stage as a fresh DPO run (the library's default for
-``schedule: iterative``); the demo's fairness rule instead holds one LR schedule over all
-updates for every arm, so it sets ``across_stages: continue`` explicitly, and the
-``iterative-restart`` ablation is the paper's per-stage restart.
+Nothing in the world knows which arm is running; the table reports what comes out. The
+budget (peak lr, updates) is the default-budget rule's pick on the frontier (``--frontier``),
+and the report's first line says so; ``--budget passes`` is its ablation (one pass per stage).
 """
 
 from __future__ import annotations

@@ -221,6 +221,25 @@ def _table(table: dict[str, list[Cell]], budgets: list[float], label: str, ref_a
     return lines
 
 
+def _summary(table: dict[str, list[Cell]], budgets: list[float], label: str, ref_arm: str) -> str:
+    """The budget table, compact: mean per cell; beside each other arm its paired difference and verdict."""
+    n = {c.n for cells in table.values() for c in cells} | {c.seeds_run for cells in table.values() for c in cells}
+    seeds = f"n = {n.pop()} seeds in every cell" if len(n) == 1 else "n varies: see frontier.md"
+    lines = [f"| arm ({seeds}) | " + " | ".join(f"KL ≤ {k:g}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for arm, cells in table.items():
+        parts = []
+        for c in cells:
+            if not c.values:
+                parts.append("not measured")
+                continue
+            mean = sum(c.values.values()) / c.n
+            verdict = "" if arm == ref_arm or not c.diff else (
+                f" ({c.diff['mean']:+.3f}, {c.verdict})" if c.diff["p"] is not None else f" ({c.diff['mean']:+.3f})")
+            parts.append(f"{mean:.3f}{verdict}")
+        lines.append(f"| {arm} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def final_rows(results: list[dict], key: str) -> dict[str, list[dict]]:
     """arm -> one row per swept value: the final model's reward and KL over seeds, with passes per stage."""
     out: dict[str, dict[object, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -299,6 +318,7 @@ def frontier_sections(results: list[dict]) -> dict[str, str]:
                 (("head", head), ("budget", budget), ("matched", at), ("finals", final))}
     # the tables alone, for the README (their explanation is in frontier.md and docs/results.md)
     sections["budget-table"] = "\n".join(line for line in budget if line.startswith("|")) + "\n"
+    sections["summary"] = _summary(within, budgets, label, ref_arm)
     sections["matched-table"] = "\n".join(line for line in at if line.startswith("|")) + "\n"
     return sections
 
