@@ -50,3 +50,17 @@ def test_every_number_in_the_readme_results_is_in_a_generated_block():
         prose = re.sub(r"```.*?```", "", BLOCK.sub("", section), flags=re.S)
         missing = [n for n in NUMBER.findall(prose) if n not in shown_numbers and n.lstrip("+-") not in shown]
         assert not missing, f"README results prose cites numbers no generated block shows: {missing}"
+
+
+def test_the_readme_headline_matches_the_shipped_verdicts(monkeypatch):
+    """The README says no arm is separated from single-pair: every paired verdict in both shipped frontiers is
+    'level'. If a re-run finds an arm ahead or behind, this fails until the sentence is redrawn."""
+    from currydpo.experiments.regenerate import block
+
+    monkeypatch.chdir(ROOT)
+    with open("README.md", encoding="utf-8") as f:
+        readme = f.read()
+    claim = "no arm is separated from single-pair DPO at any KL budget"
+    verdicts = [block(f"docs/demo_frontier/{regime}", "summary") for regime in ("pool", "self")]
+    all_level = all(", ahead)" not in v and ", behind)" not in v and ", level)" in v for v in verdicts)
+    assert (claim in readme) == all_level, "redraw the README's verdict from docs/demo_frontier/*/frontier.md"
