@@ -410,129 +410,131 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Every range and choice check: each registry's own section (module doc; the ``loss:`` section is
     `losses.check_section`'s), then the rest and the rules that span sections."""
 
-    m, d, c, lo, o, r = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
+    model, data, curriculum, loss, optim, run = cfg.model, cfg.data, cfg.curriculum, cfg.loss, cfg.optim, cfg.run
     _finite(cfg)
-    if m.precision == "fp16":  # fp16 weights or autocast without a GradScaler would train wrongly, not fail
+    if model.precision == "fp16":  # fp16 weights or autocast without a GradScaler would train wrongly, not fail
         raise CurryError("model.precision fp16 is not supported: fp16 training needs dynamic loss scaling, which "
                          "this trainer does not do; use bf16 (GPUs since Ampere) or fp32")
-    _choice("model.precision", m.precision, ["auto", "fp32", "bf16", "bf16-pure"])
-    _positive("model.lora_r", m.lora_r)
+    _choice("model.precision", model.precision, ["auto", "fp32", "bf16", "bf16-pure"])
+    _positive("model.lora_r", model.lora_r)
     on_off = {"true": "on", "false": "off"}  # YAML's `on`/`off` arrive as booleans
-    m.gradient_checkpointing = on_off.get(m.gradient_checkpointing, m.gradient_checkpointing)
-    m.fused_logprobs = {"false": "off"}.get(m.fused_logprobs, m.fused_logprobs)
-    _choice("model.fused_logprobs", m.fused_logprobs, ["auto", "chunked", "liger", "off"])
-    _choice("model.attention", m.attention, ["auto", "flex", "sdpa", "eager", "flash_attention_2", "flash_attention_3"])
-    if m.load_in_4bit and m.load_in_8bit:
+    model.gradient_checkpointing = on_off.get(model.gradient_checkpointing, model.gradient_checkpointing)
+    model.fused_logprobs = {"false": "off"}.get(model.fused_logprobs, model.fused_logprobs)
+    _choice("model.fused_logprobs", model.fused_logprobs, ["auto", "chunked", "liger", "off"])
+    _choice("model.attention", model.attention,
+            ["auto", "flex", "sdpa", "eager", "flash_attention_2", "flash_attention_3"])
+    if model.load_in_4bit and model.load_in_8bit:
         raise CurryError("model.load_in_4bit and model.load_in_8bit are both set; choose one")
-    if (m.load_in_4bit or m.load_in_8bit) and not m.lora:
+    if (model.load_in_4bit or model.load_in_8bit) and not model.lora:
         raise CurryError("model.load_in_4bit/load_in_8bit: quantised weights cannot be trained directly; set "
                          "model.lora true (QLoRA trains adapters over the quantised base)")
-    _choice("model.gradient_checkpointing", m.gradient_checkpointing, ["auto", "on", "off"])
-    if m.memory_budget_gb is not None:
-        _positive("model.memory_budget_gb", m.memory_budget_gb)
-    formats.check_section(d)
-    pairs.check_section(d)
-    schedules.check_section(c)
-    difficulty.check_section(c)
-    _choice("data.chat_template", d.chat_template, ["auto", "always", "never"])
-    check_loss_section(lo)
-    _positive("data.max_length", d.max_length)
-    _positive("data.max_prompt_length", d.max_prompt_length)
-    if d.max_prompt_length >= d.max_length:
-        raise CurryError(f"config key 'data.max_prompt_length' ({d.max_prompt_length}) must be below "
-                         f"'data.max_length' ({d.max_length}) to leave room for the response")
-    _choice("data.select", d.select, ["none", "ref-margin"])
-    if not 0 < d.select_fraction <= 1:
-        raise CurryError(f"config key 'data.select_fraction' must be in (0, 1], got {d.select_fraction}")
-    if d.sample_prompts is not None:
-        _positive("data.sample_prompts", d.sample_prompts)
-    if not 0 <= d.eval_fraction < 1:
-        raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
-    if d.eval_prompts is not None:
-        _positive("data.eval_prompts", d.eval_prompts)
-    if d.mixture is not None:
-        check_mixture(d.mixture)
-    _choice("curriculum.reference", c.reference, ["auto", "previous-stage", "initial", "all-previous", "mixture"])
-    if not 0 <= c.reference_mix <= 1:
-        raise CurryError(f"config key 'curriculum.reference_mix' must be in [0, 1], got {c.reference_mix}")
-    if c.reference == "all-previous":
-        if c.schedule == "self-paced" or is_listwise(lo.name):
+    _choice("model.gradient_checkpointing", model.gradient_checkpointing, ["auto", "on", "off"])
+    if model.memory_budget_gb is not None:
+        _positive("model.memory_budget_gb", model.memory_budget_gb)
+    formats.check_section(data)
+    pairs.check_section(data)
+    schedules.check_section(curriculum)
+    difficulty.check_section(curriculum)
+    _choice("data.chat_template", data.chat_template, ["auto", "always", "never"])
+    check_loss_section(loss)
+    _positive("data.max_length", data.max_length)
+    _positive("data.max_prompt_length", data.max_prompt_length)
+    if data.max_prompt_length >= data.max_length:
+        raise CurryError(f"config key 'data.max_prompt_length' ({data.max_prompt_length}) must be below "
+                         f"'data.max_length' ({data.max_length}) to leave room for the response")
+    _choice("data.select", data.select, ["none", "ref-margin"])
+    if not 0 < data.select_fraction <= 1:
+        raise CurryError(f"config key 'data.select_fraction' must be in (0, 1], got {data.select_fraction}")
+    if data.sample_prompts is not None:
+        _positive("data.sample_prompts", data.sample_prompts)
+    if not 0 <= data.eval_fraction < 1:
+        raise CurryError(f"config key 'data.eval_fraction' must be in [0, 1), got {data.eval_fraction}")
+    if data.eval_prompts is not None:
+        _positive("data.eval_prompts", data.eval_prompts)
+    if data.mixture is not None:
+        check_mixture(data.mixture)
+    _choice("curriculum.reference", curriculum.reference,
+            ["auto", "previous-stage", "initial", "all-previous", "mixture"])
+    if not 0 <= curriculum.reference_mix <= 1:
+        raise CurryError(f"config key 'curriculum.reference_mix' must be in [0, 1], got {curriculum.reference_mix}")
+    if curriculum.reference == "all-previous":
+        if curriculum.schedule == "self-paced" or is_listwise(loss.name):
             raise CurryError("config: curriculum.reference all-previous (MRPO) combines references per pair; it does "
                              "not apply to self-paced or listwise losses")
-        if not 0 <= c.mrpo_eta < 1:
-            raise CurryError(f"config key 'curriculum.mrpo_eta' must be in [0, 1), got {c.mrpo_eta}")
-    if is_listwise(lo.name) and c.schedule == "self-paced":
+        if not 0 <= curriculum.mrpo_eta < 1:
+            raise CurryError(f"config key 'curriculum.mrpo_eta' must be in [0, 1), got {curriculum.mrpo_eta}")
+    if is_listwise(loss.name) and curriculum.schedule == "self-paced":
         raise CurryError("config: schedule 'self-paced' admits single pairs by their current loss; with a listwise "
                          "loss use iterative, anti, single-pass, random, single-pair or cyclical")
-    _positive("optim.lr", o.lr)
-    _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
-    _positive("optim.batch_size", o.batch_size)
-    _positive("optim.grad_accum", o.grad_accum)
-    _positive("optim.epochs_per_stage", o.epochs_per_stage)
-    if o.total_updates is not None:
-        _positive("optim.total_updates", o.total_updates)
-    _choice("optim.lr_schedule", o.lr_schedule, ["linear", "cosine", "constant"])
-    if not 0 <= o.warmup_ratio < 1:
-        raise CurryError(f"config key 'optim.warmup_ratio' must be in [0, 1), got {o.warmup_ratio}")
-    _choice("optim.across_stages", o.across_stages, ["auto", "continue", "restart"])
-    _positive("optim.max_grad_norm", o.max_grad_norm, allow_zero=True)
-    if o.max_tokens_per_micro_batch is not None and o.max_tokens_per_micro_batch != "auto":
+    _positive("optim.lr", optim.lr)
+    _positive("optim.weight_decay", optim.weight_decay, allow_zero=True)
+    _positive("optim.batch_size", optim.batch_size)
+    _positive("optim.grad_accum", optim.grad_accum)
+    _positive("optim.epochs_per_stage", optim.epochs_per_stage)
+    if optim.total_updates is not None:
+        _positive("optim.total_updates", optim.total_updates)
+    _choice("optim.lr_schedule", optim.lr_schedule, ["linear", "cosine", "constant"])
+    if not 0 <= optim.warmup_ratio < 1:
+        raise CurryError(f"config key 'optim.warmup_ratio' must be in [0, 1), got {optim.warmup_ratio}")
+    _choice("optim.across_stages", optim.across_stages, ["auto", "continue", "restart"])
+    _positive("optim.max_grad_norm", optim.max_grad_norm, allow_zero=True)
+    if optim.max_tokens_per_micro_batch is not None and optim.max_tokens_per_micro_batch != "auto":
         try:
-            o.max_tokens_per_micro_batch = int(o.max_tokens_per_micro_batch)
+            optim.max_tokens_per_micro_batch = int(optim.max_tokens_per_micro_batch)
         except ValueError:
             raise CurryError("config key 'optim.max_tokens_per_micro_batch' must be auto, null or a positive "
-                             f"integer, got {o.max_tokens_per_micro_batch!r}") from None
-        _positive("optim.max_tokens_per_micro_batch", o.max_tokens_per_micro_batch)
-    _positive("run.save_every", r.save_every, allow_zero=True)
-    _positive("run.logging_steps", r.logging_steps)
-    _positive("run.eval_steps", r.eval_steps, allow_zero=True)
-    if r.eval_steps and not has_held_out(d):
-        raise CurryError(f"run.eval_steps {r.eval_steps} evaluates held-out pairs: set data.eval_fraction > 0 or "
+                             f"integer, got {optim.max_tokens_per_micro_batch!r}") from None
+        _positive("optim.max_tokens_per_micro_batch", optim.max_tokens_per_micro_batch)
+    _positive("run.save_every", run.save_every, allow_zero=True)
+    _positive("run.logging_steps", run.logging_steps)
+    _positive("run.eval_steps", run.eval_steps, allow_zero=True)
+    if run.eval_steps and not has_held_out(data):
+        raise CurryError(f"run.eval_steps {run.eval_steps} evaluates held-out pairs: set data.eval_fraction > 0 or "
                          f"data.eval_path")
-    if d.mixture is not None and d.path:
-        raise CurryError(f"data.path ({d.path}) and data.mixture are both set; give the sources in one of them")
-    _choice("run.final_model", r.final_model, ["last", "best"])
-    _choice("run.save_dtype", r.save_dtype, ["auto", "fp32", "bf16"])
-    _choice("run.best_metric", r.best_metric, list(BEST_METRICS))
-    if r.final_model == "best" and not has_held_out(d):
+    if data.mixture is not None and data.path:
+        raise CurryError(f"data.path ({data.path}) and data.mixture are both set; give the sources in one of them")
+    _choice("run.final_model", run.final_model, ["last", "best"])
+    _choice("run.save_dtype", run.save_dtype, ["auto", "fp32", "bf16"])
+    _choice("run.best_metric", run.best_metric, list(BEST_METRICS))
+    if run.final_model == "best" and not has_held_out(data):
         raise CurryError("run.final_model best picks a stage by held-out metrics: set data.eval_fraction > 0 "
                          "or data.eval_path")
     validate_online(cfg)
     return cfg
 
 
-def has_held_out(d: DataConfig) -> bool:
+def has_held_out(data: DataConfig) -> bool:
     """Whether the config asks for held-out pairs (a fraction or count of the prompts, or a file of their own)."""
-    return d.eval_fraction > 0 or bool(d.eval_prompts) or bool(d.eval_path)
+    return data.eval_fraction > 0 or bool(data.eval_prompts) or bool(data.eval_path)
 
 
 def validate_online(cfg: TrainConfig) -> None:
-    g, on = cfg.generation, cfg.online
-    _choice("generation.engine", g.engine, ["hf", "vllm"])  # generation/engines.py
-    _positive("generation.batch_size", g.batch_size)
-    if not 0 < g.top_p <= 1:
-        raise CurryError(f"config key 'generation.top_p' must be in (0, 1], got {g.top_p}")
-    if not 0 < g.vllm_gpu_memory_utilization < 1:
+    gen, online = cfg.generation, cfg.online
+    _choice("generation.engine", gen.engine, ["hf", "vllm"])  # generation/engines.py
+    _positive("generation.batch_size", gen.batch_size)
+    if not 0 < gen.top_p <= 1:
+        raise CurryError(f"config key 'generation.top_p' must be in (0, 1], got {gen.top_p}")
+    if not 0 < gen.vllm_gpu_memory_utilization < 1:
         raise CurryError(f"config key 'generation.vllm_gpu_memory_utilization' must be in (0, 1), "
-                         f"got {g.vllm_gpu_memory_utilization}")
-    if g.engine == "vllm" and cfg.model.lora:
+                         f"got {gen.vllm_gpu_memory_utilization}")
+    if gen.engine == "vllm" and cfg.model.lora:
         raise CurryError("generation.engine vllm does not load LoRA stage adapters yet; use generation.engine hf "
                          "or model.lora false")
-    if not on.enabled:
+    if not online.enabled:
         return
-    if not on.judge or on.judge.partition(":")[0] not in ("gold", "reward-model", "openai"):
-        raise CurryError(f"config key 'online.judge': {on.judge!r} is not a judge spec; give gold:MODULE:FN, "
+    if not online.judge or online.judge.partition(":")[0] not in ("gold", "reward-model", "openai"):
+        raise CurryError(f"config key 'online.judge': {online.judge!r} is not a judge spec; give gold:MODULE:FN, "
                          f"reward-model:PATH or openai:URL#MODEL")
-    if on.samples < 2:
-        raise CurryError(f"config key 'online.samples' must be >= 2 (a pair needs two answers), got {on.samples}")
-    _positive("online.temperature", on.temperature)
-    _positive("online.max_new_tokens", on.max_new_tokens)
-    if not 0 <= on.mix <= 1:
-        raise CurryError(f"config key 'online.mix' must be in [0, 1], got {on.mix}")
+    if online.samples < 2:
+        raise CurryError(f"config key 'online.samples' must be >= 2 (a pair needs two answers), got {online.samples}")
+    _positive("online.temperature", online.temperature)
+    _positive("online.max_new_tokens", online.max_new_tokens)
+    if not 0 <= online.mix <= 1:
+        raise CurryError(f"config key 'online.mix' must be in [0, 1], got {online.mix}")
     one_stage = cfg.curriculum.schedule in ("single-pass", "random", "single-pair")
     n_stages = 1 if one_stage else cfg.curriculum.stages
-    if not 1 <= on.from_stage <= n_stages:
-        raise CurryError(f"config key 'online.from_stage' ({on.from_stage}) must be a stage of the schedule "
+    if not 1 <= online.from_stage <= n_stages:
+        raise CurryError(f"config key 'online.from_stage' ({online.from_stage}) must be a stage of the schedule "
                          f"(1..{n_stages} for {cfg.curriculum.schedule} with {n_stages} stage(s))")
     if is_listwise(cfg.loss.name):
         raise CurryError("online stages build pairs; a listwise loss (plackett-luce, pro, lipo) is not supported "
