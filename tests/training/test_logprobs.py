@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from currydpo.training.logprobs import _split_model, response_logps
+from currydpo.training.logprobs import response_logps, split_model
 from currydpo.training.tokenize import encode
 
 PAIRS = [
@@ -46,7 +46,7 @@ def params_grads(model):
 
 
 def check_fast_equals_plain(model, batch, pad_id):
-    assert _split_model(model) is not None, "the fast path should apply to this model"
+    assert split_model(model) is not None, "the fast path should apply to this model"
     model.zero_grad()
     fast, n = response_logps(model, batch, pad_id)
     (fast * torch.tensor([1.0, -0.5, 2.0])).sum().backward()
@@ -89,7 +89,7 @@ def test_falls_back_for_logit_postprocessing(tiny_model_dir, tok, batch):
     with torch.no_grad():
         before, _ = response_logps(model, batch, tok.pad_token_id)
     model.config.final_logit_softcapping = 30.0  # Llama ignores it, but Gemma-2-style configs need the full forward
-    assert _split_model(model) is None
+    assert split_model(model) is None
     with torch.no_grad():
         after, _ = response_logps(model, batch, tok.pad_token_id)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
@@ -102,7 +102,7 @@ def test_falls_back_for_logit_postprocessing(tiny_model_dir, tok, batch):
         def forward(self, **kw):
             return self.module(**kw)
 
-    assert _split_model(Wrapper(model)) is None
+    assert split_model(Wrapper(model)) is None
     with torch.no_grad():
         wrapped, _ = response_logps(Wrapper(model), batch, tok.pad_token_id)
     torch.testing.assert_close(wrapped, before, rtol=1e-5, atol=1e-5)

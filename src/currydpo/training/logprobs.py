@@ -52,14 +52,23 @@ _LOGIT_POSTPROCESSING = {"final_logit_softcapping": None, "logit_scale": 1.0, "o
                          "lm_head_multiplier": 1.0, "logits_scaling": 1.0}
 
 
-def _split_model(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+def unwrap_peft(model):
+    """The model a peft.PeftModel wraps (LoRA-style adapters are injected into its modules in place), the model
+    itself when it is not one, or None for prompt-learning adapters: their virtual tokens are prepended, so our
+    positions, masks and split forward would not line up."""
+    if not (hasattr(model, "peft_config") and hasattr(model, "get_base_model")):
+        return model
+    cfg = model.peft_config.get(getattr(model, "active_adapter", None) or "default")
+    if cfg is None or getattr(cfg, "is_prompt_learning", False):
+        return None
+    return model.get_base_model()
+
+
+def split_model(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(backbone, lm_head) if logits == lm_head(backbone(...).last_hidden_state), else None."""
-    m = model
-    if hasattr(m, "peft_config") and hasattr(m, "get_base_model"):  # a peft.PeftModel
-        cfg = m.peft_config.get(getattr(m, "active_adapter", None) or "default")
-        if cfg is None or getattr(cfg, "is_prompt_learning", False):
-            return None
-        m = m.get_base_model()  # LoRA-style adapters are injected into these modules in place
+    m = unwrap_peft(model)
+    if m is None:
+        return None
     if not hasattr(m, "config") or not hasattr(m, "get_output_embeddings"):
         return None  # e.g. DDP/FSDP wrappers: go through their forward
     config = m.config.get_text_config() if hasattr(m.config, "get_text_config") else m.config
@@ -112,12 +121,9 @@ _PACKABLE_ATTENTION = {"sdpa", "eager", "flex_attention"}
 
 
 def _config(model):
-    m = getattr(model, "module", model)  # DDP-style wrappers
-    if hasattr(m, "peft_config") and hasattr(m, "get_base_model"):
-        cfg = m.peft_config.get(getattr(m, "active_adapter", None) or "default")
-        if cfg is None or getattr(cfg, "is_prompt_learning", False):
-            return None  # virtual tokens are prepended: our positions and mask would not line up
-        m = m.get_base_model()
+    m = unwrap_peft(getattr(model, "module", model))  # DDP-style wrappers, then peft
+    if m is None:
+        return None
     config = getattr(m, "config", None)
     if config is not None and hasattr(config, "get_text_config"):
         config = config.get_text_config()
@@ -297,7 +303,7 @@ def response_logps(model, batch: list[Encoded], pad_token_id: int, *, fast: bool
         Gradients flow through ``logps`` if grad is enabled.
     """
     device = next(model.parameters()).device
-    split = _split_model(model) if fast else None
+    split = split_model(model) if fast else None
     packed = _pack(batch, pad_token_id) if packing and packing_supported(model, row_length=0) else None
     if packed is not None and packing_supported(model, row_length=packed.input_ids.size(1)):
         token_logps = _packed_token_logps(model, packed, split, device, lm_head)  # (N,)

@@ -24,7 +24,7 @@ from ..data.pairs import Pair
 from ..errors import CurryError
 from ..io import atomic_path
 from ..progress import progress_bar
-from .logprobs import _split_model, resolve_lm_head, response_logps
+from .logprobs import resolve_lm_head, response_logps, split_model
 from .refstore import ReferenceStore
 from .sharding import is_sharded
 from .tokenize import Encoded
@@ -241,7 +241,7 @@ class Scorer:
                   batch_size: int = 16, progress: bool = False) -> "Scorer":
         """The scorer of ``model``: ``model.fused_logprobs`` resolved against its LM head on ``device``
         (`logprobs.resolve_lm_head`; call before sharding or LoRA wrap the head)."""
-        split = _split_model(model)
+        split = split_model(model)
         lm_head = resolve_lm_head(fused_logprobs, None if split is None else split[1], device)
         return cls(accelerator, pad_token_id, lm_head, batch_size, progress)
 
