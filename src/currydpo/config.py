@@ -508,6 +508,9 @@ def has_held_out(data: DataConfig) -> bool:
     return data.eval_fraction > 0 or bool(data.eval_prompts) or bool(data.eval_path)
 
 
+JUDGE_KINDS = ("gold", "reward-model", "openai")  # the forms of a judge spec (evaluation/judges.make_judge builds them)
+
+
 def validate_online(cfg: TrainConfig) -> None:
     gen, online = cfg.generation, cfg.online
     _choice("generation.engine", gen.engine, ["hf", "vllm"])  # generation/engines.py
@@ -522,7 +525,7 @@ def validate_online(cfg: TrainConfig) -> None:
                          "or model.lora false")
     if not online.enabled:
         return
-    if not online.judge or online.judge.partition(":")[0] not in ("gold", "reward-model", "openai"):
+    if not online.judge or online.judge.partition(":")[0] not in JUDGE_KINDS:
         raise CurryError(f"config key 'online.judge': {online.judge!r} is not a judge spec; give gold:MODULE:FN, "
                          f"reward-model:PATH or openai:URL#MODEL")
     if online.samples < 2:

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from ..config import JUDGE_KINDS
 from ..curriculum.reward_model import RewardModel
 from ..errors import CurryError
 from ..userfn import load_function
@@ -436,16 +437,14 @@ def make_judge(spec: str, *, cache_dir: str | os.PathLike | None = None, trust_r
                timeout_s: float = 120.0, concurrency: int = 4, progress: bool = False) -> Judge:
     """Build a judge from a spec string (see the module docstring for the forms)."""
     kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        kind = ""
+    if not sep or not rest or kind not in JUDGE_KINDS:
+        raise CurryError(f"unknown judge spec {spec!r}; valid forms: {VALID_SPECS}")
     if kind == "gold":
         return GoldJudge(load_function(rest, f"judge spec {spec!r}"), spec, tie_tolerance)
     if kind == "reward-model":
         return RewardModelJudge(rest, spec=spec, batch_size=batch_size, device=device,
                                 trust_remote_code=trust_remote_code, tie_tolerance=tie_tolerance)
-    if kind == "openai":
-        url, model = openai_spec(spec)
-        return OpenAIJudge(url, model or None, spec=spec, cache_dir=cache_dir, max_attempts=max_attempts,
-                           backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
-                           concurrency=concurrency, progress=progress)
-    raise CurryError(f"unknown judge spec {spec!r}; valid forms: {VALID_SPECS}")
+    url, model = openai_spec(spec)  # the last of JUDGE_KINDS: openai
+    return OpenAIJudge(url, model or None, spec=spec, cache_dir=cache_dir, max_attempts=max_attempts,
+                       backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
+                       concurrency=concurrency, progress=progress)
