@@ -21,7 +21,7 @@ from .curriculum.difficulty import STATIC, measure_from_response_values, measure
 from .curriculum.schedules import Stage, auto_split
 from .curriculum.schedules import plan as schedule
 from .data.loading import load_mixture, load_records
-from .data.pairs import Pair, build_pairs
+from .data.pairs import Pair, build_pairs, response_keys
 from .data.records import Record, text_of
 from .errors import CurryError
 
@@ -78,11 +78,6 @@ def measure_static_all(cfg: TrainConfig, pairs: list[Pair], records: list[Record
         measure_static(name, pairs, records)
     if cfg.curriculum.difficulty.startswith(("column:", "function:")):
         measure_static(cfg.curriculum.difficulty, pairs, records)
-
-
-def response_keys(pairs: list[Pair]) -> list[tuple[int, int]]:
-    """Every (record, response) the pairs use, each once, sorted."""
-    return sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs})
 
 
 def plan(cfg: TrainConfig, data: Prepared, reference_logps: dict[tuple[int, int], float] | None = None) -> None:

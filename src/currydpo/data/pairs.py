@@ -120,3 +120,8 @@ def build_pairs(records: list[Record], strategy: str = "best-vs-rest", min_gap: 
             if _keep(rec, w, l, min_gap, allow_ties):
                 pairs.append(_make(k, rec, w, l, pos))
     return pairs
+
+
+def response_keys(pairs) -> list[tuple[int, int]]:
+    """Every (record, response) the pairs use, each once, sorted: the rows of a response table."""
+    return sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs})

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from ..data.pairs import Pair
+from ..data.pairs import Pair, response_keys
 from ..errors import CurryError
 from ..io import atomic_path
 from ..progress import progress_bar
@@ -40,13 +40,13 @@ class ResponseTable:
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[Pair], encoded_records: Sequence[Sequence[Encoded]]) -> "ResponseTable":
-        keys = sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs})
+        keys = response_keys(pairs)
         return cls(keys, [encoded_records[r][i] for r, i in keys], {k: j for j, k in enumerate(keys)})
 
     def extend(self, pairs: Sequence[Pair], encoded_records: Sequence[Sequence[Encoded]], first_record: int) -> None:
         """Add the responses of ``pairs`` not in the table yet; ``encoded_records[j]`` is record
         ``first_record + j`` (records appended after the table was built: online stages)."""
-        for key in sorted({(p.record, p.chosen) for p in pairs} | {(p.record, p.rejected) for p in pairs}):
+        for key in response_keys(pairs):
             if key not in self.index:
                 self.index[key] = len(self.keys)
                 self.keys.append(key)
