@@ -283,13 +283,14 @@ def fairness(cfg: TrainConfig, summary: dict | None) -> dict:
         return {"updates": 0, "schedule": "none (base model)", "reference": "-", "lr_schedule": "-",
                 "optimizer_resets": 0}
     o = cfg.optim
+    resolved = summary.get("resolved") or resolve(cfg).to_dict()  # as the run resolved it (summary.json)
     # The evaluated model is final/: with run.final_model best an earlier stage, trained for fewer updates.
     stage = (summary.get("final_model") or {}).get("stage", len(summary["stages"]))
     updates = sum(s["updates"] for s in summary["stages"][:stage])
     return {"updates": updates, "run_updates": summary["total_updates"], "evaluated_stage": stage,
             "schedule": cfg.curriculum.schedule,
-            "stages": len(summary["stages"]), "reference": _reference(cfg),
-            "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {resolve(cfg).across_stages}",
+            "stages": len(summary["stages"]), "reference": _reference(cfg, resolved["reference"]),
+            "lr_schedule": f"{o.lr_schedule}, peak {o.lr:g}, warm-up {o.warmup_ratio:g}, {resolved['across_stages']}",
             "optimizer_resets": summary["optimizer_resets"], "pairs_per_update": _per_update(summary),
             "passes": _passes(summary["stages"][:stage]),
             "train_pairs": summary["train_pairs"], "loss": f"{cfg.loss.label()} (beta {cfg.loss.beta:g})"}
@@ -300,8 +301,7 @@ def _passes(stages: list[dict]) -> str:
     return "/".join(f"{s['passes']:g}" if "passes" in s else "?" for s in stages) or "–"
 
 
-def _reference(cfg: TrainConfig) -> str:
-    mode = resolve(cfg).reference
+def _reference(cfg: TrainConfig, mode: str) -> str:
     return f"mixture (alpha {cfg.curriculum.reference_mix:g})" if mode == "mixture" else mode
 
 
