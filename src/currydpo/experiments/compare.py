@@ -190,11 +190,14 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
     if os.path.exists(path):  # done: the fairness facts are re-derived, so a re-run reports them as defined now
         result = _read(path)
         return {**result, "fairness": fairness(cfg, result["train"])}
-    evaluation = SeedEvaluation.load(spec, cfg, seed, judge, prompts, BASELINE if arm == BASELINE else None, progress)
-    summary, hook = None, None
+    def load_evaluation() -> SeedEvaluation:
+        return SeedEvaluation.load(spec, cfg, seed, judge, prompts, BASELINE if arm == BASELINE else None, progress)
+
+    summary, hook, evaluation = None, None, None
     if arm != BASELINE:
         hooks = loop.Hooks()
         if spec.points > 1:  # the policy in memory, evaluated as checkpoints are (generation metrics only)
+            evaluation = load_evaluation()  # the initial model stays loaded beside training only for these points
             hook = TrajectoryHook(os.path.join(os.path.dirname(path), TRAJECTORY_DIR), spec.points,
                                   lambda policy: evaluation(policy, heldout=False)[0],
                                   skip_last=cfg.run.final_model == "last")
@@ -208,7 +211,7 @@ def run_arm(spec: CompareSpec, arm: str, seed: int, judge, prompts, progress: bo
         summary = loop.train(cfg, resume=os.path.exists(state), stages=stages, hooks=hooks)
     final = None if arm == BASELINE else load_model(os.path.join(cfg.run.output_dir, "final"), cfg.model,
                                                     default_device())
-    metrics, answers = evaluation(final)
+    metrics, answers = (evaluation or load_evaluation())(final)
     if arm == BASELINE and prompts:
         metrics["kl"] = 0.0 if "kl" in metrics else None
         if judge is not None:  # against its own answers: all ties, 0.5 by construction
